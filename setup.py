@@ -1,0 +1,35 @@
+"""ament_python build of fiffdepth_ros (also installable with plain pip)."""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+package_name = 'fiffdepth_ros'
+
+setup(
+    name=package_name,
+    version='0.1.0',
+    packages=find_packages(exclude=['test', 'test.*', 'bench']),
+    data_files=[
+        ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
+        ('share/' + package_name, ['package.xml']),
+        ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
+        ('share/' + package_name + '/config', glob('config/*.yaml')),
+    ],
+    # Real dependencies are declared in package.xml (rosdep) and requirements.txt (pip): colcon
+    # does not resolve install_requires, and torch must stay the robot's own build.
+    install_requires=['setuptools'],
+    zip_safe=True,
+    maintainer='fiffdepth_ros maintainers',
+    maintainer_email='maintainers@fiffdepth-ros.dev',
+    description='Dense metric depth from one camera with FiffDepth, for ROS 2.',
+    license='Apache-2.0',
+    entry_points={
+        'console_scripts': [
+            'depth_node = fiffdepth_ros.ros.depth_node:main',
+            'process_bag = fiffdepth_ros.bag.process_bag:main',
+            'fiffdepth-predict = fiffdepth_ros.cli.predict:main',
+            'fiffdepth-align = fiffdepth_ros.cli.align:main',
+            'fiffdepth-demo = fiffdepth_ros.demo.run_demo:main',
+        ],
+    },
+)
