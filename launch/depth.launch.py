@@ -1,0 +1,67 @@
+"""Start the FiffDepth depth node.
+
+    ros2 launch fiffdepth_ros depth.launch.py image:=/camera/image_rect \
+        camera_info:=/camera/camera_info lidar:=/lidar/points model:=/path/to/fiffdepth
+"""
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition, UnlessCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+ARGUMENTS = [
+    ('namespace', '', 'namespace of the node and its output topics'),
+    ('image', 'image', 'camera image topic (with image_transport: compressed in the params '
+                       'file, IMAGE/compressed is used)'),
+    ('camera_info', 'camera_info', 'camera_info topic of the image'),
+    ('lidar', '', 'LiDAR PointCloud2 topic for metric anchors (empty = none)'),
+    ('stereo_depth', '', 'stereo or depth-camera depth image topic (32FC1 m / 16UC1 mm) for '
+                         'metric anchors (empty = none)'),
+    ('params_file', PathJoinSubstitution([FindPackageShare('fiffdepth_ros'), 'config',
+                                          'default.yaml']), 'parameters file'),
+    ('model', '', 'FiffDepth checkpoint folder or hub id (empty = the params_file value)'),
+    ('device', 'auto', 'auto (CUDA when available), cpu, cuda or cuda:N'),
+    ('use_sim_time', 'false', 'use /clock, e.g. when replaying a bag'),
+]
+
+
+def _is_set(name):
+    return PythonExpression(["'", LaunchConfiguration(name), "' != ''"])
+
+
+def _topic_or(name, default):
+    # An empty remapping target is invalid: keep the node's own name when unset.
+    return PythonExpression(["'", LaunchConfiguration(name), "' or '", default, "'"])
+
+
+def generate_launch_description():
+    overrides = {
+        'device': LaunchConfiguration('device'),
+        'use_sim_time': LaunchConfiguration('use_sim_time'),
+        'use_lidar': _is_set('lidar'),
+        'stereo_source': PythonExpression(
+            ["'depth' if '", LaunchConfiguration('stereo_depth'), "' else 'none'"]),
+    }
+    image = LaunchConfiguration('image')
+    common = dict(
+        package='fiffdepth_ros', executable='depth_node', name='depth_node',
+        namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
+        remappings=[
+            ('image', image),
+            ('image/compressed', [image, '/compressed']),
+            ('camera_info', LaunchConfiguration('camera_info')),
+            ('lidar/points', _topic_or('lidar', 'lidar/points')),
+            ('stereo/depth', _topic_or('stereo_depth', 'stereo/depth')),
+        ])
+    params_file = LaunchConfiguration('params_file')
+    return LaunchDescription(
+        [DeclareLaunchArgument(name, default_value=default, description=text)
+         for name, default, text in ARGUMENTS]
+        + [
+            # The model argument overrides the params file only when it is given.
+            Node(parameters=[params_file, dict(overrides, model=LaunchConfiguration('model'))],
+                 condition=IfCondition(_is_set('model')), **common),
+            Node(parameters=[params_file, overrides],
+                 condition=UnlessCondition(_is_set('model')), **common),
+        ])
