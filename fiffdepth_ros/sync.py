@@ -1,0 +1,136 @@
+"""Time matching of camera_info, LiDAR and stereo messages to images.
+
+Shared by the node and the bag processor so both pick the same companions for a frame: the
+message nearest in time to the image stamp within a maximum age (camera_info falls back to the
+latest one within that age, since many drivers stamp it loosely). A clock jump backwards (a bag
+played in a loop, a simulator reset) clears the buffers so stale messages are never matched.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+from .conversions.backends import stamp_to_ns
+
+# A stamp this far behind the newest one seen means the clock jumped back, not reordering.
+CLOCK_JUMP_BACK_NS = 1_000_000_000
+
+
+class StampedBuffer:
+    """The last few messages of one topic, kept sorted by header stamp."""
+
+    def __init__(self, maxlen: int):
+        self.maxlen = maxlen
+        self._stamps: list[int] = []
+        self._msgs: list[Any] = []
+
+    def __len__(self) -> int:
+        return len(self._msgs)
+
+    def clear(self) -> None:
+        self._stamps.clear()
+        self._msgs.clear()
+
+    def add(self, stamp_ns: int, msg) -> None:
+        i = bisect.bisect_right(self._stamps, stamp_ns)
+        self._stamps.insert(i, stamp_ns)
+        self._msgs.insert(i, msg)
+        if len(self._stamps) > self.maxlen:     # drop the oldest
+            del self._stamps[0], self._msgs[0]
+
+    def exact(self, stamp_ns: int):
+        i = bisect.bisect_left(self._stamps, stamp_ns)
+        if i < len(self._stamps) and self._stamps[i] == stamp_ns:
+            return self._msgs[i]
+        return None
+
+    def nearest(self, stamp_ns: int, max_age_ns: int):
+        """The message nearest to ``stamp_ns`` within ``max_age_ns``, else None."""
+        i = bisect.bisect_left(self._stamps, stamp_ns)
+        best = min((j for j in (i - 1, i) if 0 <= j < len(self._stamps)),
+                   key=lambda j: abs(self._stamps[j] - stamp_ns), default=None)
+        if best is None or abs(self._stamps[best] - stamp_ns) > max_age_ns:
+            return None
+        return self._msgs[best]
+
+    def latest_within(self, stamp_ns: int, max_age_ns: int):
+        """The newest message whose stamp is within ``max_age_ns`` of ``stamp_ns``."""
+        for j in range(len(self._stamps) - 1, -1, -1):
+            if abs(self._stamps[j] - stamp_ns) <= max_age_ns:
+                return self._msgs[j]
+        return None
+
+
+@dataclass
+class FrameInputs:
+    """One image and the companions matched to it."""
+
+    image: Any
+    camera_info: Any = None
+    lidar: Any = None
+    stereo: Any = None
+    notes: list[str] = field(default_factory=list)
+
+
+class FrameAssembler:
+    """Collects companion messages and matches them to each image by stamp."""
+
+    def __init__(self, max_age_s: float, use_lidar: bool = False, use_stereo: bool = False):
+        self.max_age_ns = int(max_age_s * 1e9)
+        self.use_lidar = use_lidar
+        self.use_stereo = use_stereo
+        self.camera_infos = StampedBuffer(30)
+        self.lidar = StampedBuffer(10)
+        self.stereo = StampedBuffer(10)
+        self._newest_ns: int | None = None
+        self.clock_jumps = 0
+
+    def _observe(self, stamp_ns: int) -> bool:
+        """Track the newest stamp; returns True (and clears buffers) on a jump backwards."""
+        if self._newest_ns is not None and stamp_ns < self._newest_ns - CLOCK_JUMP_BACK_NS:
+            self.camera_infos.clear()
+            self.lidar.clear()
+            self.stereo.clear()
+            self._newest_ns = stamp_ns
+            self.clock_jumps += 1
+            return True
+        self._newest_ns = stamp_ns if self._newest_ns is None else max(self._newest_ns, stamp_ns)
+        return False
+
+    def add_camera_info(self, msg) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        self._observe(stamp)
+        self.camera_infos.add(stamp, msg)
+
+    def add_lidar(self, msg) -> None:
+        stamp = stamp_to_ns(msg.header.stamp)
+        self._observe(stamp)
+        self.lidar.add(stamp, msg)
+
+    def add_stereo(self, msg) -> None:
+        header = msg.header
+        stamp = stamp_to_ns(header.stamp)
+        self._observe(stamp)
+        self.stereo.add(stamp, msg)
+
+    def assemble(self, image) -> FrameInputs:
+        stamp = stamp_to_ns(image.header.stamp)
+        frame = FrameInputs(image=image)
+        if self._observe(stamp):
+            frame.notes.append('clock jumped backwards: companion buffers cleared')
+        info = self.camera_infos.exact(stamp)
+        if info is None:    # loosely stamped drivers: the latest one within the age limit
+            info = self.camera_infos.latest_within(stamp, self.max_age_ns)
+        frame.camera_info = info
+        if info is None:
+            frame.notes.append('no camera_info within the age limit')
+        if self.use_lidar:
+            frame.lidar = self.lidar.nearest(stamp, self.max_age_ns)
+            if frame.lidar is None:
+                frame.notes.append('no LiDAR sweep within max_anchor_age')
+        if self.use_stereo:
+            frame.stereo = self.stereo.nearest(stamp, self.max_age_ns)
+            if frame.stereo is None:
+                frame.notes.append('no stereo frame within max_anchor_age')
+        return frame
