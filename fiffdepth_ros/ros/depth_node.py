@@ -1,0 +1,334 @@
+"""ROS 2 node: camera images (+ camera_info, LiDAR, stereo) in, metric depth and clouds out.
+
+The node is an adapter: parameters, subscriptions, publishers, diagnostics and threading. All
+per-frame work happens in :class:`fiffdepth_ros.pipeline.DepthPipeline`, which the offline bag
+processor shares.
+
+Threading: subscription callbacks only store messages. Inference runs on a worker thread with a
+latest-only hand-off (a new image replaces a pending one and counts as dropped), so callbacks and
+timers never wait for the model.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+import traceback
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.executors import ExternalShutdownException
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+
+from .. import params as P
+from ..conversions.backends import RclpyBackend, stamp_to_ns
+from ..pipeline import DepthPipeline, FrameError, PipelineConfig
+from ..sync import FrameAssembler
+from .extrinsics import ExtrinsicResolver
+from .qos import profile
+from .stats import NodeStats
+
+OUTPUT_TOPICS = {
+    'depth': ('depth/image', Image),
+    'camera_info': ('depth/camera_info', CameraInfo),
+    'points': ('depth/points', PointCloud2),
+    'relative': ('depth/relative', Image),
+    'colorized': ('depth/colorized', Image),
+}
+
+
+class WarningLimiter:
+    """At most one log line per kind of problem per period, with a count of the rest."""
+
+    def __init__(self, logger, period_s: float = 5.0):
+        self.logger = logger
+        self.period_s = period_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, text: str, key: str | None = None) -> None:
+        key = key or text.split(':')[0][:60]
+        now = time.monotonic()
+        last, suppressed = self._last.get(key, (-1e9, 0))
+        if now - last >= self.period_s:
+            more = f' (and {suppressed} more like it)' if suppressed else ''
+            self.logger.warning(text + more)
+            self._last[key] = (now, 0)
+        else:
+            self._last[key] = (last, suppressed + 1)
+
+
+def _descriptor(spec: P.ParamSpec) -> ParameterDescriptor:
+    text = f'{spec.description}. Allowed: {spec.allowed()}.'
+    desc = ParameterDescriptor(description=text, read_only=spec.read_only)
+    if spec.kind in (float, list):
+        desc.dynamic_typing = True        # accept 20 as well as 20.0 from YAML / the CLI
+    if spec.kind is int and spec.min is not None and spec.max is not None:
+        desc.integer_range = [IntegerRange(from_value=int(spec.min), to_value=int(spec.max),
+                                           step=0)]
+    if spec.kind is float and spec.min is not None and spec.max is not None:
+        desc.floating_point_range = [FloatingPointRange(from_value=float(spec.min),
+                                                        to_value=float(spec.max), step=0.0)]
+    return desc
+
+
+class DepthNode(Node):
+    """See the module docstring. Construct, then call :meth:`start` with a loaded estimator."""
+
+    def __init__(self, **kwargs):
+        super().__init__('depth_node', **kwargs)
+        self.warn = WarningLimiter(self.get_logger())
+        for spec in P.SPECS.values():
+            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+        # Raises ParameterError for values that are not allowed (main() reports and exits).
+        self.params = P.validate({name: self.get_parameter(name).value for name in P.SPECS})
+        self.stats = NodeStats()
+        self.pipeline: DepthPipeline | None = None
+        self._pending_config: PipelineConfig | None = None
+        self._cond = threading.Condition()
+        self._pending_image = None
+        self._stop = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._companion_lock = threading.Lock()
+
+    # ------------------------------------------------------------------ set-up
+    def start(self, estimator) -> None:
+        p = self.params
+        self.estimator = estimator
+        self.assembler = FrameAssembler(p['max_anchor_age'], use_lidar=p['use_lidar'],
+                                        use_stereo=p['stereo_source'] != 'none')
+        config = PipelineConfig.from_params(p)
+        resolver = ExtrinsicResolver(self, config.extrinsic, p['lidar_use_tf']) \
+            if p['use_lidar'] else None
+        if resolver is not None and resolver.tf_error:
+            self.get_logger().info(resolver.tf_error)
+        self.pipeline = DepthPipeline(estimator, config, RclpyBackend(), resolver)
+
+        in_qos = profile(p['qos_reliability'], 1)
+        companion_qos = profile(p['qos_reliability'], 5)
+        if p['image_transport'] == 'compressed':
+            self.create_subscription(CompressedImage, 'image/compressed', self._on_image, in_qos)
+        else:
+            self.create_subscription(Image, 'image', self._on_image, in_qos)
+        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, companion_qos)
+        if p['use_lidar']:
+            self.create_subscription(PointCloud2, 'lidar/points', self._on_lidar, companion_qos)
+        if p['stereo_source'] == 'depth':
+            self.create_subscription(Image, 'stereo/depth', self._on_stereo, companion_qos)
+        elif p['stereo_source'] == 'disparity':
+            from stereo_msgs.msg import DisparityImage
+            self.create_subscription(DisparityImage, 'stereo/disparity', self._on_stereo,
+                                     companion_qos)
+
+        out_qos = profile(p['qos_output_reliability'], p['qos_output_depth'])
+        enabled = {'depth', 'camera_info'}
+        if p['cloud_type'] != 'none':
+            enabled.add('points')
+        if p['publish_relative']:
+            enabled.add('relative')
+        if p['publish_colorized']:
+            enabled.add('colorized')
+        self.publishers_by_output = {
+            name: self.create_publisher(msg_type, topic, out_qos)
+            for name, (topic, msg_type) in OUTPUT_TOPICS.items() if name in enabled}
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self.create_timer(p['diagnostics_period'], self._publish_diagnostics)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self._worker = threading.Thread(target=self._work, name='fiffdepth-inference',
+                                        daemon=True)
+        self._worker.start()
+        info = estimator.describe()
+        self.get_logger().info(
+            f"ready: model {info.get('model')} on {info.get('device')} "
+            f"({info.get('precision')}, processing_res {info.get('processing_res')}); "
+            f"image topic '{self.resolve_topic_name('image')}'")
+
+    def stop(self, timeout_s: float = 0.8) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        if self._worker is not None:
+            self._worker.join(timeout=timeout_s)
+
+    # ------------------------------------------------------------------ callbacks
+    def _on_image(self, msg) -> None:
+        self.stats.received += 1
+        self.stats.inputs.tick()
+        with self._cond:
+            if self._pending_image is not None:
+                self.stats.dropped += 1
+            self._pending_image = msg
+            self._cond.notify()
+
+    def _on_camera_info(self, msg) -> None:
+        with self._companion_lock:
+            self.assembler.add_camera_info(msg)
+
+    def _on_lidar(self, msg) -> None:
+        with self._companion_lock:
+            self.assembler.add_lidar(msg)
+
+    def _on_stereo(self, msg) -> None:
+        with self._companion_lock:
+            self.assembler.add_stereo(msg)
+
+    def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
+        new = dict(self.params)
+        try:
+            for change in changes:
+                spec = P.SPECS.get(change.name)
+                if spec is None:
+                    continue                      # e.g. use_sim_time
+                if spec.read_only:
+                    raise P.ParameterError(f"parameter '{spec.name}' is read-only: restart the "
+                                           'node to change it')
+                new[change.name] = spec.coerce(change.value)
+            P.check_consistency(new)
+        except P.ParameterError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.params = new
+        # Applied by the worker between frames, so a frame never sees half a change.
+        with self._cond:
+            self._pending_config = PipelineConfig.from_params(new)
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ inference worker
+    def _work(self) -> None:
+        while not self._stop.is_set():
+            with self._cond:
+                while self._pending_image is None and not self._stop.is_set():
+                    self._cond.wait(timeout=0.2)
+                if self._stop.is_set():
+                    return
+                msg, self._pending_image = self._pending_image, None
+                config, self._pending_config = self._pending_config, None
+            if config is not None:
+                self.pipeline.config = config
+                self.estimator.processing_res = self.params['processing_res']
+            self._process(msg)
+
+    def _wanted_outputs(self) -> set[str]:
+        return {name for name, pub in self.publishers_by_output.items()
+                if pub.get_subscription_count() > 0}
+
+    def _process(self, msg) -> None:
+        t_start = time.perf_counter()
+        outputs = self._wanted_outputs()
+        if not outputs:
+            self.stats.idle += 1
+            return
+        with self._companion_lock:
+            inputs = self.assembler.assemble(msg)
+        try:
+            result = self.pipeline.process(inputs, outputs)
+        except FrameError as exc:
+            self.stats.skipped += 1
+            self.warn(str(exc))
+            return
+        except Exception as exc:        # model failures must not take the node down
+            self.stats.skipped += 1
+            if _is_out_of_memory(exc):
+                _release_cuda_memory()
+                self.warn(f'out of memory during inference: frame dropped ({exc})', key='oom')
+            else:
+                self.warn(f'frame failed: {exc!r}\n{traceback.format_exc()}', key=type(exc).__name__)
+            return
+        for note in result.notes:
+            self.warn(note)
+        for name, out_msg in result.messages.items():
+            self.publishers_by_output[name].publish(out_msg)
+        now_ns = self.get_clock().now().nanoseconds
+        self.stats.processed += 1
+        self.stats.outputs.tick()
+        self.stats.latency_ms.append((now_ns - stamp_to_ns(msg.header.stamp)) * 1e-6)
+        inference = result.timings.get('inference', 0.0)
+        self.stats.inference_ms.append(inference)
+        self.stats.overhead_ms.append((time.perf_counter() - t_start) * 1e3 - inference)
+        self.stats.last_report = result.report
+        self.stats.last_metric = result.metric
+
+    # ------------------------------------------------------------------ diagnostics
+    def _publish_diagnostics(self) -> None:
+        summary = self.stats.summary()
+        info = self.estimator.describe()
+        summary.update({k: str(v) for k, v in info.items()})
+        status = DiagnosticStatus(name=f'{self.get_name()}: depth estimation',
+                                  hardware_id=str(info.get('device', '')))
+        report = self.stats.last_report
+        if self.stats.processed == 0:
+            status.level, status.message = DiagnosticStatus.WARN, 'no frame processed yet'
+        elif not self.stats.last_metric:
+            status.level = DiagnosticStatus.WARN
+            status.message = 'publishing relative depth (no metric anchors / fixed scale)'
+        elif report is not None and report.status in ('held', 'none'):
+            status.level, status.message = DiagnosticStatus.WARN, f'scale fit {report.status}'
+        else:
+            status.level, status.message = DiagnosticStatus.OK, 'metric depth'
+        status.values = [KeyValue(key=k, value=v) for k, v in summary.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_pub.publish(array)
+
+
+def _is_out_of_memory(exc: Exception) -> bool:
+    try:
+        import torch
+        if isinstance(exc, torch.cuda.OutOfMemoryError):
+            return True
+    except (ImportError, AttributeError):
+        pass
+    return isinstance(exc, (MemoryError, RuntimeError)) and 'out of memory' in str(exc).lower()
+
+
+def _release_cuda_memory() -> None:
+    try:
+        import torch
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:
+        pass
+
+
+def load_estimator(params: dict):
+    """The model named by the parameters; raises ModelLoadError / ParameterError."""
+    from ..model.estimator import DepthEstimator
+    if not params['model']:
+        raise P.ParameterError("parameter 'model' is empty: set it to a FiffDepth checkpoint "
+                               'folder or Hugging Face hub id (see the README)')
+    return DepthEstimator.from_pretrained(
+        params['model'], device=params['device'], precision=params['precision'],
+        processing_res=params['processing_res'], upcast_vae=params['upcast_vae'],
+        compile=params['compile'])
+
+
+def main(args=None) -> int:
+    rclpy.init(args=args)
+    node = None
+    code = 0
+    try:
+        node = DepthNode()
+        node.start(load_estimator(node.params))
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    except Exception as exc:   # bad parameters, model that cannot be loaded: one clear error
+        message = str(exc) or repr(exc)
+        if node is not None:
+            node.get_logger().fatal(f'cannot start: {message}')
+        else:
+            print(f'[depth_node] cannot start: {message}', file=sys.stderr)
+        code = 1
+    finally:
+        if node is not None:
+            node.stop()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return code
+
+
+if __name__ == '__main__':
+    sys.exit(main())
