@@ -1,0 +1,61 @@
+"""Stamp matching of companions to images (shared by node and bag processor)."""
+from types import SimpleNamespace as NS
+
+from fiffdepth_ros.sync import FrameAssembler, StampedBuffer
+
+
+def msg(stamp_ns, tag=''):
+    stamp = NS(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000)
+    return NS(header=NS(stamp=stamp, frame_id='cam'), tag=tag)
+
+
+MS = 1_000_000
+
+
+def test_buffer_nearest_respects_max_age_and_order():
+    buf = StampedBuffer(3)
+    for t in (30, 10, 20, 40):                  # out of order; oldest (10) falls out
+        buf.add(t * MS, t)
+    assert len(buf) == 3
+    assert buf.nearest(24 * MS, 5 * MS) == 20
+    assert buf.nearest(26 * MS, 5 * MS) == 30
+    assert buf.nearest(10 * MS, 5 * MS) is None  # dropped by maxlen
+    assert buf.nearest(100 * MS, 5 * MS) is None
+    assert buf.exact(30 * MS) == 30 and buf.exact(31 * MS) is None
+    assert buf.latest_within(35 * MS, 6 * MS) == 40
+
+
+def test_assembler_picks_nearest_lidar_and_exact_camera_info():
+    asm = FrameAssembler(max_age_s=0.05, use_lidar=True, use_stereo=True)
+    for t in (0, 100, 200):
+        asm.add_camera_info(msg(t * MS, f'info{t}'))
+    for t in (90, 130):
+        asm.add_lidar(msg(t * MS, f'lidar{t}'))
+    frame = asm.assemble(msg(100 * MS))
+    assert frame.camera_info.tag == 'info100'
+    assert frame.lidar.tag == 'lidar90'
+    assert frame.stereo is None and any('stereo' in n for n in frame.notes)
+    far = asm.assemble(msg(400 * MS))
+    assert far.lidar is None and far.camera_info is None
+    assert any('camera_info' in n for n in far.notes)
+
+
+def test_camera_info_falls_back_to_latest_within_age():
+    asm = FrameAssembler(max_age_s=0.05)
+    asm.add_camera_info(msg(100 * MS, 'a'))
+    asm.add_camera_info(msg(120 * MS, 'b'))
+    assert asm.assemble(msg(130 * MS)).camera_info.tag == 'b'
+
+
+def test_clock_jump_backwards_clears_stale_companions():
+    asm = FrameAssembler(max_age_s=0.1, use_lidar=True)
+    asm.add_camera_info(msg(50_000 * MS))
+    asm.add_lidar(msg(50_000 * MS))
+    frame = asm.assemble(msg(50_000 * MS))
+    assert frame.lidar is not None
+    looped = asm.assemble(msg(1_000 * MS))       # bag looped back 49 s
+    assert asm.clock_jumps == 1
+    assert looped.lidar is None and looped.camera_info is None
+    assert any('clock jumped backwards' in n for n in looped.notes)
+    asm.add_lidar(msg(1_010 * MS, 'new'))
+    assert asm.assemble(msg(1_020 * MS)).lidar.tag == 'new'
