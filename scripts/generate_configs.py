@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Regenerate config/default.yaml and config/jetson.yaml from the parameter schema.
+"""Regenerate config/default.yaml, config/jetson.yaml and the README's parameter table from the
+parameter schema.
 
 Every parameter appears with its description and allowed values, so the files double as
 reference; test/test_params.py checks that they stay in sync with fiffdepth_ros/params.py.
@@ -63,12 +64,33 @@ def render(title: str, overrides: dict) -> str:
     return '\n'.join(lines) + '\n'
 
 
+def readme_table() -> str:
+    rows = ['| parameter | default | allowed | run-time | meaning |', '| --- | --- | --- | --- | --- |']
+    for group, names in GROUPS:
+        rows.append(f'| **{group}** | | | | |')
+        for name in names:
+            spec = P.SPECS[name]
+            rows.append(f'| `{name}` | `{yaml_value(spec.default)}` | {spec.allowed()} | '
+                        f'{"restart" if spec.read_only else "yes"} | '
+                        f'{spec.description.replace("|", "/")} |')
+    return '\n'.join(rows)
+
+
+def with_readme_table(readme: str) -> str:
+    begin, end = '<!-- params:begin -->', '<!-- params:end -->'
+    head, rest = readme.split(begin)
+    _, tail = rest.split(end)
+    return f'{head}{begin}\n{readme_table()}\n{end}{tail}'
+
+
 def main() -> None:
     listed = sorted(n for _, names in GROUPS for n in names)
     if listed != sorted(P.SPECS):
         sys.exit(f'GROUPS and the schema differ: {set(listed) ^ set(P.SPECS)}')
     for filename, (title, overrides) in CONFIGS.items():
         (ROOT / 'config' / filename).write_text(render(title, overrides))
+    readme = ROOT / 'README.md'
+    readme.write_text(with_readme_table(readme.read_text()))
 
 
 if __name__ == '__main__':

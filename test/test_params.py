@@ -105,3 +105,11 @@ def test_jetson_config_is_lighter_than_default():
     jetson = P.validate(P.load_yaml(ROOT / 'config' / 'jetson.yaml'))
     assert jetson['precision'] == 'fp16'
     assert jetson['processing_res'] < default['processing_res']
+
+
+def test_readme_parameter_table_is_in_sync():
+    gen = _generator()
+    readme = (ROOT / 'README.md').read_text()
+    assert readme == gen.with_readme_table(readme), 'run scripts/generate_configs.py'
+    for name in P.SPECS:
+        assert f'| `{name}` |' in readme
