@@ -1,0 +1,313 @@
+"""Robust, deterministic scale + shift fit between a relative prediction and metric anchors.
+
+Model, in the chosen space:
+- ``'depth'``:   z = scale * relative + shift          (affine-invariant depth, e.g. FiffDepth)
+- ``'inverse'``: 1 / z = scale * relative + shift      (affine-invariant disparity models)
+
+Least squares in that space, each anchor weighted by 1 / its expected variance there: the
+sensor's (anchor weight, 1/m^2) plus the prediction's own error, which is relative
+(``prediction_noise * z``) and usually dominates. Robustness: a Tukey-biweight M-estimator by
+iteratively reweighted least squares, started from Siegel's repeated-median line on a
+deterministic, evenly spaced subset: no random sampling (the same input gives the same fit), and
+up to ~50 % gross outliers are tolerated.
+
+The Tukey cutoff is a fixed gross-error threshold on the log ratio between anchor and fit
+(``outlier_cutoff``, symmetric: x2 and x0.5 are equally wrong), widened for anchors whose sensor
+is noisier than the prediction; it is not a multiple of the residuals' MAD. A relative
+prediction's error is structured (a bent floor, a corner it exaggerates), so cutting at a few MADs
+drops exactly the anchors that show where it bends; and a third of the anchors pushed to one side
+(LiDAR seeing background past an edge) inflates the MAD until nothing is cut.
+
+Degenerate anchor sets fall back to a scale-only fit with the shift held at a prior value (fewer
+than ``min_anchors``; anchor depths spanning too narrow a range for the shift to be observable; a
+full fit with a negative or absurd scale). If even that fails, or the anchors disagree with the
+prediction as a whole (too few inliers, large residual), the status is ``'failed'`` and the
+caller holds its last estimate.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SPACES = ('depth', 'inverse')
+
+
+class FitError(ValueError):
+    """Inputs that cannot be fitted at all (mismatched lengths, unknown space)."""
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    space: str = 'depth'
+    prediction_noise: float = 0.05      # expected relative depth error of the aligned prediction
+    min_anchors: int = 3                # fewer: scale-only fit
+    min_depth_spread: float = 0.1       # (p90 - p10) / p50 of inlier depths; less: scale-only
+    scale_bounds: tuple[float, float] = (1e-4, 1e4)   # outside (or <= 0): absurd
+    outlier_cutoff: float = 0.5         # |log(anchor / fit)| of a gross outlier (~ x1.65)
+    min_inlier_fraction: float = 0.5    # fewer inliers: anchors disagree, failed
+    max_residual: float = 0.35          # relative RMS of inliers; more: anchors disagree, failed
+    max_iterations: int = 50
+    tolerance: float = 1e-4             # convergence: fitted values move < tol * data range
+    init_points: int = 64               # subset size of the repeated-median start (O(k^2))
+    fit_points: int = 1024              # subset size of the IRLS (inliers judged on all)
+
+    def __post_init__(self):
+        if self.space not in SPACES:
+            raise FitError(f"space must be one of {SPACES}, got '{self.space}'")
+        lo, hi = self.scale_bounds
+        if not (0 < lo < hi):
+            raise FitError(f'scale_bounds must satisfy 0 < low < high, got {self.scale_bounds}')
+        if self.min_anchors < 2:
+            raise FitError(f'min_anchors must be >= 2 (a line needs two points), '
+                           f'got {self.min_anchors}')
+        if not (self.outlier_cutoff > 0 and self.prediction_noise > 0):
+            raise FitError('outlier_cutoff and prediction_noise must be > 0')
+
+
+@dataclass(frozen=True, eq=False)
+class FitResult:
+    scale: float
+    shift: float
+    inliers: np.ndarray            # bool, one per input anchor (invalid anchors are False)
+    residual: float                # RMS relative depth error of the inliers ((pred - z) / z)
+    status: str                    # 'fitted' | 'scale-only' | 'failed'
+    reason: str = ''               # why it is not a plain 'fitted'
+    used: int = 0                  # valid anchors (finite, positive depth and weight)
+    spread: float = field(default=np.nan)   # (p90 - p10) / p50 of inlier depths
+
+    @property
+    def ok(self) -> bool:
+        return self.status != 'failed'
+
+    @property
+    def n_inliers(self) -> int:
+        return int(np.count_nonzero(self.inliers))
+
+
+class _Problem:
+    """The valid anchors in the fit space, with what the estimators need."""
+
+    def __init__(self, x, z, w, options: FitOptions):
+        self.x, self.z, self.space = x, z, options.space
+        # Expected variance in depth: sensor + prediction (relative); propagated to 1/z if needed.
+        var = 1.0 / w + (options.prediction_noise * z) ** 2
+        if options.space == 'inverse':
+            self.y, sd = 1.0 / z, np.sqrt(var) / z ** 2
+        else:
+            self.y, sd = z, np.sqrt(var)
+        self.inv_var = 1.0 / sd ** 2
+        # Cutoff per anchor in log ratio: wider where the sensor is noisier than the prediction.
+        self.cutoff = options.outlier_cutoff * np.sqrt(var) / (options.prediction_noise * z)
+
+    def log_error(self, s, t, index=slice(None)):
+        """|log(fit / anchor)|; inf where the fit is not a positive depth."""
+        pred = s * self.x[index] + t
+        with np.errstate(divide='ignore', invalid='ignore'):
+            ratio = pred / self.y[index]
+        # In inverse space pred/y is an inverse-depth ratio: |log| is the same.
+        return np.where(ratio > 0, np.abs(np.log(np.where(ratio > 0, ratio, 1.0))), np.inf)
+
+    def tukey(self, s, t, index=slice(None)):
+        u = np.minimum(self.log_error(s, t, index) / self.cutoff[index], 1.0)
+        return (1.0 - u * u) ** 2
+
+    def inliers(self, s, t):
+        return self.log_error(s, t) < self.cutoff
+
+
+def fit_scale_shift(relative, depth, weight=None, options: FitOptions = FitOptions(),
+                    prior_shift: float = 0.0) -> FitResult:
+    """Fit scale and shift mapping ``relative`` (N,) to metric ``depth`` (N,) metres.
+
+    ``weight`` (N,) is the anchors' inverse depth variance (1/m^2); None = equal sensor noise
+    (1 cm). ``prior_shift`` is the shift a scale-only fallback keeps (e.g. the last good one).
+    """
+    x = np.asarray(relative, dtype=np.float64).reshape(-1)
+    z = np.asarray(depth, dtype=np.float64).reshape(-1)
+    w = np.full(len(z), 1e4) if weight is None else np.asarray(weight, np.float64).reshape(-1)
+    if not (len(x) == len(z) == len(w)):
+        raise FitError(f'relative ({len(x)}), depth ({len(z)}) and weight ({len(w)}) '
+                       'must have the same length')
+    valid = np.isfinite(x) & np.isfinite(z) & (z > 0) & np.isfinite(w) & (w > 0)
+    n = int(np.count_nonzero(valid))
+    inliers = np.zeros(len(z), bool)
+    if n == 0:
+        return FitResult(np.nan, np.nan, inliers, np.nan, 'failed', 'no valid anchors', 0)
+    p = _Problem(x[valid], z[valid], w[valid], options)
+
+    def finish(s, t, status, reason, mask=None) -> FitResult:
+        if mask is None:
+            mask = p.inliers(s, t) if np.isfinite(s) and np.isfinite(t) else np.zeros(n, bool)
+        inl = inliers.copy()
+        inl[valid] = mask
+        residual = _relative_rms(s, t, p.x[mask], p.z[mask], options.space)
+        spread = _spread(p.z[mask])
+        if status != 'failed':
+            fraction = np.count_nonzero(mask) / n
+            if fraction < options.min_inlier_fraction:
+                status, reason = 'failed', (
+                    f'{reason + "; " if reason else ""}anchors disagree with the prediction: '
+                    f'only {100 * fraction:.0f} % inliers')
+            elif not residual <= options.max_residual:
+                status, reason = 'failed', (
+                    f'{reason + "; " if reason else ""}anchors disagree with the prediction: '
+                    f'relative RMS residual {residual:.3g} > {options.max_residual:g}')
+        return FitResult(float(s), float(t), inl, residual, status, reason, n, spread)
+
+    lo, hi = options.scale_bounds
+    if n >= options.min_anchors and np.ptp(p.x) <= 1e-9 * max(float(np.max(np.abs(p.x))), 1e-30):
+        reason = 'all anchors see the same relative value: shift unobservable'
+    elif n >= options.min_anchors:
+        s, t = _irls(p, options, _repeated_median(p.x, p.y, options.init_points))
+        mask = p.inliers(s, t) if np.isfinite(s) and np.isfinite(t) else np.zeros(n, bool)
+        spread = _spread(p.z[mask])
+        if not (np.isfinite(s) and np.isfinite(t)):
+            reason = 'full fit did not converge'
+        elif not (lo <= s <= hi):
+            reason = f'full fit gave an absurd scale {s:.4g} (allowed {lo:g}..{hi:g})'
+        elif not (spread >= options.min_depth_spread):
+            reason = (f'anchor depths span only {100 * spread:.1f} % (< '
+                      f'{100 * options.min_depth_spread:g} %): shift unobservable')
+        else:
+            return finish(s, t, 'fitted', '', mask)
+    else:
+        reason = f'only {n} anchors (< {options.min_anchors}): shift not fitted'
+
+    s = _irls_scale_only(p, prior_shift, options)
+    if not (np.isfinite(s) and lo <= s <= hi):
+        return finish(s, prior_shift, 'failed',
+                      f'{reason}; scale-only fit gave an unusable scale {s:.4g}')
+    return finish(s, prior_shift, 'scale-only',
+                  f'{reason}; scale-only fit, shift held at {prior_shift:.4g}')
+
+
+# ---------------------------------------------------------------------------- estimators
+
+def _subset(n: int, k: int):
+    """Evenly spaced indices (deterministic) when there are more than k anchors."""
+    if n <= k:
+        return slice(None)
+    return np.linspace(0, n - 1, k).round().astype(np.int64)
+
+
+def _median_rows(a: np.ndarray) -> np.ndarray:
+    """Median of each row ignoring NaN (NaN where a row has none), by one sort."""
+    srt = np.sort(a, axis=1)                       # NaN sort last
+    count = np.count_nonzero(~np.isnan(a), axis=1)
+    lo = np.maximum(count - 1, 0) // 2
+    hi = np.minimum(count // 2, a.shape[1] - 1)
+    rows = np.arange(len(a))
+    return np.where(count > 0, 0.5 * (srt[rows, lo] + srt[rows, hi]), np.nan)
+
+
+def _repeated_median(x, y, k) -> tuple[float, float]:
+    """Siegel's repeated-median line on <= k anchors evenly spaced in input order (deterministic;
+    sensors deliver anchors in scan or pixel order, so the subset covers the image)."""
+    sub = _subset(len(x), k)
+    xs, ys = x[sub], y[sub]
+    dx = xs[None, :] - xs[:, None]
+    dy = ys[None, :] - ys[:, None]
+    with np.errstate(divide='ignore', invalid='ignore'):
+        slopes = np.where(dx != 0, dy / dx, np.nan)
+    per_point = _median_rows(slopes)
+    per_point = per_point[~np.isnan(per_point)]
+    if len(per_point) == 0:
+        return np.nan, np.nan            # all x equal: no slope
+    s = float(np.median(per_point))
+    return s, float(np.median(y - s * x))
+
+
+def _irls(p: _Problem, options: FitOptions, start) -> tuple[float, float]:
+    """Tukey IRLS for y = s x + t on an evenly spaced subset of at most ``fit_points`` anchors
+    (statistically plenty, and a bounded cost for dense stereo or LiDAR)."""
+    sub = _subset(len(p.x), options.fit_points)
+    xs, ys, inv_var = p.x[sub], p.y[sub], p.inv_var[sub]
+    s, t = start
+    if not (np.isfinite(s) and np.isfinite(t)):
+        s, t = _weighted_line(xs, ys, inv_var)      # all x equal: the spread check catches it
+    if not (np.isfinite(s) and np.isfinite(t)):
+        return np.nan, np.nan
+    # Converged when the fitted values move by < tol of the data's own spread.
+    tol = options.tolerance * max(float(np.ptp(ys)), 1e-12)
+    x_lo, x_hi = float(xs.min()), float(xs.max())
+    for _ in range(options.max_iterations):
+        u = p.tukey(s, t, sub)
+        if np.count_nonzero(u) < 2:
+            break
+        s_new, t_new = _weighted_line(xs, ys, u * inv_var)
+        if not (np.isfinite(s_new) and np.isfinite(t_new)):
+            break
+        moved = max(abs((s_new - s) * x_lo + t_new - t), abs((s_new - s) * x_hi + t_new - t))
+        s, t = s_new, t_new
+        if moved <= tol:
+            break
+    return float(s), float(t)
+
+
+def _irls_scale_only(p: _Problem, t0: float, options: FitOptions) -> float:
+    target = p.y - t0
+    big = np.abs(p.x) > 1e-9 * max(float(np.max(np.abs(p.x))), 1e-300)
+    ratios = target[big] / p.x[big]
+    if len(ratios) == 0:
+        return np.nan
+    s = float(np.median(ratios))
+    x_max = float(np.max(np.abs(p.x)))
+    tol = options.tolerance * max(float(np.ptp(target)), abs(float(np.mean(target))), 1e-12)
+    for _ in range(options.max_iterations):
+        u = p.tukey(s, t0) * p.inv_var
+        den = float(np.dot(u, p.x * p.x))
+        if den <= 0:
+            break
+        s_new = float(np.dot(u, p.x * target)) / den
+        moved = abs(s_new - s) * x_max
+        s = s_new
+        if moved <= tol:
+            break
+    return s
+
+
+def _weighted_line(x, y, w) -> tuple[float, float]:
+    sw = float(np.sum(w))
+    if sw <= 0:
+        return np.nan, np.nan
+    mx, my = float(np.dot(w, x)) / sw, float(np.dot(w, y)) / sw
+    dx = x - mx
+    wdx = w * dx
+    sxx = float(np.dot(wdx, dx))
+    if sxx <= 1e-300:
+        return np.nan, np.nan
+    s = float(np.dot(wdx, y - my)) / sxx
+    return s, my - s * mx
+
+
+def _spread(z) -> float:
+    """(p10 - p90) / p50, on an evenly spaced subset of at most 2048 values (a statistic)."""
+    if len(z) < 2:
+        return 0.0
+    z = np.sort(z[_subset(len(z), 2048)])
+    p10, p50, p90 = (z[int(round(q * (len(z) - 1)))] for q in (0.1, 0.5, 0.9))
+    return float((p90 - p10) / p50) if p50 > 0 else 0.0
+
+
+def _relative_rms(s, t, x, z, space) -> float:
+    if len(z) == 0 or not (np.isfinite(s) and np.isfinite(t)):
+        return np.nan
+    pred = s * x + t
+    if space == 'inverse':
+        with np.errstate(divide='ignore'):
+            pred = np.where(pred > 0, 1.0 / pred, np.inf)
+    return float(np.sqrt(np.mean(((pred - z) / z) ** 2)))
+
+
+def apply_fit(relative: np.ndarray, scale: float, shift: float, space: str) -> np.ndarray:
+    """Metric depth (float32, a new array) from relative values; results that are not a positive
+    finite depth (e.g. behind the near plane of the fit) are NaN."""
+    rel = np.asarray(relative, dtype=np.float32)
+    out = rel * np.float32(scale)
+    out += np.float32(shift)
+    with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
+        if space == 'inverse':
+            np.divide(np.float32(1.0), out, out=out)
+        np.copyto(out, np.float32(np.nan), where=~(out > 0) | (out == np.inf))
+    return out

@@ -1,0 +1,461 @@
+"""Dense local correction of a globally aligned depth map from its anchors' residuals.
+
+A global scale + shift cannot fix a prediction whose error varies over the image (a wall that
+leans the wrong way, a corner the network exaggerates). Each anchor measures that error as the
+log-ratio v = log(z_anchor / z_aligned); the correction interpolates v densely and multiplies the
+aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA frame):
+
+1. Normalised convolution: splat w*v and w into two grids, blur both with the same Gaussian,
+   divide. Gaps fill without seams because the result is a ratio of smooth functions.
+2. Multi-scale, density adaptive: scales sigma_k = base_sigma * 2^k cells are blended from coarse
+   to fine (large scales on a pooled grid, a pyramid); scale k takes over where its Gaussian
+   window holds enough anchors (fully at ``min_support``). Dense anchors give fine detail;
+   between LiDAR rings and at image borders the fill is smooth; with no anchors near, the
+   correction tends to the anchors' mean.
+3. Edge aware (``edge_aware``): the prediction's errors follow its own structure (an object, a
+   corner it got wrong), so the grid gets a third axis, the aligned log depth, in bins of
+   ``range_sigma`` (a bilateral grid). An anchor corrects the pixels near it that the prediction
+   puts at a similar depth and has no say across a depth edge. Where no anchor shares a pixel's
+   depth band, the purely spatial field of steps 1-2 is used. The factor is read at half
+   resolution (depth edges to 2 px) and upsampled bilinearly.
+4. Robust: Tukey-biweight reweighting, each anchor judged against the field of its neighbours
+   *on the same surface* (its bilateral neighbourhood), built so that a scale only counts where
+   it holds ``outlier_support`` anchors, i.e. one anchor has at most a ~1/outlier_support share
+   in the field that judges it. A LiDAR return from the background behind a foreground edge, or
+   a bad stereo match, disagrees with its neighbours and loses its weight; a region where the
+   prediction itself is off keeps its anchors, because they agree with each other; an anchor
+   with no neighbours on its surface (it may be the only one that sees a structure) is not
+   judged. The cutoff is a fixed gross-error ratio (``outlier_cutoff``, log), not a multiple of
+   the residuals' MAD: one-sided contamination inflates the MAD until nothing is rejected, and
+   the prediction's genuine local errors are far from Gaussian.
+
+Judging rounds run on a grid of twice the cell with nearest-cell splats (neighbourhoods, not
+detail, matter there). Anchor sets denser than ``max_anchors_per_cell`` are thinned evenly.
+"""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LocalCorrectionOptions:
+    cell: int = 16                   # coarse grid cell, pixels
+    base_sigma: float = 0.5          # finest Gaussian scale, cells
+    min_support: float = 2.0         # anchors at which a scale is fully used (interpolation)
+    edge_aware: bool = True          # bilateral grid over the aligned log depth
+    range_sigma: float = 0.1         # bilateral bin width, log depth (~10 % depth difference)
+    max_bins: int = 48               # bilateral bins cap (wider bins for huge depth ranges)
+    outlier_support: float = 3.0     # anchors on the same surface that can outvote one anchor
+    outlier_cutoff: float = 0.5      # Tukey cutoff, log ratio to the neighbourhood (~ x1.65)
+    iterations: int = 6              # max robust rounds (clean frames stop after 1-2; 0: off)
+    noise_floor: float = 0.01        # log-ratio noise floor (1 %): no anchor is trusted more
+    max_correction: float = 1.0      # |log factor| clip: at most x e either way
+    max_anchors_per_cell: float = 8.0  # denser anchor sets are thinned evenly (bounded cost)
+
+    def __post_init__(self):
+        if int(self.cell) < 1:
+            raise ValueError(f'local correction cell must be >= 1 pixel, got {self.cell}')
+        if not (self.base_sigma > 0 and self.min_support > 0 and self.outlier_support > 0):
+            raise ValueError('local correction needs base_sigma, min_support and '
+                             'outlier_support > 0')
+        if not self.outlier_cutoff > 0:
+            raise ValueError(f'outlier_cutoff must be > 0, got {self.outlier_cutoff}')
+        if not self.max_anchors_per_cell > 0:
+            raise ValueError('max_anchors_per_cell must be > 0')
+        if not (self.range_sigma > 0 and self.max_bins >= 2 and self.iterations >= 0):
+            raise ValueError('local correction needs range_sigma > 0, max_bins >= 2 and '
+                             'iterations >= 0')
+
+
+@dataclass(eq=False)
+class LocalCorrection:
+    depth: np.ndarray         # float32 HxW corrected depth: aligned * correction factor
+    weights: np.ndarray       # float64 per anchor: robust weight in [0, 1] (0 = rejected)
+    sigma: float              # robust spread of the local residuals (log), NaN if not judged
+
+    @property
+    def inliers(self) -> np.ndarray:
+        return self.weights > 0
+
+
+# Binomial kernel along the bilateral axis (sigma = 1 bin); its peak normalises anchor counts.
+_RANGE_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
+_ONE = np.ones(1, np.float32)
+_MAX_SIGMA = 1.0        # blur at most this many cells on a pyramid floor; pool beyond
+_SLICE_STEP = 2         # the correction factor is read every 2 pixels, then upsampled
+
+
+class _Workspace(threading.local):
+    """Per-thread scratch images, reused between frames: a fresh 1 MB array costs page faults
+    worth several times the arithmetic done on it."""
+
+    def __init__(self):
+        self.arrays: dict = {}
+
+    def get(self, name: str, shape, dtype) -> np.ndarray:
+        arr = self.arrays.get(name)
+        if arr is None or arr.shape != tuple(shape) or arr.dtype != dtype:
+            arr = self.arrays[name] = np.empty(shape, dtype)
+        return arr
+
+
+_WORK = _Workspace()
+
+
+class _Grid:
+    """Coarse grid, optionally bilateral (bins along a third axis).
+
+    Cell i is centred on pixel (i + 0.5) * cell - 0.5. The grid is padded with empty cells so
+    that each side halves exactly down to the coarsest pyramid floor.
+    """
+
+    def __init__(self, height: int, width: int, cell: int, base_sigma: float, bins: int = 1,
+                 g0: float = 0.0, bin_width: float = 1.0):
+        self.h, self.w, self.cell = height, width, cell
+        nh, nw = max(-(-height // cell), 1), max(-(-width // cell), 1)
+        # Scales up to the grid's extent; beyond that the field is the mean anyway.
+        self.levels = max(int(np.floor(np.log2(max(nh, nw) / base_sigma))) + 1, 1)
+        self.sigmas = [base_sigma * 2.0 ** k for k in range(self.levels)]
+        self.floors = [0] * self.levels
+        for k, s in enumerate(self.sigmas):
+            j = 0
+            while s / 2 ** j > _MAX_SIGMA and min(nh, nw) / 2 ** (j + 1) >= 2:
+                j += 1
+            self.floors[k] = j
+        step = 2 ** max(self.floors)
+        self.gh, self.gw = -(-nh // step) * step, -(-nw // step) * step
+        self.nh, self.nw = nh, nw            # cells that cover the image
+        self.bins, self.g0, self.bin_width = bins, g0, bin_width
+
+    @property
+    def shape(self):
+        return (self.gh, self.gw, self.bins) if self.bins > 1 else (self.gh, self.gw)
+
+    @staticmethod
+    def _axis(pos, n):
+        i0 = np.clip(np.floor(pos), 0, max(n - 2, 0)).astype(np.int64)
+        f = np.clip(pos - i0, 0.0, 1.0) if n > 1 else np.zeros(len(pos))
+        return i0, np.minimum(i0 + 1, n - 1), f
+
+    def corners(self, rows, cols, guide=None, nearest=False):
+        """Flat indices and weights (k, n) of the grid corners of n points: 4 (bilinear) or 1
+        (``nearest`` cell) in space, times 2 along the bilateral axis."""
+        if nearest:
+            idx = (np.minimum(rows // self.cell, self.nh - 1) * self.gw
+                   + np.minimum(cols // self.cell, self.nw - 1))[None]
+            wts = np.ones((1, len(rows)))
+        else:
+            y0, y1, fy = self._axis((rows + 0.5) / self.cell - 0.5, self.nh)
+            x0, x1, fx = self._axis((cols + 0.5) / self.cell - 0.5, self.nw)
+            ys, xs = np.stack([y0, y1]) * self.gw, np.stack([x0, x1])
+            idx = (ys[:, None] + xs[None]).reshape(4, -1)
+            wy, wx = np.stack([1 - fy, fy]), np.stack([1 - fx, fx])
+            wts = (wy[:, None] * wx[None]).reshape(4, -1)
+        if self.bins > 1:
+            b0, b1, fb = self._axis((guide - self.g0) / self.bin_width, self.bins)
+            k = len(idx)
+            idx = (idx[:, None] * self.bins + np.stack([b0, b1])[None]).reshape(2 * k, -1)
+            wts = (wts[:, None] * np.stack([1 - fb, fb])[None]).reshape(2 * k, -1)
+        return idx, wts
+
+    def splat(self, corners, values, weights):
+        """num and den stacked as (gh, gw, 2) or (gh, gw, 2, bins): one blur filters both."""
+        idx, wts = corners
+        size = self.gh * self.gw * self.bins
+        w = wts * weights
+        i = idx.ravel()
+        out = np.empty((self.gh, self.gw, 2, self.bins), np.float32)
+        out[:, :, 0] = np.bincount(i, (w * values).ravel(), size).reshape(
+            self.gh, self.gw, self.bins)
+        out[:, :, 1] = np.bincount(i, w.ravel(), size).reshape(self.gh, self.gw, self.bins)
+        return out if self.bins > 1 else out[..., 0]
+
+    @staticmethod
+    def sample(field, corners):
+        idx, wts = corners
+        return np.sum(field.ravel()[idx] * wts, axis=0)
+
+
+def _pool2(a: np.ndarray) -> np.ndarray:
+    """Mean over 2x2 blocks (sides are even by construction), any number of channels."""
+    h, w = a.shape[:2]
+    flat = a.reshape(h, w, -1)
+    return cv2.resize(flat, (w // 2, h // 2), interpolation=cv2.INTER_AREA) \
+        .reshape(h // 2, w // 2, *a.shape[2:])
+
+
+def _unpool2(a: np.ndarray) -> np.ndarray:
+    """Bilinear 2x upsampling (inverse geometry of _pool2)."""
+    h, w = a.shape[:2]
+    flat = a.reshape(h, w, -1)
+    return cv2.resize(flat, (w * 2, h * 2), interpolation=cv2.INTER_LINEAR) \
+        .reshape(h * 2, w * 2, *a.shape[2:])
+
+
+def _range_blur(nd: np.ndarray) -> np.ndarray:
+    """Blur (gh, gw, 2, channels) along the last axis with the binomial kernel, zero borders."""
+    flat = cv2.sepFilter2D(nd.reshape(-1, nd.shape[-1]), -1, _RANGE_KERNEL, _ONE,
+                           borderType=cv2.BORDER_CONSTANT)
+    return flat.reshape(nd.shape)
+
+
+def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool,
+                track: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Density-adaptive normalised convolution over a pyramid; the base is 0.
+
+    ``nd``: splatted (num, den), shape (gh, gw, 2, channels). Returns the blended estimate
+    (gh, gw, channels) and, if ``track``, the weight the base keeps, prod_k (1 - alpha_k), so
+    that a non-zero base b can be added afterwards as est + keep * b.
+
+    Interpolation (``exclusive`` False): a scale blends in from the first anchor and is fully
+    used at ``support`` anchors (folded into ``gain``), so the field passes close to isolated
+    anchors. Judging (``exclusive`` True): a scale only takes over from ``support`` anchors,
+    fully at twice that, which bounds any single anchor's share of the field at its own
+    position by ~1/support.
+    """
+    floors = grid.floors
+    pyramid = [nd]
+    for _ in range(max(floors)):
+        pyramid.append(_pool2(pyramid[-1]))
+    current = floors[-1]
+    shape = pyramid[current].shape
+    est = np.zeros(shape[:2] + shape[3:], np.float32)
+    keep = np.ones_like(est) if track else None
+    tiny = np.float32(1e-30)
+    for k in range(grid.levels - 1, -1, -1):
+        j = floors[k]
+        while current > j:                                   # carry est down to floor j
+            current -= 1
+            est = _unpool2(est)
+            keep = _unpool2(keep) if track else None
+        s = grid.sigmas[k] / 2 ** j
+        layer = pyramid[j]
+        blurred = cv2.GaussianBlur(layer.reshape(*layer.shape[:2], -1), (0, 0), s,
+                                   borderType=cv2.BORDER_CONSTANT).reshape(layer.shape)
+        n, d = blurred[:, :, 0], blurred[:, :, 1]
+        # Effective anchors in the window: a unit-peak kernel summed over the splats.
+        alpha = d * np.float32(gain * s * s * 4 ** j)
+        if exclusive:
+            alpha -= np.float32(1.0)
+        np.clip(alpha, 0.0, 1.0, out=alpha)
+        n /= np.maximum(d, tiny)
+        n -= est
+        n *= alpha
+        est += n
+        if track:
+            keep *= np.float32(1.0) - alpha
+    while current > 0:
+        current -= 1
+        est = _unpool2(est)
+        keep = _unpool2(keep) if track else None
+    return est, keep
+
+
+class _Fields:
+    """Spatial and (edge aware) bilateral field of one anchor set, computed in one pass.
+
+    The bilateral grid gets three extra channels after its bins: two empty guards (the range
+    blur reaches two bins) and the spatial grid, which is the bilateral splat summed over bins.
+    The bilateral field falls back to the spatial one where no scale had support.
+    """
+
+    def __init__(self, shape, opts: LocalCorrectionOptions, cell, rows, cols, guide_anchor,
+                 guide_range, nearest=False):
+        h, w = shape
+        self.opts = opts
+        if guide_range is None:
+            self.grid = _Grid(h, w, cell, opts.base_sigma)
+            self.corners = self.grid.corners(rows, cols, nearest=nearest)
+            return
+        lo, hi = guide_range
+        g2 = _Grid(h, w, cell, opts.base_sigma)
+        # cv2.remap addresses < 32767 columns: the side-by-side bins must fit (_slice).
+        cap = max(min(opts.max_bins, 32000 // g2.gw), 2)
+        bins = int(np.ceil((hi - lo) / opts.range_sigma)) + 1
+        width = opts.range_sigma if bins <= cap else (hi - lo) / (cap - 1)
+        self.grid = _Grid(h, w, cell, opts.base_sigma, max(min(bins, cap), 2), lo, width)
+        self.corners = self.grid.corners(rows, cols, guide_anchor, nearest)
+
+    @property
+    def bilateral(self) -> bool:
+        return self.grid.bins > 1
+
+    def build(self, v, wv, support, exclusive, with_keep=False):
+        """The field: (gh, gw) spatial, or (gh, gw, bins) bilateral over the spatial one.
+        With ``with_keep``, also the share of the spatial fallback in it (bilateral only)."""
+        base = float(np.average(v, weights=wv))
+        mean_w = float(wv[wv > 0].mean())
+        gain = 2.0 * np.pi / (mean_w * support)
+        nd = self.grid.splat(self.corners, v - base, wv)
+        if not self.bilateral:
+            est, _ = _multiscale(self.grid, nd[..., None], gain, exclusive, False)
+            field = est[..., 0] + np.float32(base)
+            return (field, None) if with_keep else field
+        bins = self.grid.bins
+        ext = np.zeros(nd.shape[:3] + (bins + 3,), np.float32)
+        ext[..., :bins] = nd
+        ext[..., bins + 2] = nd.sum(axis=-1)
+        ext = _range_blur(ext)     # commutes with pooling and spatial blur: done once
+        est, keep = _multiscale(self.grid, ext, gain / float(_RANGE_KERNEL[2]), exclusive,
+                                True)
+        spatial = est[..., bins + 2:]
+        out = est[..., :bins]
+        keep = keep[..., :bins]
+        out += keep * spatial
+        out += np.float32(base)
+        return (out, keep) if with_keep else out
+
+    def sample(self, field):
+        return self.grid.sample(field, self.corners)
+
+
+def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
+                     options: LocalCorrectionOptions = LocalCorrectionOptions()
+                     ) -> LocalCorrection:
+    """Locally corrected depth (HxW float32, a new array) that honours the anchors.
+
+    ``aligned``: globally fitted metric depth, float32 (NaN where invalid). ``weight``: the
+    anchors' inverse depth variance (1/m^2), None for equal noise.
+    """
+    aligned = np.asarray(aligned, np.float32)
+    h, w = aligned.shape
+    rows = np.asarray(rows, np.int64)
+    cols = np.asarray(cols, np.int64)
+    z = np.asarray(depth, np.float64)
+    a = aligned[rows, cols].astype(np.float64) if len(rows) else np.zeros(0)
+    valid = np.isfinite(a) & (a > 0) & np.isfinite(z) & (z > 0)
+    weights = np.zeros(len(z))
+    if not valid.any():
+        return LocalCorrection(aligned.copy(), weights, np.nan)
+    used = np.flatnonzero(valid)
+    cap = int(options.max_anchors_per_cell * (-(-h // options.cell)) * (-(-w // options.cell)))
+    if len(used) > cap:
+        # More anchors than the grid can tell apart: an evenly spaced subset (deterministic;
+        # sensors deliver anchors in scan or pixel order, so it thins them uniformly) carries
+        # the same field at a bounded cost. The others get weight 0 (not judged).
+        used = used[np.linspace(0, len(used) - 1, cap).round().astype(np.int64)]
+    rows, cols, z, a = rows[used], cols[used], z[used], a[used]
+    v = np.log(z / a)
+    # Sensor noise in log space: var(log z) ~ var(z) / z^2, floored so no anchor dominates.
+    log_var = 0.0 if weight is None else 1.0 / (np.asarray(weight, np.float64)[used] * z * z)
+    wv = np.broadcast_to(1.0 / (log_var + options.noise_floor ** 2), v.shape).copy()
+    wv /= wv.mean()
+
+    guide = ga = guide_range = None
+    if options.edge_aware:
+        # The factor is read at half resolution (see _slice), so is the guide.
+        half = aligned[::_SLICE_STEP, ::_SLICE_STEP]
+        guide = _WORK.get('guide', half.shape, np.float32)
+        with np.errstate(divide='ignore', invalid='ignore'):
+            np.log(half, out=guide)
+        ga = np.log(a)
+        # Range from a subsample (nanmin over every pixel costs more than the whole slice);
+        # pixels beyond it fall into the end bins.
+        sub = guide[::2, ::2]
+        sub = sub[np.isfinite(sub)]
+        lo = min(float(sub.min()), float(ga.min())) if sub.size else float(ga.min())
+        hi = max(float(sub.max()), float(ga.max())) if sub.size else float(ga.max())
+        guide_range = (lo, hi)
+    u = np.ones(len(v))
+    sigma = np.nan
+    if options.iterations > 0 and len(v) > 1:
+        # Judging needs neighbourhoods, not detail: twice the cell, nearest cell splats.
+        judge = _Fields((h, w), options, 2 * options.cell, rows, cols, ga, guide_range,
+                        nearest=True)
+    for _ in range(options.iterations if len(v) > 1 else 0):
+        # Judging counts anchors, not their claimed precision: an outlier's own noise model
+        # is as wrong as its depth (a near-looking return claims a small sigma).
+        field, keep = judge.build(v, u, options.outlier_support, True, with_keep=True)
+        e = v - judge.sample(field)
+        if keep is not None:
+            # Only anchors on the same surface (similar predicted depth) can outvote an anchor;
+            # one whose depth band holds no other anchors nearby is not judged by the spatial
+            # fallback (it may sample a structure, e.g. a corner, that only it sees).
+            e *= 1.0 - judge.sample(keep)
+        t = np.minimum(np.abs(e) * (1.0 / options.outlier_cutoff), 1.0)
+        u_new = (1.0 - t * t) ** 2
+        if not u_new.any():
+            break
+        change = float(np.mean(np.abs(u_new - u)))
+        u = u_new
+        if change < 0.01:          # the field is a weighted mean: it has settled as well
+            break
+    if options.iterations > 0 and len(v) > 1 and u.any():
+        # Reported only (the cutoff is fixed, see the module docstring).
+        sigma = 1.4826 * float(np.median(np.abs(e[u > 0])))
+
+    # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
+    # would keep, at a quarter of the cost.
+    dense = len(v) >= (-(-h // options.cell)) * (-(-w // options.cell))
+    fields = _Fields((h, w), options, options.cell, rows, cols, ga, guide_range, nearest=dense)
+    field = fields.build(v, wv * u, options.min_support, False)
+    np.clip(field, -options.max_correction, options.max_correction, out=field)
+    factor = _slice(np.exp(field), fields.grid, guide)
+    corrected = cv2.resize(factor, (w, h), interpolation=cv2.INTER_LINEAR)
+    corrected *= aligned
+    weights[used] = u
+    return LocalCorrection(corrected, weights, sigma)
+
+
+_MAPS: dict = {}
+
+
+def _pixel_maps(grid: _Grid):
+    """Grid coordinates of every pixel of the half-resolution image (cached per size)."""
+    h2, w2 = -(-grid.h // _SLICE_STEP), -(-grid.w // _SLICE_STEP)
+    key = (h2, w2, grid.cell, grid.nh, grid.nw)
+    maps = _MAPS.get(key)
+    if maps is None:
+        # Half-resolution pixel i samples full-resolution pixel step * i.
+        gx = np.clip((np.arange(w2) * _SLICE_STEP + 0.5) / grid.cell - 0.5, 0, grid.nw - 1)
+        gy = np.clip((np.arange(h2) * _SLICE_STEP + 0.5) / grid.cell - 0.5, 0, grid.nh - 1)
+        maps = (np.ascontiguousarray(np.broadcast_to(gx[None, :].astype(np.float32), (h2, w2))),
+                np.ascontiguousarray(np.broadcast_to(gy[:, None].astype(np.float32), (h2, w2))))
+        if len(_MAPS) > 8:
+            _MAPS.clear()
+        _MAPS[key] = maps
+    return maps
+
+
+def _slice(field: np.ndarray, grid: _Grid, guide) -> np.ndarray:
+    """Read the grid at every pixel of the half-resolution image: bilinear (spatial) or
+    trilinear (bilateral) by cv2.remap. Half resolution keeps depth edges to 2 pixels at a
+    quarter of the cost; the caller upsamples the (smooth) factor bilinearly.
+
+    Bilateral: bins are laid side by side (tile b at x offset b*gw), so a bilinear remap inside
+    tile b reads bin b, and one shifted by gw reads bin b+1; the blend between them is linear.
+    Returns a per-thread scratch image: use it before the next call.
+    """
+    gx, gy = _pixel_maps(grid)
+    shape = gx.shape
+    out = _WORK.get('out', shape, np.float32)
+    if grid.bins == 1:
+        return cv2.remap(field, gx, gy, interpolation=cv2.INTER_LINEAR, dst=out)
+    gh, gw, bins = field.shape
+    gb = np.subtract(guide, np.float32(grid.g0), out=_WORK.get('gb', shape, np.float32))
+    gb *= np.float32(1.0 / grid.bin_width)
+    # fmax maps NaN (invalid aligned depth) to bin 0: the factor stays finite there, so the
+    # upsampling cannot spread NaN onto valid neighbours (the depth itself stays NaN).
+    np.fmax(gb, np.float32(0.0), out=gb)
+    np.minimum(gb, np.float32(bins - 1), out=gb)
+    b0 = _WORK.get('b0', shape, np.int32)
+    b0[...] = gb                                          # truncation = floor (gb >= 0)
+    np.clip(b0, 0, bins - 2, out=b0)
+    map_x = _WORK.get('map_x', shape, np.float32)
+    map_x[...] = b0
+    gb -= map_x                                           # fraction towards bin b0 + 1
+    map_x *= np.float32(gw)
+    map_x += gx
+    tiles = np.ascontiguousarray(field.transpose(0, 2, 1)).reshape(gh, bins * gw)
+    lo = cv2.remap(tiles, map_x, gy, interpolation=cv2.INTER_LINEAR,
+                   dst=_WORK.get('lo', shape, np.float32))
+    map_x += np.float32(gw)
+    cv2.remap(tiles, map_x, gy, interpolation=cv2.INTER_LINEAR, dst=out)
+    out -= lo
+    out *= gb
+    out += lo
+    return out

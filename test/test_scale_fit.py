@@ -1,0 +1,135 @@
+"""Robust global scale + shift fit: accuracy, robustness, determinism, degenerate anchor sets."""
+import numpy as np
+import pytest
+
+from fiffdepth_ros.scale.fit import FitError, FitOptions, apply_fit, fit_scale_shift
+
+
+def _scene(n=400, seed=0, scale=3.0, shift=0.8, noise=0.0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(0.05, 1.0, n)
+    z = scale * x + shift
+    return x, z * (1.0 + noise * rng.standard_normal(n))
+
+
+def test_exact_data_is_recovered():
+    x, z = _scene()
+    fit = fit_scale_shift(x, z)
+    assert fit.status == 'fitted' and fit.reason == ''
+    assert np.isclose(fit.scale, 3.0, rtol=1e-6) and np.isclose(fit.shift, 0.8, atol=1e-6)
+    assert fit.residual < 1e-6 and fit.inliers.all() and fit.used == len(x)
+
+
+def test_inverse_space_fits_disparity_like_predictions():
+    rng = np.random.default_rng(1)
+    x = rng.uniform(0.1, 1.0, 300)                   # larger = nearer
+    z = 1.0 / (0.5 * x + 0.05)
+    fit = fit_scale_shift(x, z, options=FitOptions(space='inverse'))
+    assert fit.status == 'fitted'
+    assert np.isclose(fit.scale, 0.5, rtol=1e-6) and np.isclose(fit.shift, 0.05, atol=1e-7)
+    depth = apply_fit(x.astype(np.float32), fit.scale, fit.shift, 'inverse')
+    assert np.allclose(depth, z, rtol=1e-4)
+    # The same data fitted in depth space is visibly worse: the spaces are not interchangeable.
+    assert fit_scale_shift(x, z).residual > 0.05
+
+
+@pytest.mark.parametrize('fraction', [0.1, 0.3])
+def test_gross_outliers_are_rejected(fraction):
+    x, z = _scene(noise=0.02, seed=2)
+    rng = np.random.default_rng(3)
+    bad = rng.random(len(z)) < fraction
+    z_bad = z.copy()
+    z_bad[bad] *= np.where(rng.random(bad.sum()) < 0.5, 0.5, 2.0)
+    fit = fit_scale_shift(x, z_bad)
+    assert fit.status == 'fitted'
+    assert abs(fit.scale / 3.0 - 1) < 0.03 and abs(fit.shift - 0.8) < 0.05
+    assert not fit.inliers[bad].any() and fit.inliers[~bad].mean() > 0.99
+    # Plain least squares on the same data is much worse: the test data is adversarial.
+    ls = np.polyfit(x, z_bad, 1)
+    assert abs(ls[0] - 3.0) > 3 * abs(fit.scale - 3.0)
+
+
+def test_one_sided_outliers_are_rejected():
+    # LiDAR returns from the background behind foreground edges: all on one side.
+    x, z = _scene(noise=0.02, seed=4)
+    z_bad = z.copy()
+    z_bad[::3] *= 2.0
+    fit = fit_scale_shift(x, z_bad)
+    assert abs(fit.scale / 3.0 - 1) < 0.03 and abs(fit.shift - 0.8) < 0.05
+
+
+def test_fit_is_deterministic():
+    x, z = _scene(noise=0.05, seed=5, n=3000)
+    z[::4] *= 2.0
+    a, b = fit_scale_shift(x, z), fit_scale_shift(x.copy(), z.copy())
+    assert (a.scale, a.shift, a.residual) == (b.scale, b.shift, b.residual)
+    assert np.array_equal(a.inliers, b.inliers)
+
+
+def test_weights_favour_precise_anchors():
+    x, z = _scene(n=200, seed=6)
+    z_noisy = z.copy()
+    z_noisy[:100] *= 1.0 + 0.15 * np.sign(np.sin(np.arange(100)))    # within the cutoff
+    w_trust_noisy = np.full(200, 1e4)
+    w_right = w_trust_noisy.copy()
+    w_right[:100] = 1.0                              # sigma 1 m: barely counted
+    err_equal = abs(fit_scale_shift(x, z_noisy, w_trust_noisy).scale - 3.0)
+    err_weighted = abs(fit_scale_shift(x, z_noisy, w_right).scale - 3.0)
+    assert err_weighted < 0.2 * err_equal
+
+
+def test_too_few_anchors_fall_back_to_scale_only():
+    fit = fit_scale_shift([0.5, 0.7], [2.0, 2.8], prior_shift=0.0)
+    assert fit.status == 'scale-only' and 'only 2 anchors' in fit.reason
+    assert np.isclose(fit.scale, 4.0) and fit.shift == 0.0
+    held = fit_scale_shift([0.5], [2.0], prior_shift=1.0)
+    assert held.status == 'scale-only' and np.isclose(held.scale, 2.0) and held.shift == 1.0
+
+
+def test_narrow_depth_range_holds_the_shift():
+    rng = np.random.default_rng(7)
+    x = 0.5 + 0.001 * rng.standard_normal(50)        # a wall facing the camera
+    z = 3.0 * x + 0.8 + 0.01 * rng.standard_normal(50)
+    fit = fit_scale_shift(x, z, prior_shift=0.8)
+    assert fit.status == 'scale-only' and 'shift unobservable' in fit.reason
+    assert fit.shift == 0.8 and np.isclose(fit.scale, 3.0, rtol=0.01)
+
+
+def test_negative_scale_is_not_accepted():
+    x = np.linspace(0.1, 1.0, 50)
+    z = 5.0 - 3.0 * x                                # anti-correlated: wrong space or garbage
+    fit = fit_scale_shift(x, z)
+    assert fit.status in ('scale-only', 'failed') and 'absurd scale' in fit.reason
+    assert not (fit.status == 'fitted' and fit.scale < 0)
+
+
+def test_garbage_anchors_fail_and_say_why():
+    rng = np.random.default_rng(8)
+    x = rng.uniform(0.05, 1.0, 200)
+    z = rng.uniform(0.5, 10.0, 200)                  # no relation to the prediction
+    fit = fit_scale_shift(x, z)
+    assert fit.status == 'failed' and fit.reason
+
+
+def test_no_valid_anchors():
+    fit = fit_scale_shift([0.5, 0.6, np.nan], [0.0, np.nan, 2.0])
+    assert fit.status == 'failed' and fit.used == 0 and 'no valid anchors' in fit.reason
+    assert fit_scale_shift([], []).status == 'failed'
+
+
+def test_bad_arguments():
+    with pytest.raises(FitError):
+        fit_scale_shift([1.0, 2.0], [1.0])
+    with pytest.raises(FitError):
+        FitOptions(space='log')
+    with pytest.raises(FitError):
+        FitOptions(scale_bounds=(2.0, 1.0))
+
+
+def test_apply_fit_marks_impossible_depth_invalid():
+    rel = np.array([[0.0, 0.5, 1.0, np.nan]], np.float32)
+    depth = apply_fit(rel, 2.0, -0.5, 'depth')
+    assert np.isnan(depth[0, 0]) and np.isclose(depth[0, 1], 0.5) and np.isnan(depth[0, 3])
+    inv = apply_fit(rel, 1.0, 0.0, 'inverse')
+    assert np.isnan(inv[0, 0]) and np.isclose(inv[0, 1], 2.0)      # 1/0 is not a depth
+    assert depth.dtype == np.float32

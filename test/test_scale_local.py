@@ -1,0 +1,149 @@
+"""Dense local correction: accuracy, no seams, robustness, edge awareness, invalid pixels."""
+import numpy as np
+import pytest
+
+from fiffdepth_ros.scale.local_correction import LocalCorrectionOptions, local_correction
+
+H, W = 240, 320
+
+
+def _truth():
+    """A slanted wall with a box in front of it (depth edge)."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    depth = 3.0 + 0.004 * xx + 0.003 * yy
+    box = (yy > 80) & (yy < 180) & (xx > 100) & (xx < 200)
+    depth[box] = 1.5
+    return depth.astype(np.float32), box
+
+
+def _smooth_error():
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    return np.exp(0.15 * np.sin(xx / 60.0) * np.cos(yy / 45.0) + 0.05 * yy / H)
+
+
+def _anchors(n, seed=0):
+    rng = np.random.default_rng(seed)
+    idx = rng.choice(H * W, n, replace=False)
+    return idx // W, idx % W
+
+
+def _near(mask, radius):
+    """Pixels within radius of the mask's outline."""
+    import cv2
+    k = np.ones((2 * radius + 1,) * 2, np.uint8)
+    m = mask.astype(np.uint8)
+    return (cv2.dilate(m, k) > 0) & ~(cv2.erode(m, k) > 0)
+
+
+def _absrel(pred, truth):
+    return float(np.mean(np.abs(pred - truth) / truth))
+
+
+def test_smooth_error_is_removed_between_anchors():
+    truth, _ = _truth()
+    aligned = (truth * _smooth_error()).astype(np.float32)
+    rows, cols = _anchors(300)
+    out = local_correction(aligned, rows, cols, truth[rows, cols])
+    assert out.depth.dtype == np.float32 and out.depth.shape == (H, W)
+    before, after = _absrel(aligned, truth), _absrel(out.depth, truth)
+    assert before > 0.05 and after < before / 5
+    assert out.inliers.all()
+
+
+def test_correction_has_no_seams():
+    truth, box = _truth()
+    aligned = (truth * _smooth_error()).astype(np.float32)
+    rows, cols = _anchors(150, seed=1)
+    out = local_correction(aligned, rows, cols, truth[rows, cols])
+    log_factor = np.log(out.depth / aligned)
+    # Away from the box edge the correction is smooth: no jumps between neighbouring pixels
+    # (a nearest-anchor fill would jump by the anchors' differences, several per cent).
+    inner = ~_near(box, 8)
+    dx = np.abs(np.diff(log_factor, axis=1))[inner[:, 1:] & inner[:, :-1]]
+    dy = np.abs(np.diff(log_factor, axis=0))[inner[1:] & inner[:-1]]
+    assert max(dx.max(), dy.max()) < 0.01
+
+
+def test_outlier_anchors_are_dropped():
+    truth, _ = _truth()
+    aligned = (truth * _smooth_error()).astype(np.float32)
+    rows, cols = _anchors(400, seed=2)
+    z = truth[rows, cols].copy()
+    bad = np.zeros(len(z), bool)
+    bad[::5] = True                                   # 20 %, all pushed to the background
+    z[bad] *= 2.0
+    out = local_correction(aligned, rows, cols, z)
+    assert not out.inliers[bad].any()
+    assert out.inliers[~bad].mean() > 0.97
+    clean = local_correction(aligned, rows[~bad], cols[~bad], z[~bad])
+    assert _absrel(out.depth, truth) < 1.3 * _absrel(clean.depth, truth)
+    naive = local_correction(aligned, rows, cols, z, options=LocalCorrectionOptions(iterations=0))
+    assert _absrel(naive.depth, truth) > 2 * _absrel(out.depth, truth)
+
+
+def test_consistent_local_structure_is_kept():
+    # The prediction is wrong by x1.6 on the box only (e.g. a hallucinated object): the box's
+    # anchors agree with each other, so they are not outliers, and the box gets corrected.
+    truth, box = _truth()
+    aligned = truth.copy()
+    aligned[box] *= 1.6
+    rows, cols = _anchors(400, seed=3)
+    out = local_correction(aligned, rows, cols, truth[rows, cols])
+    on_box = box[rows, cols]
+    assert on_box.sum() >= 20 and out.inliers[on_box].all()
+    inner = box.copy()
+    inner[:84], inner[176:], inner[:, :104], inner[:, 196:] = False, False, False, False
+    assert np.median(np.abs(out.depth[inner] / truth[inner] - 1)) < 0.02
+
+
+def test_edge_aware_correction_stays_on_its_surface():
+    # Different errors on the box and the wall: across the box edge, the spatial-only field
+    # mixes them, the edge-aware one does not.
+    truth, box = _truth()
+    aligned = truth * np.where(box, 0.8, 1.1).astype(np.float32)
+    rows, cols = _anchors(250, seed=4)
+    opts = dict(iterations=0)
+    aware = local_correction(aligned, rows, cols, truth[rows, cols],
+                             options=LocalCorrectionOptions(edge_aware=True, **opts))
+    plain = local_correction(aligned, rows, cols, truth[rows, cols],
+                             options=LocalCorrectionOptions(edge_aware=False, **opts))
+    band = _near(box, 12)
+    err_aware = np.abs(aware.depth / truth - 1)[band].mean()
+    err_plain = np.abs(plain.depth / truth - 1)[band].mean()
+    assert err_aware < 0.5 * err_plain
+
+
+def test_invalid_pixels_stay_invalid_and_do_not_spread():
+    truth, _ = _truth()
+    aligned = (truth * _smooth_error()).astype(np.float32)
+    aligned[100:110, 50:60] = np.nan
+    rows, cols = _anchors(200, seed=5)
+    out = local_correction(aligned, rows, cols, truth[rows, cols])
+    assert np.isnan(out.depth[100:110, 50:60]).all()
+    assert np.isfinite(out.depth).sum() == np.isfinite(aligned).sum()
+
+
+def test_no_usable_anchors_returns_the_input():
+    truth, _ = _truth()
+    out = local_correction(truth, np.array([5]), np.array([5]), np.array([np.nan]))
+    assert np.array_equal(out.depth, truth) and not out.inliers.any()
+    one = local_correction(truth * 1.1, np.array([5]), np.array([5]), truth[5:6, 5])
+    assert np.allclose(one.depth, truth, rtol=1e-4)           # one anchor: a global factor
+
+
+def test_deterministic():
+    truth, _ = _truth()
+    aligned = (truth * _smooth_error()).astype(np.float32)
+    rows, cols = _anchors(300, seed=6)
+    z = truth[rows, cols] * np.where(np.arange(300) % 7 == 0, 2.0, 1.0)
+    a = local_correction(aligned, rows, cols, z)
+    b = local_correction(aligned.copy(), rows.copy(), cols.copy(), z.copy())
+    assert np.array_equal(a.depth, b.depth, equal_nan=True)
+    assert np.array_equal(a.weights, b.weights)
+
+
+@pytest.mark.parametrize('kwargs', [dict(cell=0), dict(outlier_cutoff=0.0),
+                                    dict(range_sigma=0.0), dict(iterations=-1)])
+def test_invalid_options(kwargs):
+    with pytest.raises(ValueError):
+        LocalCorrectionOptions(**kwargs)
