@@ -31,6 +31,7 @@ class MessageBackend:
     """Interface: message constructors with every field given explicitly."""
 
     name = 'abstract'
+    copies_data = True      # blob() copies: the caller may reuse its buffer afterwards
 
     def blob(self, buffer) -> Any:
         """A bytes-like buffer (numpy array, bytes) as the value of a uint8[] field."""
@@ -114,7 +115,12 @@ class RclpyBackend(MessageBackend):
         return cls
 
     def _make(self, type_name: str, **fields):
-        return self._cls(type_name)(**fields)
+        cls = self._cls(type_name)
+        if '_check_fields' in cls.__slots__ and 'data' in fields:
+            # Jazzy and newer copy array-valued fields again unless checking is on, in which
+            # case an array.array('B') is stored as it is (one copy fewer for a 10 MB cloud).
+            fields['check_fields'] = True
+        return cls(**fields)
 
     def blob(self, buffer):
         out = array.array('B')
@@ -129,6 +135,7 @@ class RosbagsBackend(MessageBackend):
     """Messages of a ``rosbags`` typestore, for reading and writing bags without ROS."""
 
     name = 'rosbags'
+    copies_data = False     # blob() is a view: callers must hand over buffers they won't reuse
 
     def __init__(self, typestore=None):
         if typestore is None:

@@ -157,7 +157,13 @@ class CameraModel:
         import cv2
         if self.distortion_model == 'equidistant':
             return cv2.fisheye.undistortPoints(pts, self.K, self.D[:4].reshape(4, 1))
-        return cv2.undistortPoints(pts, self.K, self.D)
+        # The default 5 iterations leave pixel-sized errors at the corners of strongly
+        # distorted lenses; iterate to convergence instead.
+        criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-10)
+        eye = np.eye(3)      # R = I, P = I: normalised image coordinates out
+        if hasattr(cv2, 'undistortPointsIter'):                 # OpenCV 4
+            return cv2.undistortPointsIter(pts, self.K, self.D, eye, eye, criteria)
+        return cv2.undistortPoints(pts, self.K, self.D, None, eye, eye, criteria)  # OpenCV 5
 
     @cached_property
     def _max_ray_radius_sq(self) -> float:
