@@ -201,3 +201,16 @@ def test_config_validation_says_what_is_allowed(kwargs, word):
 def test_report_defaults():
     r = FitReport()
     assert r.status == 'none' and not r.metric and np.isnan(r.scale)
+
+
+def test_gated_frame_with_consistent_anchors_is_still_corrected_locally():
+    # The model's output jumps (relative scaled by 2) while the anchors stay right: the
+    # temporal gate holds the old global mapping, but the anchors still correct the output.
+    rec = ScaleRecovery(ScaleRecoveryConfig(responsiveness=0.5))
+    rec.process(RELATIVE, _anchors(seed=1), 0.0)
+    jumped = (RELATIVE * 2.0).astype(np.float32)
+    depth, report = rec.process(jumped, _anchors(seed=2), 0.1)
+    assert report.status == 'held'
+    assert report.local_inliers > 100
+    held_only = (report.scale * jumped + report.shift).astype(np.float32)
+    assert _absrel(depth) < 0.5 * _absrel(held_only)

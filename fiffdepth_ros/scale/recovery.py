@@ -217,7 +217,10 @@ class ScaleRecovery:
         report.status = 'scale-only' if (out.status == 'fitted' and fit.status == 'scale-only') \
             else out.status
         depth = apply_fit(rel, out.scale, out.shift, cfg.fit_space)
-        if cfg.local_correction and out.status == 'fitted' and len(z):
+        # A frame whose own fit was consistent but gated by the temporal filter (the model's
+        # output jumped) is still corrected locally around the held mapping; a frame whose
+        # anchors disagree among themselves (no measurement) is not.
+        if cfg.local_correction and measurement is not None and len(z):
             local = local_correction(depth, rows, cols, z, w, self.local_options)
             depth = local.depth
             report.local_inliers = int(np.count_nonzero(local.weights))
