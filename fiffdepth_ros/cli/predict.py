@@ -1,0 +1,111 @@
+"""fiffdepth-predict: relative depth for image files.
+
+    fiffdepth-predict --model PATH_OR_ID --input DIR_OR_FILE --output DIR
+                      [--processing-res N] [--device cpu|cuda|auto] [--fp16|--fp32]
+
+Writes per image NAME.npy (float32 relative depth at the input size, larger = farther),
+NAME_depth16.png (the same scaled to 0..65535) and NAME_color.png (colourised, near = red).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.ppm', '.pgm')
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog='fiffdepth-predict',
+                                 description='Relative depth maps of images with FiffDepth.')
+    ap.add_argument('--model', required=True, help='checkpoint folder or Hugging Face hub id')
+    ap.add_argument('--input', required=True, type=Path, help='an image file or a folder')
+    ap.add_argument('--output', required=True, type=Path, help='output folder')
+    ap.add_argument('--processing-res', type=int, default=768,
+                    help='longer side seen by the model (0 = native size; default 768)')
+    ap.add_argument('--device', default='auto', help='auto (CUDA if available), cpu, cuda')
+    precision = ap.add_mutually_exclusive_group()
+    precision.add_argument('--fp16', dest='precision', action='store_const', const='fp16',
+                           help='half precision (CUDA)')
+    precision.add_argument('--fp32', dest='precision', action='store_const', const='fp32',
+                           help='full precision')
+    ap.add_argument('--batch-size', type=int, default=1,
+                    help='images per forward pass (same-size images are batched)')
+    ap.set_defaults(precision='auto')
+    args = ap.parse_args(argv)
+    if args.processing_res < 0:
+        ap.error('--processing-res must be >= 0')
+    if args.batch_size < 1:
+        ap.error('--batch-size must be >= 1')
+    return args
+
+
+def find_images(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    raise FileNotFoundError(f'input {path} does not exist')
+
+
+def write_outputs(out_dir: Path, stem: str, depth) -> None:
+    import cv2
+    import numpy as np
+
+    from ..conversions.colorize import colorize_depth
+    np.save(out_dir / f'{stem}.npy', depth.astype(np.float32))
+    cv2.imwrite(str(out_dir / f'{stem}_depth16.png'),
+                np.round(np.clip(depth, 0.0, 1.0) * 65535.0).astype(np.uint16))
+    # Relative depth: larger = farther, so the colour map's near end is the small values.
+    cv2.imwrite(str(out_dir / f'{stem}_color.png'), colorize_depth(depth)[..., ::-1])
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        images = find_images(args.input)
+    except FileNotFoundError as exc:
+        print(f'fiffdepth-predict: {exc}', file=sys.stderr)
+        return 2
+    if not images:
+        print(f'fiffdepth-predict: no images ({", ".join(IMAGE_SUFFIXES)}) in {args.input}',
+              file=sys.stderr)
+        return 2
+    import cv2
+    from tqdm import tqdm
+
+    from ..model.checkpoint import ModelLoadError
+    from ..model.estimator import DepthEstimator
+    try:
+        estimator = DepthEstimator.from_pretrained(
+            args.model, device=args.device, precision=args.precision,
+            processing_res=args.processing_res)
+    except (ModelLoadError, ValueError) as exc:
+        print(f'fiffdepth-predict: {exc}', file=sys.stderr)
+        return 1
+    args.output.mkdir(parents=True, exist_ok=True)
+    failed = []
+    progress = tqdm(total=len(images), unit='img', desc='fiffdepth-predict')
+    for start in range(0, len(images), args.batch_size):
+        chunk, pixels = [], []
+        for path in images[start:start + args.batch_size]:
+            bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+            if bgr is None:
+                failed.append(path)
+                progress.write(f'skipped {path}: not a readable image')
+                progress.update(1)
+                continue
+            chunk.append(path)
+            pixels.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        for path, depth in zip(chunk, estimator.predict_batch(pixels) if pixels else []):
+            write_outputs(args.output, path.stem, depth)
+            progress.update(1)
+    progress.close()
+    done = len(images) - len(failed)
+    print(f'{done} depth map(s) written to {args.output}'
+          + (f'; {len(failed)} unreadable image(s) skipped' if failed else ''))
+    return 0 if done else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,255 @@
+"""FiffDepth single-pass depth inference.
+
+The released procedure, stage by stage (each stage is a method, used by the benchmark too):
+
+  preprocess  RGB -> resize so the longer side is processing_res (antialiased bilinear; 0 = native)
+              -> [-1, 1] -> replicate-pad to a multiple of the VAE x UNet downsampling factor
+  encode      VAE encoder + quant_conv, latent = mean x scaling_factor (0.18215 for SD2)
+  unet        UNet(latent, timestep 0, empty-prompt embedding): one pass, no sampling loop
+  decode      latent / scaling_factor -> post_quant_conv + decoder -> mean over the 3 channels
+              -> clip to [-1, 1] -> (x + 1) / 2
+  postprocess crop the padding -> resize back to the input size -> float32 HxW in [0, 1]
+
+Output: relative, affine-invariant depth (larger = farther).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SCALING_FACTOR = 0.18215
+
+
+def resolve_device(device: str) -> torch.device:
+    if device in ('', 'auto'):
+        return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+    dev = torch.device(device)
+    if dev.type == 'cuda' and not torch.cuda.is_available():
+        raise ValueError(f"device '{device}' requested but CUDA is not available "
+                         "(use 'auto' or 'cpu')")
+    return dev
+
+
+def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision not in ('auto', 'fp16', 'fp32'):
+        raise ValueError(f"precision must be 'auto', 'fp16' or 'fp32', got '{precision}'")
+    if precision == 'fp32' or (precision == 'auto' and device.type != 'cuda'):
+        return torch.float32
+    if device.type != 'cuda':
+        # Half-precision convolutions on CPU are slow or unsupported: fall back, say so.
+        log.warning('fp16 requested on %s: using fp32 (fp16 is for CUDA)', device)
+        return torch.float32
+    return torch.float16
+
+
+@dataclass
+class Batch:
+    """Preprocessed images and what postprocess needs to undo the resize and padding."""
+
+    pixels: torch.Tensor          # (B, 3, H', W') in [-1, 1], padded
+    input_size: tuple[int, int]   # (H, W) of the original images
+    resized: tuple[int, int]      # (h, w) before padding
+
+
+def as_rgb_uint8_or_float(image: np.ndarray) -> np.ndarray:
+    """Validate an input image: HxW grey, HxWx3 RGB or HxWx4 RGBA; uint8 or float in [0, 1]."""
+    if not isinstance(image, np.ndarray):
+        raise ValueError(f'expected a numpy image, got {type(image).__name__}')
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f'expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}')
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ValueError(f'empty image, shape {image.shape}')
+    if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f'expected uint8 or float image data, got {image.dtype}')
+    return image
+
+
+class DepthEstimator:
+    """Loaded once; ``predict`` / ``predict_batch`` per frame."""
+
+    def __init__(self, unet, vae, empty_embedding: torch.Tensor, device='cpu',
+                 precision='auto', processing_res: int = 768, upcast_vae: bool = False,
+                 compile: bool = False, model_name: str = 'unnamed'):
+        self.device = resolve_device(str(device))
+        self.dtype = resolve_dtype(precision, self.device)
+        self.processing_res = int(processing_res)
+        self.model_name = model_name
+        self.upcast_vae = bool(upcast_vae) and self.dtype != torch.float32
+        self.unet = self._prepare_module(unet, self.dtype)
+        self.vae = self._prepare_module(vae, self.dtype)
+        self._decoder32 = None
+        if self.upcast_vae:
+            self._make_fp32_decoder()
+        self.scaling_factor = float(getattr(vae.config, 'scaling_factor', None)
+                                    or DEFAULT_SCALING_FACTOR)
+        self.latent_channels = int(vae.config.latent_channels)
+        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        unet_factor = 2 ** (len(unet.config.down_block_types) - 1)
+        self.pad_multiple = vae_factor * unet_factor
+        self._embedding = empty_embedding.to(self.device, self.dtype)
+        self._embeddings: dict[int, torch.Tensor] = {}      # expanded per batch size
+        self._timestep = torch.zeros((), dtype=torch.long, device=self.device)
+        self._warned_overflow = False
+        if compile:
+            self.unet = torch.compile(self.unet)
+            self.vae.decoder = torch.compile(self.vae.decoder)
+
+    def _prepare_module(self, module, dtype):
+        from diffusers.models.attention_processor import AttnProcessor2_0
+        if next(module.parameters()).dtype != dtype:
+            module = module.to(dtype)
+        module = module.to(self.device).eval().requires_grad_(False)
+        module = module.to(memory_format=torch.channels_last)
+        if hasattr(module, 'set_attn_processor'):
+            module.set_attn_processor(AttnProcessor2_0())     # PyTorch SDPA kernels
+        return module
+
+    def _make_fp32_decoder(self):
+        post = copy.deepcopy(self.vae.post_quant_conv).float()
+        decoder = copy.deepcopy(self.vae.decoder).float()
+        self._decoder32 = (post, decoder)
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def from_pretrained(cls, model: str, device: str = 'auto', precision: str = 'auto',
+                        processing_res: int = 768, upcast_vae: bool = False,
+                        compile: bool = False, cache_dir: str | None = None,
+                        hub_cache_dir: str | None = None) -> 'DepthEstimator':
+        """Load a checkpoint (local folder or hub id); see checkpoint.py for the layout."""
+        from .checkpoint import load_unet_and_vae, resolve_checkpoint
+        from .prompt_cache import load_empty_embedding
+        checkpoint = resolve_checkpoint(model, cache_dir=hub_cache_dir)
+        embedding, _ = load_empty_embedding(checkpoint, cache_dir)
+        dtype = resolve_dtype(precision, resolve_device(device))
+        unet, vae = load_unet_and_vae(checkpoint, dtype)
+        return cls(unet, vae, embedding, device=device,
+                   precision='fp16' if dtype == torch.float16 else 'fp32',
+                   processing_res=processing_res, upcast_vae=upcast_vae, compile=compile,
+                   model_name=model)
+
+    def describe(self) -> dict:
+        precision = {torch.float16: 'fp16', torch.float32: 'fp32'}.get(self.dtype, str(self.dtype))
+        if self.upcast_vae:
+            precision += ' (VAE decoder fp32)'
+        return {'model': self.model_name, 'device': str(self.device), 'precision': precision,
+                'processing_res': self.processing_res}
+
+    # ------------------------------------------------------------------ stages
+    def target_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) the model sees: the longer side = processing_res, aspect kept."""
+        if self.processing_res <= 0:
+            return height, width
+        scale = self.processing_res / max(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+    def preprocess(self, images: list[np.ndarray]) -> Batch:
+        """Same-size images -> padded (B, 3, H', W') tensor in [-1, 1] on the device."""
+        arrays = [as_rgb_uint8_or_float(img) for img in images]
+        size = arrays[0].shape[:2]
+        if any(a.shape[:2] != size for a in arrays):
+            raise ValueError('preprocess takes images of one size; use predict_batch')
+        stacked = torch.from_numpy(np.stack(arrays)).to(self.device)
+        x = stacked.permute(0, 3, 1, 2).float()
+        if arrays[0].dtype == np.uint8:
+            x = x / 255.0
+        channels = x.shape[1]
+        if channels == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif channels == 4:
+            x = x[:, :3]                       # RGBA: alpha is not part of the scene
+        h, w = self.target_size(*size)
+        if (h, w) != tuple(size):
+            x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False,
+                              antialias=True)
+        x = x * 2.0 - 1.0
+        pad_h = (-h) % self.pad_multiple
+        pad_w = (-w) % self.pad_multiple
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode='replicate')
+        x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        return Batch(pixels=x, input_size=tuple(size), resized=(h, w))
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        moments = self.vae.quant_conv(self.vae.encoder(pixels))
+        mean = moments[:, :self.latent_channels]
+        return mean * self.scaling_factor
+
+    def _embedding_for(self, batch: int) -> torch.Tensor:
+        emb = self._embeddings.get(batch)
+        if emb is None:
+            emb = self._embedding.expand(batch, -1, -1).contiguous()
+            self._embeddings[batch] = emb
+        return emb
+
+    @torch.inference_mode()
+    def run_unet(self, latent: torch.Tensor) -> torch.Tensor:
+        return self.unet(latent, self._timestep,
+                         encoder_hidden_states=self._embedding_for(latent.shape[0])).sample
+
+    @torch.inference_mode()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        """Depth latent -> (B, 1, H', W') float32 relative depth in [0, 1]."""
+        z = latent / self.scaling_factor
+        if self._decoder32 is not None:
+            image = self._decode32(z)
+        else:
+            image = self.vae.decoder(self.vae.post_quant_conv(z))
+            if image.dtype != torch.float32 and not torch.isfinite(image).all():
+                if not self._warned_overflow:
+                    log.warning('fp16 VAE decode overflowed: decoding in fp32 from now on '
+                                '(set upcast_vae to skip the fp16 attempt)')
+                    self._warned_overflow = True
+                self._make_fp32_decoder()
+                image = self._decode32(z)
+        depth = image.float().mean(dim=1, keepdim=True)
+        return (depth.clamp(-1.0, 1.0) + 1.0) / 2.0
+
+    def _decode32(self, z: torch.Tensor) -> torch.Tensor:
+        post, decoder = self._decoder32
+        return decoder(post(z.float()))
+
+    def postprocess(self, depth: torch.Tensor, batch: Batch) -> list[np.ndarray]:
+        h, w = batch.resized
+        depth = depth[:, :, :h, :w]
+        if (h, w) != batch.input_size:
+            depth = F.interpolate(depth, size=batch.input_size, mode='bilinear',
+                                  align_corners=False, antialias=True)
+            depth = depth.clamp(0.0, 1.0)      # antialias filters may overshoot slightly
+        out = depth[:, 0].float().cpu().numpy()
+        return [np.ascontiguousarray(d) for d in out]
+
+    # ------------------------------------------------------------------ prediction
+    @torch.inference_mode()
+    def _predict_same_size(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        batch = self.preprocess(images)
+        latent = self.encode(batch.pixels)
+        depth_latent = self.run_unet(latent)
+        return self.postprocess(self.decode(depth_latent), batch)
+
+    def predict(self, image: np.ndarray) -> np.ndarray:
+        """Relative depth (float32 HxW in [0, 1], larger = farther) of one image."""
+        return self._predict_same_size([image])[0]
+
+    def predict_batch(self, images: list[np.ndarray], max_batch: int = 8) -> list[np.ndarray]:
+        """Several images; same-size images share batches of at most ``max_batch``."""
+        out: list[np.ndarray | None] = [None] * len(images)
+        groups: dict[tuple, list[int]] = {}
+        for i, img in enumerate(images):
+            groups.setdefault(tuple(as_rgb_uint8_or_float(img).shape[:2]), []).append(i)
+        for indices in groups.values():
+            for start in range(0, len(indices), max_batch):
+                chunk = indices[start:start + max_batch]
+                for i, depth in zip(chunk, self._predict_same_size([images[i] for i in chunk])):
+                    out[i] = depth
+        return out
+

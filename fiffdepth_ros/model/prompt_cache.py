@@ -1,0 +1,65 @@
+"""The empty-prompt text embedding, computed once per checkpoint and cached on disk.
+
+FiffDepth conditions its UNet on the embedding of the empty prompt only, so the text encoder (the
+largest part of an SD2 checkpoint after the UNet) is needed once: later starts read a small
+safetensors file and never load or keep the encoder.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+from .checkpoint import Checkpoint, ModelLoadError
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """``cache_dir``, else $FIFFDEPTH_CACHE, else ~/.cache/fiffdepth_ros."""
+    if cache_dir:
+        return Path(cache_dir)
+    env = os.environ.get('FIFFDEPTH_CACHE')
+    return Path(env) if env else Path.home() / '.cache' / 'fiffdepth_ros'
+
+
+def embedding_path(checkpoint: Checkpoint, cache_dir=None) -> Path:
+    return cache_root(cache_dir) / 'empty_prompt' / f'{checkpoint.identity}.safetensors'
+
+
+def compute_empty_embedding(checkpoint: Checkpoint):
+    """Tokenise "" to the tokenizer's full length and run the text encoder: (1, L, D) float32."""
+    import torch
+    from transformers import CLIPTextModel, CLIPTokenizer
+    checkpoint.ensure_text_parts()
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(checkpoint.part('tokenizer'))
+        encoder = CLIPTextModel.from_pretrained(checkpoint.part('text_encoder'))
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the text encoder/tokenizer of '{checkpoint.source}' "
+                             f'({type(exc).__name__}: {exc})') from exc
+    tokens = tokenizer('', padding='max_length', max_length=tokenizer.model_max_length,
+                       truncation=True, return_tensors='pt')
+    with torch.inference_mode():
+        embedding = encoder(tokens.input_ids)[0].float().contiguous()
+    return embedding
+
+
+def load_empty_embedding(checkpoint: Checkpoint, cache_dir=None):
+    """(embedding, computed): from the cache when present, else computed and cached."""
+    from safetensors.torch import load_file, save_file
+    path = embedding_path(checkpoint, cache_dir)
+    if path.is_file():
+        try:
+            return load_file(str(path))['embedding'], False
+        except Exception:       # a damaged cache file is recomputed, not fatal
+            pass
+    embedding = compute_empty_embedding(checkpoint)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Atomic replace: two nodes starting at once never read a half-written file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.tmp')
+        os.close(fd)
+        save_file({'embedding': embedding}, tmp, metadata={'source': checkpoint.source})
+        os.replace(tmp, path)
+    except OSError:
+        pass                    # read-only cache: still works, just recomputed next start
+    return embedding, True

@@ -1,0 +1,133 @@
+"""Tiny random FiffDepth checkpoints in the released layout, and the full-size SD2 architecture.
+
+No weights can be downloaded in tests, CI or the demo: these build models with the exact on-disk
+layout and module classes of a released checkpoint (so the real loading code runs), small enough
+for a CPU. Their depth is meaningless.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+# The byte-level alphabet of CLIP's BPE tokenizer (bytes_to_unicode).
+def _byte_alphabet() -> list[str]:
+    printable = list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1)) \
+        + list(range(ord('®'), ord('ÿ') + 1))
+    chars, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            chars.append(chr(b))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
+TINY_UNET = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block=1,
+                 block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=32,
+                 attention_head_dim=4, use_linear_projection=True,
+                 down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'),
+                 up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'))
+TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                block_out_channels=(8, 16), norm_num_groups=8, sample_size=32,
+                scaling_factor=0.18215,
+                down_block_types=('DownEncoderBlock2D', 'DownEncoderBlock2D'),
+                up_block_types=('UpDecoderBlock2D', 'UpDecoderBlock2D'))
+
+# Stable Diffusion 2 (stabilityai/stable-diffusion-2) UNet and VAE configurations.
+SD2_UNET = dict(sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
+                block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=1024,
+                attention_head_dim=(5, 10, 20, 20), use_linear_projection=True,
+                norm_num_groups=32, flip_sin_to_cos=True, freq_shift=0,
+                down_block_types=('CrossAttnDownBlock2D', 'CrossAttnDownBlock2D',
+                                  'CrossAttnDownBlock2D', 'DownBlock2D'),
+                up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D', 'CrossAttnUpBlock2D',
+                                'CrossAttnUpBlock2D'))
+SD2_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+               block_out_channels=(128, 256, 512, 512), norm_num_groups=32, sample_size=768,
+               scaling_factor=0.18215,
+               down_block_types=('DownEncoderBlock2D',) * 4,
+               up_block_types=('UpDecoderBlock2D',) * 4)
+SD2_TEXT_DIM = 1024
+
+
+def _write_tokenizer(folder: Path, max_length: int = 77) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    alphabet = _byte_alphabet()
+    vocab = {ch: i for i, ch in enumerate(alphabet)}
+    vocab.update({ch + '</w>': len(alphabet) + i for i, ch in enumerate(alphabet)})
+    vocab['<|startoftext|>'] = len(vocab)
+    vocab['<|endoftext|>'] = len(vocab)
+    (folder / 'vocab.json').write_text(json.dumps(vocab))
+    (folder / 'merges.txt').write_text('#version: 0.2\n')
+    (folder / 'tokenizer_config.json').write_text(json.dumps({
+        'tokenizer_class': 'CLIPTokenizer', 'model_max_length': max_length,
+        'bos_token': '<|startoftext|>', 'eos_token': '<|endoftext|>',
+        'unk_token': '<|endoftext|>', 'pad_token': '<|endoftext|>'}))
+    (folder / 'special_tokens_map.json').write_text(json.dumps({
+        'bos_token': '<|startoftext|>', 'eos_token': '<|endoftext|>',
+        'unk_token': '<|endoftext|>', 'pad_token': '<|endoftext|>'}))
+
+
+def _model_index() -> dict:
+    import diffusers
+    return {'_class_name': 'FiffDepthPipeline', '_diffusers_version': diffusers.__version__,
+            'unet': ['diffusers', 'UNet2DConditionModel'], 'vae': ['diffusers', 'AutoencoderKL'],
+            'text_encoder': ['transformers', 'CLIPTextModel'],
+            'tokenizer': ['transformers', 'CLIPTokenizer']}
+
+
+def build_tiny_checkpoint(path, seed: int = 0) -> Path:
+    """Write (or reuse) a tiny random checkpoint at ``path``; returns the folder."""
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    path = Path(path)
+    stamp = path / '.fiffdepth_tiny_seed'
+    if stamp.is_file() and stamp.read_text() == str(seed) and (path / 'unet').is_dir():
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    UNet2DConditionModel(**TINY_UNET).save_pretrained(path / 'unet')
+    AutoencoderKL(**TINY_VAE).save_pretrained(path / 'vae')
+    _write_tokenizer(path / 'tokenizer')
+    vocab_size = len(json.loads((path / 'tokenizer' / 'vocab.json').read_text()))
+    text_config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=2, num_attention_heads=4,
+                                 max_position_embeddings=77, bos_token_id=vocab_size - 2,
+                                 eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    CLIPTextModel(text_config).save_pretrained(path / 'text_encoder')
+    (path / 'model_index.json').write_text(json.dumps(_model_index(), indent=2))
+    stamp.write_text(str(seed))
+    return path
+
+
+def build_sd2_modules(seed: int = 0):
+    """Full-size SD2 UNet (~865M parameters) and VAE with random weights, without a download.
+
+    Modules are created on the meta device and materialised with a cheap normal init: default
+    initialisation of 950M parameters on a CPU would take minutes for weights that are random
+    anyway. Returns (unet, vae, empty_embedding of shape (1, 77, 1024)).
+    """
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    with torch.device('meta'):
+        unet = UNet2DConditionModel(**SD2_UNET)
+        vae = AutoencoderKL(**SD2_VAE)
+    generator = torch.Generator().manual_seed(seed)
+    for module in (unet, vae):
+        module.to_empty(device='cpu')
+        with torch.no_grad():
+            for name, param in module.named_parameters():
+                if name.endswith('weight') and param.ndim > 1:
+                    fan_in = param[0].numel()
+                    param.normal_(0.0, fan_in ** -0.5, generator=generator)
+                elif 'norm' in name and name.endswith('weight'):
+                    param.fill_(1.0)
+                else:
+                    param.zero_()
+            for buffer in module.buffers():
+                buffer.zero_()
+    embedding = torch.randn(1, 77, SD2_TEXT_DIM, generator=generator) * 0.1
+    return unet, vae, embedding

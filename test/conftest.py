@@ -1,0 +1,49 @@
+"""Session fixtures: a private DDS domain, a private model cache, a tiny model, the colcon build."""
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))          # test helpers (msg_factories)
+
+# Before anything creates an rclpy context: parallel runs never see each other's topics.
+os.environ['ROS_DOMAIN_ID'] = str(random.randint(1, 100))
+os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
+
+
+@pytest.fixture(scope='session', autouse=True)
+def private_model_cache(tmp_path_factory):
+    """Never write the empty-prompt cache into the user's home during tests."""
+    path = tmp_path_factory.mktemp('fiffdepth_cache')
+    old = os.environ.get('FIFFDEPTH_CACHE')
+    os.environ['FIFFDEPTH_CACHE'] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop('FIFFDEPTH_CACHE', None)
+    else:
+        os.environ['FIFFDEPTH_CACHE'] = old
+
+
+@pytest.fixture(scope='session')
+def tiny_checkpoint(tmp_path_factory):
+    from fiffdepth_ros.model.tiny import build_tiny_checkpoint
+    return build_tiny_checkpoint(tmp_path_factory.mktemp('models') / 'tiny')
+
+
+@pytest.fixture(scope='session')
+def install_prefix(tmp_path_factory):
+    """The colcon install folder: scripts/test.sh builds it; a bare pytest run builds it here."""
+    prefix = os.environ.get('FIFFDEPTH_TEST_INSTALL')
+    if prefix:
+        return Path(prefix)
+    ws = tmp_path_factory.mktemp('colcon_ws')
+    out = subprocess.run([str(ROOT / 'scripts' / 'colcon_build.sh'), str(ws)],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr
+    return Path(out.stdout.strip().splitlines()[-1])
