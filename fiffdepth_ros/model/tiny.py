@@ -28,11 +28,11 @@ TINY_UNET = dict(sample_size=16, in_channels=4, out_channels=4, layers_per_block
                  attention_head_dim=4, use_linear_projection=True,
                  down_block_types=('CrossAttnDownBlock2D', 'DownBlock2D'),
                  up_block_types=('UpBlock2D', 'CrossAttnUpBlock2D'))
+# Four VAE levels like SD2 (8x downsampling), so latents have realistic sizes.
 TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-                block_out_channels=(8, 16), norm_num_groups=8, sample_size=32,
-                scaling_factor=0.18215,
-                down_block_types=('DownEncoderBlock2D', 'DownEncoderBlock2D'),
-                up_block_types=('UpDecoderBlock2D', 'UpDecoderBlock2D'))
+                block_out_channels=(8, 8, 16, 16), norm_num_groups=8, sample_size=64,
+                scaling_factor=0.18215, down_block_types=('DownEncoderBlock2D',) * 4,
+                up_block_types=('UpDecoderBlock2D',) * 4)
 
 # Stable Diffusion 2 (stabilityai/stable-diffusion-2) UNet and VAE configurations.
 SD2_UNET = dict(sample_size=96, in_channels=4, out_channels=4, layers_per_block=2,
