@@ -54,6 +54,10 @@ class StampedBuffer:
             return None
         return self._msgs[best]
 
+    @property
+    def newest_stamp(self) -> int | None:
+        return self._stamps[-1] if self._stamps else None
+
     def latest_within(self, stamp_ns: int, max_age_ns: int):
         """The newest message whose stamp is within ``max_age_ns`` of ``stamp_ns``."""
         for j in range(len(self._stamps) - 1, -1, -1):
@@ -113,6 +117,17 @@ class FrameAssembler:
         stamp = stamp_to_ns(header.stamp)
         self._observe(stamp)
         self.stereo.add(stamp, msg)
+
+    def awaits_companions(self, image) -> bool:
+        """True while a companion of ``image`` may still arrive: none matches yet and that
+        topic has seen nothing as new as the image (live topics arrive in any order)."""
+        stamp = stamp_to_ns(image.header.stamp)
+        buffers = [self.camera_infos]
+        buffers += [self.lidar] if self.use_lidar else []
+        buffers += [self.stereo] if self.use_stereo else []
+        return any(buf.nearest(stamp, self.max_age_ns) is None
+                   and (buf.newest_stamp is None or buf.newest_stamp < stamp)
+                   for buf in buffers)
 
     def assemble(self, image) -> FrameInputs:
         stamp = stamp_to_ns(image.header.stamp)

@@ -59,3 +59,18 @@ def test_clock_jump_backwards_clears_stale_companions():
     assert any('clock jumped backwards' in n for n in looped.notes)
     asm.add_lidar(msg(1_010 * MS, 'new'))
     assert asm.assemble(msg(1_020 * MS)).lidar.tag == 'new'
+
+
+def test_awaits_companions_only_while_one_may_still_come():
+    asm = FrameAssembler(max_age_s=0.05, use_lidar=True)
+    image = msg(1000 * MS)
+    assert asm.awaits_companions(image)              # nothing seen yet
+    asm.add_camera_info(msg(1000 * MS))
+    asm.add_lidar(msg(900 * MS))                     # too old, but a newer sweep may come
+    assert asm.awaits_companions(image)
+    asm.add_lidar(msg(1020 * MS))
+    assert not asm.awaits_companions(image)
+    late = msg(1300 * MS)
+    asm.add_lidar(msg(1400 * MS))                    # topic is past the image: nothing to wait for
+    asm.add_camera_info(msg(1400 * MS))
+    assert not asm.awaits_companions(late)

@@ -10,6 +10,7 @@ timers never wait for the model.
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -92,7 +93,8 @@ class DepthNode(Node):
         self._pending_image = None
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
-        self._companion_lock = threading.Lock()
+        # Guards the FrameAssembler; notified when a companion message arrives.
+        self._companions = threading.Condition()
 
     # ------------------------------------------------------------------ set-up
     def start(self, estimator) -> None:
@@ -147,10 +149,12 @@ class DepthNode(Node):
             f"({info.get('precision')}, processing_res {info.get('processing_res')}); "
             f"image topic '{self.resolve_topic_name('image')}'")
 
-    def stop(self, timeout_s: float = 0.8) -> None:
+    def stop(self, timeout_s: float = 0.3) -> None:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
+        with self._companions:
+            self._companions.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=timeout_s)
 
@@ -165,16 +169,19 @@ class DepthNode(Node):
             self._cond.notify()
 
     def _on_camera_info(self, msg) -> None:
-        with self._companion_lock:
+        with self._companions:
             self.assembler.add_camera_info(msg)
+            self._companions.notify_all()
 
     def _on_lidar(self, msg) -> None:
-        with self._companion_lock:
+        with self._companions:
             self.assembler.add_lidar(msg)
+            self._companions.notify_all()
 
     def _on_stereo(self, msg) -> None:
-        with self._companion_lock:
+        with self._companions:
             self.assembler.add_stereo(msg)
+            self._companions.notify_all()
 
     def _on_set_parameters(self, changes: list[Parameter]) -> SetParametersResult:
         new = dict(self.params)
@@ -221,7 +228,13 @@ class DepthNode(Node):
         if not outputs:
             self.stats.idle += 1
             return
-        with self._companion_lock:
+        # Topics arrive in any order: give a LiDAR sweep or camera_info stamped with this image
+        # up to max_anchor_age to arrive before matching without it.
+        deadline = time.monotonic() + min(self.params['max_anchor_age'], 0.25)
+        with self._companions:
+            while (self.assembler.awaits_companions(msg) and not self._stop.is_set()
+                   and time.monotonic() < deadline):
+                self._companions.wait(timeout=max(deadline - time.monotonic(), 0.0))
             inputs = self.assembler.assemble(msg)
         try:
             result = self.pipeline.process(inputs, outputs)
@@ -305,7 +318,7 @@ def load_estimator(params: dict):
         compile=params['compile'])
 
 
-def main(args=None) -> int:
+def main(args=None, fast_exit: bool = True) -> int:
     rclpy.init(args=args)
     node = None
     code = 0
@@ -327,6 +340,12 @@ def main(args=None) -> int:
             node.stop()
             node.destroy_node()
         rclpy.try_shutdown()
+    if fast_exit:
+        # Everything is closed; skip interpreter teardown, which takes about a second with
+        # torch and diffusers loaded, so that Ctrl-C ends the node promptly.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     return code
 
 
