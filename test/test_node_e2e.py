@@ -1,0 +1,301 @@
+"""End-to-end: the colcon-installed depth_node in its own process, driven over real DDS.
+
+The node runs a tiny random model; metric accuracy therefore comes from the anchors (LiDAR or
+stereo) of a synthetic room whose true depth is known.
+"""
+import time
+
+import numpy as np
+import pytest
+
+from fiffdepth_ros.conversions.backends import RclpyBackend, stamp_to_ns
+from fiffdepth_ros.conversions.images import image_msg_to_depth
+from fiffdepth_ros.conversions.pointcloud import pointcloud_to_xyz, xyz_to_pointcloud
+from fiffdepth_ros.demo.harness import NodeProcess, StreamClient
+from fiffdepth_ros.demo.scene import SyntheticRoom
+
+pytestmark = pytest.mark.timeout(240)
+
+ROOM = SyntheticRoom(640, 480, lidar_lines=32)
+MS = 1_000_000
+
+
+def lidar_params():
+    t = ROOM.camera_from_lidar.matrix[:3, 3]
+    q = ROOM.camera_from_lidar.quaternion
+    return {'use_lidar': True, 'lidar_use_tf': False,
+            'lidar_translation': [float(v) for v in t], 'lidar_rotation': [float(v) for v in q],
+            'lidar_parent_frame': 'camera_optical', 'lidar_child_frame': 'lidar',
+            'max_anchor_age': 0.05}
+
+
+def start_node(tmp_path, tiny_checkpoint, install_prefix, **params):
+    base = {'model': str(tiny_checkpoint), 'device': 'cpu', 'processing_res': 128,
+            'publish_relative': True, 'diagnostics_period': 0.2,
+            'qos_output_depth': 5}     # the recorder must not miss frames of big clouds
+    base.update(params)
+    node = NodeProcess(tmp_path / 'node', base, prefix=install_prefix)
+    node.start()
+    assert node.wait_for_log('ready:', 120), node.log()
+    return node
+
+
+@pytest.fixture(scope='module')
+def rclpy_context():
+    import rclpy
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()
+
+
+def wait_for(client, output, stamp_ns, timeout_s=20.0):
+    """The recorded ``output`` message with this stamp, waiting for it; None if none came."""
+    found = []
+
+    def arrived():
+        found[:] = [m for m in client.messages(output) if stamp_to_ns(m.header.stamp) == stamp_ns]
+        return bool(found)
+    client.wait_until(arrived, timeout_s)
+    return found[0] if found else None
+
+
+def send_and_wait(client, stamp_ns, frame=None, output='depth', timeout_s=20.0, **kwargs):
+    """Publish one frame and wait for the output with that stamp; returns it or None."""
+    frame = frame or ROOM.render(t=stamp_ns * 1e-9)
+    client.publish_frame(ROOM, frame, stamp_ns, **kwargs)
+    return wait_for(client, output, stamp_ns, timeout_s)
+
+
+@pytest.fixture(scope='module')
+def lidar_node(tmp_path_factory, tiny_checkpoint, install_prefix, rclpy_context):
+    node = start_node(tmp_path_factory.mktemp('lidar_node'), tiny_checkpoint, install_prefix,
+                      **lidar_params())
+    client = StreamClient(node_name='e2e_client')
+    assert client.wait_for_node(30), node.log()
+    yield node, client
+    client.close()
+    node.stop()
+
+
+def test_outputs_have_types_encodings_sizes_headers(lidar_node):
+    node, client = lidar_node
+    stamp = 1_700_000_000 * 1_000_000_000 + 5 * MS
+    depth = send_and_wait(client, stamp)
+    assert depth is not None, node.log()
+    by_stamp = {name: wait_for(client, name, stamp, 10)
+                for name in ('camera_info', 'points', 'relative', 'colorized')}
+    assert all(by_stamp.values()), by_stamp
+    assert (depth.encoding, depth.width, depth.height) == ('32FC1', 640, 480)
+    assert depth.header.frame_id == 'camera_optical'
+    info = by_stamp['camera_info']
+    assert (info.width, info.height) == (640, 480) and info.header.frame_id == 'camera_optical'
+    np.testing.assert_allclose(np.asarray(info.k), ROOM.camera_info_fields()['k'])
+    cloud = by_stamp['points']
+    assert (cloud.height, cloud.width, cloud.point_step) == (480, 640, 32)
+    assert [f.name for f in cloud.fields] == ['x', 'y', 'z', 'rgb']
+    assert cloud.header.frame_id == 'camera_optical' and not cloud.is_dense
+    assert by_stamp['relative'].encoding == '32FC1'
+    assert by_stamp['colorized'].encoding == 'rgb8'
+    relative = image_msg_to_depth(by_stamp['relative'])
+    assert np.nanmin(relative) >= 0.0 and np.nanmax(relative) <= 1.0
+
+
+def test_lidar_anchored_depth_is_metric(lidar_node):
+    node, client = lidar_node
+    errors = []
+    for i in range(3):
+        stamp = 1_700_000_100 * 1_000_000_000 + i * 100 * MS
+        frame = ROOM.render(t=i * 0.1)
+        depth_msg = send_and_wait(client, stamp, frame)
+        assert depth_msg is not None, node.log()
+        depth = image_msg_to_depth(depth_msg)
+        valid = np.isfinite(depth)
+        assert valid.mean() > 0.9
+        errors.append(np.median(np.abs(depth[valid] - frame.depth[valid]) / frame.depth[valid]))
+    # A random model carries no depth: this is the anchors' global fit + local correction.
+    assert np.median(errors) < 0.08, errors
+    cloud = wait_for(client, 'points', stamp)
+    xyz = pointcloud_to_xyz(cloud)
+    assert len(xyz) > 0.9 * 640 * 480
+    assert np.median(np.abs(xyz[:, 2] - frame.depth[np.isfinite(depth)].ravel())) < 0.5
+
+
+def _bad_image(backend, header, encoding='rgb8', width=640, height=480, step=None, size=None):
+    step = step if step is not None else width * 3
+    size = size if size is not None else step * height
+    return backend.image(header, height, width, encoding, step, np.zeros(size, np.uint8))
+
+
+def test_bad_inputs_leave_the_node_running(lidar_node):
+    node, client = lidar_node
+    backend = RclpyBackend()
+    base = 1_700_000_200 * 1_000_000_000
+    stamp = base
+
+    def good_frame_works():
+        nonlocal stamp
+        stamp += 200 * MS
+        return send_and_wait(client, stamp) is not None
+
+    header = backend.header(base, 'camera_optical')
+    client.image_pub.publish(_bad_image(backend, header, encoding='32FC3', step=640 * 12))
+    assert good_frame_works(), node.log()
+    client.image_pub.publish(_bad_image(backend, header, size=100))         # truncated data
+    assert good_frame_works(), node.log()
+    client.image_pub.publish(_bad_image(backend, header, width=0, height=0, step=0, size=0))
+    assert good_frame_works(), node.log()
+
+    # Image size disagreeing with camera_info: depth still published, no cloud, a warning.
+    stamp += 200 * MS
+    small = ROOM.render()
+    small.rgb = small.rgb[:240, :320].copy()
+    depth = send_and_wait(client, stamp, small)
+    assert depth is not None and (depth.width, depth.height) == (320, 240)
+    assert good_frame_works()
+
+    # camera_info with K all zeros, empty and all-NaN LiDAR clouds.
+    stamp += 200 * MS
+    zero_k = backend.camera_info(backend.header(stamp, 'camera_optical'), 480, 640, 'plumb_bob',
+                                 [0.0] * 5, [0.0] * 9, np.eye(3), [0.0] * 12)
+    client.info_pub.publish(zero_k)
+    client.image_pub.publish(_bad_image(backend, backend.header(stamp, 'camera_optical')))
+    lidar_header = backend.header(stamp, 'lidar')
+    client.lidar_pub.publish(xyz_to_pointcloud(np.zeros((0, 3), np.float32), lidar_header,
+                                               backend))
+    client.lidar_pub.publish(xyz_to_pointcloud(np.full((100, 3), np.nan, np.float32),
+                                               lidar_header, backend))
+    time.sleep(0.5)
+    assert good_frame_works(), node.log()
+
+    # Clock jump backwards (a bag played in a loop).
+    stamp = 1_600_000_000 * 1_000_000_000
+    assert good_frame_works(), node.log()
+    assert node.running
+    log = node.log()
+    for expected in ('32FC3', 'camera_info', 'LiDAR', 'clock jumped backwards'):
+        assert expected in log, expected
+
+
+def _set_parameters(client, values):
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    service = client.node.create_client(SetParameters, '/depth_node/set_parameters')
+    assert service.wait_for_service(timeout_sec=10)
+    request = SetParameters.Request(
+        parameters=[Parameter(name, value=value).to_parameter_msg()
+                    for name, value in values.items()])
+    future = service.call_async(request)
+    deadline = time.monotonic() + 10
+    while not future.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client.node.destroy_client(service)
+    return future.result().results
+
+
+def test_parameters_validated_at_run_time(lidar_node):
+    node, client = lidar_node
+    bad = _set_parameters(client, {'cloud_type': 'xyzi'})
+    assert not bad[0].successful and "'xyz', 'xyzrgb', 'none'" in bad[0].reason
+    bad_range = _set_parameters(client, {'min_range': 50.0})        # above max_range
+    assert not bad_range[0].successful and 'max_range' in bad_range[0].reason
+    read_only = _set_parameters(client, {'model': '/elsewhere'})
+    assert not read_only[0].successful
+    ok = _set_parameters(client, {'output_encoding': '16UC1', 'cloud_stride': 2})
+    assert all(r.successful for r in ok)
+    stamp = 1_700_000_400 * 1_000_000_000
+    depth = send_and_wait(client, stamp)
+    assert depth is not None and depth.encoding == '16UC1'
+    cloud = wait_for(client, 'points', stamp)
+    assert (cloud.height, cloud.width) == (240, 320)
+    assert all(r.successful for r in _set_parameters(client, {'output_encoding': '32FC1',
+                                                              'cloud_stride': 1}))
+
+
+def test_qos_best_effort_subscriber_and_publisher_interoperate(lidar_node):
+    from sensor_msgs.msg import Image
+    from fiffdepth_ros.ros.qos import profile
+    node, client = lidar_node
+    got = []
+    sub = client.node.create_subscription(Image, 'depth/image', got.append,
+                                          profile('best_effort', 1))
+    # The node subscribes BEST_AVAILABLE: a best-effort camera driver is matched too.
+    be_pub = client.node.create_publisher(Image, 'image', profile('best_effort', 1))
+    client.wait_until(lambda: sub.get_publisher_count() > 0, 10)
+    stamp = 1_700_000_500 * 1_000_000_000
+    from fiffdepth_ros.conversions.depth_image import rgb_to_image_msg
+    backend = RclpyBackend()
+    frame = ROOM.render()
+    client.info_pub.publish(backend.camera_info(backend.header(stamp, 'camera_optical'),
+                                                **ROOM.camera_info_fields()))
+    for i in range(10):                 # best effort may lose a large message: retry
+        be_pub.publish(rgb_to_image_msg(frame.rgb, backend.header(stamp + i, 'camera_optical'),
+                                        backend))
+        if client.wait_until(lambda: len(got) > 0, 3):
+            break
+    assert got, node.log()
+    client.node.destroy_subscription(sub)
+    client.node.destroy_publisher(be_pub)
+
+
+def test_diagnostics_report_rates_scale_and_device(lidar_node):
+    node, client = lidar_node
+    send_and_wait(client, 1_700_000_600 * 1_000_000_000)
+    client.wait_until(lambda: client.count('diagnostics') > 0, 5)
+    status = client.messages('diagnostics')[-1].status[0]
+    values = {kv.key: kv.value for kv in status.values}
+    for key in ('input rate (Hz)', 'output rate (Hz)', 'latency median (ms)',
+                'inference median (ms)', 'frames dropped', 'anchors used', 'scale', 'shift',
+                'fit status', 'device', 'precision', 'model'):
+        assert key in values, key
+    assert values['device'].startswith('cpu') and values['metric'] == 'true'
+    assert int(values['anchors used']) > 100
+
+
+def test_clean_shutdown_on_sigint(tmp_path, tiny_checkpoint, install_prefix, rclpy_context):
+    node = start_node(tmp_path, tiny_checkpoint, install_prefix)
+    code, seconds = node.stop(timeout_s=10)
+    assert code == 0, node.log()
+    assert seconds < 3.0, f'shutdown took {seconds:.2f} s'
+    assert 'Traceback' not in node.log()
+
+
+def test_compressed_transport_without_anchors_is_flagged_relative(
+        tmp_path, tiny_checkpoint, install_prefix, rclpy_context):
+    node = start_node(tmp_path, tiny_checkpoint, install_prefix, image_transport='compressed',
+                      fixed_scale=2.0, fixed_shift=0.5)
+    client = StreamClient(node_name='e2e_compressed')
+    try:
+        assert client.wait_for_node(30, compressed=True), node.log()
+        stamp = 1_700_000_700 * 1_000_000_000
+        depth_msg = send_and_wait(client, stamp, compressed=True, lidar=False)
+        assert depth_msg is not None, node.log()
+        relative = wait_for(client, 'relative', stamp)
+        assert relative is not None
+        depth, rel = image_msg_to_depth(depth_msg), image_msg_to_depth(relative)
+        valid = np.isfinite(depth) & np.isfinite(rel)
+        np.testing.assert_allclose(depth[valid], 2.0 * rel[valid] + 0.5, rtol=1e-5, atol=1e-5)
+        client.wait_until(lambda: client.count('diagnostics') > 0 and any(
+            kv.key == 'metric' and kv.value == 'false'
+            for kv in client.messages('diagnostics')[-1].status[0].values), 5)
+        status = client.messages('diagnostics')[-1].status[0]
+        assert {kv.key: kv.value for kv in status.values}['metric'] == 'false'
+        assert 'relative' in status.message
+    finally:
+        client.close()
+        node.stop()
+
+
+def test_model_that_cannot_load_exits_nonzero(tmp_path, install_prefix):
+    node = NodeProcess(tmp_path, {'model': str(tmp_path / 'no_such_model'), 'device': 'cpu'},
+                       prefix=install_prefix).start()
+    node.proc.wait(timeout=120)
+    assert node.proc.returncode != 0
+    assert 'no_such_model' in node.log() and 'cannot start' in node.log()
+
+
+def test_invalid_parameter_at_start_exits_nonzero(tmp_path, tiny_checkpoint, install_prefix):
+    node = NodeProcess(tmp_path, {'model': str(tiny_checkpoint), 'cloud_type': 'mesh'},
+                       prefix=install_prefix).start()
+    node.proc.wait(timeout=120)
+    assert node.proc.returncode == 1
+    assert "'xyz', 'xyzrgb', 'none'" in node.log()
