@@ -118,3 +118,72 @@ def test_scaled_model_projects_consistently():
     assert uh[0] == pytest.approx((u[0] + 0.5) * 0.5 - 0.5)
     assert vh[0] == pytest.approx((v[0] + 0.5) * 0.5 - 0.5)
     assert half.key != cam.key
+
+
+def test_pinhole_rays_are_k_or_p_intrinsics_per_pixel():
+    raw = CameraModel.from_camera_info(info(), rectified=False)       # D all zero: no undistortion
+    assert not raw.has_distortion
+    rx, ry = raw.rays()
+    uu, vv = np.meshgrid(np.arange(640), np.arange(480))
+    np.testing.assert_allclose(rx, (uu - 319.5) / 400.0, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(ry, (vv - 239.5) / 410.0, rtol=1e-6, atol=1e-7)
+    rect_rx, _ = CameraModel.from_camera_info(info(d=(-0.3, 0.1, 0, 0, 0))).rays()
+    np.testing.assert_allclose(rect_rx, (uu - 320.0) / 380.0, rtol=1e-6, atol=1e-7)  # D ignored
+
+
+def test_raw_rays_with_binning_and_roi_invert_projection():
+    d = (0.52, -2.6, 0.0006, -0.0002, 1.6, 0.39, -2.43, 1.53)
+    cam = CameraModel.from_camera_info(
+        info(d=d, model='rational_polynomial', binning=(2, 2), roi=(60, 20, 400, 500)),
+        rectified=False)
+    assert (cam.width, cam.height) == (250, 200)
+    rx, ry = cam.rays()
+    u, v, ok = cam.project(np.stack([rx.ravel(), ry.ravel(), np.ones(rx.size)], axis=1))
+    uu, vv = np.meshgrid(np.arange(250), np.arange(200))
+    assert ok.all()
+    np.testing.assert_allclose(u, uu.ravel(), atol=0.02)
+    np.testing.assert_allclose(v, vv.ravel(), atol=0.02)
+    # The ROI is a crop of the full image: its rays are the full camera's rays there.
+    full_rx, _ = CameraModel.from_camera_info(info(d=d, model='rational_polynomial'),
+                                              rectified=False).rays()
+    np.testing.assert_allclose(rx[5, 7], full_rx[20 + 5 * 2, 60 + 7 * 2], atol=1e-5)
+
+
+@pytest.mark.parametrize('model, d, match', [
+    ('equidistant', (0.1, 0.01), 'at least 4'),
+    ('plumb_bob', (0.1, 0.01, 0.0), '4, 5, 8, 12 or 14'),
+    ('rational_polynomial', (0.1,) * 6, "'rational_polynomial' with 6 coefficients"),
+])
+def test_distortion_coefficient_count_is_checked_for_raw_images(model, d, match):
+    with pytest.raises(CameraInfoError, match=match):
+        CameraModel.from_camera_info(info(d=d, model=model), rectified=False)
+    assert CameraModel.from_camera_info(info(d=d, model=model), rectified=True).width == 640
+
+
+def test_key_tells_cameras_apart():
+    a = CameraModel.from_camera_info(info(d=(-0.2, 0.05, 0, 0, 0)), rectified=False)
+    assert a.key == CameraModel.from_camera_info(info(d=(-0.2, 0.05, 0, 0, 0)),
+                                                 rectified=False).key
+    assert a.key != CameraModel.from_camera_info(info(d=(-0.2, 0.06, 0, 0, 0)),
+                                                 rectified=False).key
+    assert a.key != CameraModel.from_camera_info(info(d=(-0.2, 0.05, 0, 0, 0))).key
+
+
+@pytest.mark.parametrize('rectified', [True, False], ids=['rectified', 'raw'])
+def test_scaled_binned_roi_distorted_model(rectified):
+    d = (-0.28, 0.07, 0.001, -0.0005, 0.0)
+    cam = CameraModel.from_camera_info(info(d=d, binning=(2, 2), roi=(100, 40, 200, 320)),
+                                       rectified=rectified)
+    small = cam.scaled(80, 50)                          # 160x100 image, halved
+    assert (small.width, small.height, small.binning_x, small.roi_x) == (80, 50, 1, 0)
+    assert small.rectified == rectified and small.has_distortion == (not rectified)
+    np.testing.assert_array_equal(small.D, cam.D)
+    pts = np.array([[0.3, -0.1, 2.0], [-0.2, 0.15, 1.0]])
+    u, v, _ = cam.project(pts)
+    us, vs, _ = small.project(pts)
+    np.testing.assert_allclose(us, (u + 0.5) * 0.5 - 0.5, atol=1e-9)
+    np.testing.assert_allclose(vs, (v + 0.5) * 0.5 - 0.5, atol=1e-9)
+    rx, ry = small.rays()                               # and its rays invert its projection
+    uu, vv, ok = small.project(np.stack([rx.ravel(), ry.ravel(), np.ones(rx.size)], axis=1))
+    assert ok.all()
+    np.testing.assert_allclose(uu, np.tile(np.arange(80), 50), atol=0.02)

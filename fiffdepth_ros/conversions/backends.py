@@ -6,7 +6,8 @@ share field names, and the readers only use those.
 
 Big ``data`` fields take the fast path: rclpy gets an ``array.array('B')`` filled with one memcpy
 (assigning numpy arrays or memoryviews makes rclpy check every element, ~90 ms for a 640x480
-float image), rosbags gets a uint8 numpy view, which its CDR serialiser requires.
+float image), rosbags gets a uint8 numpy array, which its CDR serialiser requires. Either way the
+message owns its bytes (one copy), so callers may reuse their buffers for the next frame.
 """
 from __future__ import annotations
 
@@ -31,10 +32,9 @@ class MessageBackend:
     """Interface: message constructors with every field given explicitly."""
 
     name = 'abstract'
-    copies_data = True      # blob() copies: the caller may reuse its buffer afterwards
 
     def blob(self, buffer) -> Any:
-        """A bytes-like buffer (numpy array, bytes) as the value of a uint8[] field."""
+        """A copy of a bytes-like buffer (numpy array, bytes) as the value of a uint8[] field."""
         raise NotImplementedError
 
     def _make(self, type_name: str, **fields):
@@ -92,7 +92,8 @@ class MessageBackend:
 
 def _as_byte_view(buffer) -> memoryview:
     if isinstance(buffer, np.ndarray):
-        buffer = np.ascontiguousarray(buffer)
+        # Flat: memoryview cannot cast an empty multi-dimensional array (an empty cloud).
+        buffer = np.ascontiguousarray(buffer).reshape(-1)
     return memoryview(buffer).cast('B')
 
 
@@ -116,11 +117,17 @@ class RclpyBackend(MessageBackend):
 
     def _make(self, type_name: str, **fields):
         cls = self._cls(type_name)
-        if '_check_fields' in cls.__slots__ and 'data' in fields:
-            # Jazzy and newer copy array-valued fields again unless checking is on, in which
-            # case an array.array('B') is stored as it is (one copy fewer for a 10 MB cloud).
+        data = fields.pop('data', None)
+        if data is None:
+            return cls(**fields)
+        # Constructors copy ``data`` whatever it is; the setter stores an array.array('B') as
+        # it is when fields are checked (always before Jazzy; asked for here on newer
+        # distros), so the bytes are copied once, in blob().
+        if '_check_fields' in cls.__slots__:
             fields['check_fields'] = True
-        return cls(**fields)
+        msg = cls(**fields)
+        msg.data = data
+        return msg
 
     def blob(self, buffer):
         out = array.array('B')
@@ -135,7 +142,6 @@ class RosbagsBackend(MessageBackend):
     """Messages of a ``rosbags`` typestore, for reading and writing bags without ROS."""
 
     name = 'rosbags'
-    copies_data = False     # blob() is a view: callers must hand over buffers they won't reuse
 
     def __init__(self, typestore=None):
         if typestore is None:
@@ -147,4 +153,4 @@ class RosbagsBackend(MessageBackend):
         return self.typestore.types[type_name](**fields)
 
     def blob(self, buffer):
-        return np.frombuffer(_as_byte_view(buffer), dtype=np.uint8)
+        return np.frombuffer(_as_byte_view(buffer), dtype=np.uint8).copy()

@@ -78,6 +78,12 @@ class CameraModel:
         if camera.has_distortion and model not in DISTORTION_MODELS:
             raise CameraInfoError(f"unsupported distortion model '{model}' for a raw image; "
                                   f'supported: {", ".join(DISTORTION_MODELS)}')
+        # OpenCV takes 4, 5, 8, 12 or 14 coefficients (fisheye: the first 4); anything else
+        # would fail later, inside rays() or project(), with an obscure cv2.error.
+        fisheye = model == 'equidistant'
+        if camera.has_distortion and not (D.size >= 4 if fisheye else D.size in (4, 5, 8, 12, 14)):
+            raise CameraInfoError(f"distortion model '{model}' with {D.size} coefficients in D; "
+                                  f"expected {'at least 4' if fisheye else '4, 5, 8, 12 or 14'}")
         return camera
 
     @classmethod
