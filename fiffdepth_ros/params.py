@@ -110,6 +110,9 @@ _SPECS = (
     ParamSpec('max_anchor_age', 0.1, 'seconds: the LiDAR sweep / stereo frame nearest the image '
               'stamp is used only within this age; also the camera_info matching window',
               min=0.0, max=10.0),
+    ParamSpec('companion_wait', 0.1, 'seconds inference may wait for a camera_info / LiDAR / '
+              'stereo message stamped near the image that has not arrived yet (topics arrive in '
+              'any order); adds at most this latency', min=0.0, max=2.0),
     ParamSpec('lidar_use_tf', True, 'look up the LiDAR extrinsic with tf2 when tf2_ros is '
               'available; otherwise (or if false) use the static lidar_* parameters'),
     ParamSpec('lidar_translation', [0.0, 0.0, 0.0], 'static extrinsic: translation [x, y, z] m '

@@ -89,15 +89,18 @@ class FrameAssembler:
         self.stereo = StampedBuffer(10)
         self._newest_ns: int | None = None
         self.clock_jumps = 0
+        self._jump_unreported = False    # reported with the next assembled frame
 
     def _observe(self, stamp_ns: int) -> bool:
         """Track the newest stamp; returns True (and clears buffers) on a jump backwards."""
         if self._newest_ns is not None and stamp_ns < self._newest_ns - CLOCK_JUMP_BACK_NS:
+            self._jump_s = (self._newest_ns - stamp_ns) * 1e-9
             self.camera_infos.clear()
             self.lidar.clear()
             self.stereo.clear()
             self._newest_ns = stamp_ns
             self.clock_jumps += 1
+            self._jump_unreported = True
             return True
         self._newest_ns = stamp_ns if self._newest_ns is None else max(self._newest_ns, stamp_ns)
         return False
@@ -132,8 +135,11 @@ class FrameAssembler:
     def assemble(self, image) -> FrameInputs:
         stamp = stamp_to_ns(image.header.stamp)
         frame = FrameInputs(image=image)
-        if self._observe(stamp):
-            frame.notes.append('clock jumped backwards: companion buffers cleared')
+        self._observe(stamp)
+        if self._jump_unreported:
+            frame.notes.append(f'clock jumped backwards by {self._jump_s:.1f} s: companion '
+                               'buffers cleared')
+            self._jump_unreported = False
         info = self.camera_infos.exact(stamp)
         if info is None:    # loosely stamped drivers: the latest one within the age limit
             info = self.camera_infos.latest_within(stamp, self.max_age_ns)

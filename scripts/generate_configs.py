@@ -18,7 +18,7 @@ GROUPS = [
     ('Model and inference', ['model', 'device', 'precision', 'processing_res', 'upcast_vae',
                              'compile']),
     ('Inputs', ['image_transport', 'image_rectified', 'use_lidar', 'stereo_source',
-                'stereo_grid_step', 'max_anchor_age', 'lidar_use_tf', 'lidar_translation',
+                'stereo_grid_step', 'max_anchor_age', 'companion_wait', 'lidar_use_tf', 'lidar_translation',
                 'lidar_rotation', 'lidar_parent_frame', 'lidar_child_frame']),
     ('Scale recovery', ['fit_space', 'filter_responsiveness', 'local_correction', 'fixed_scale',
                         'fixed_shift', 'fixed_scale_is_metric']),

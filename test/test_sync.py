@@ -74,3 +74,14 @@ def test_awaits_companions_only_while_one_may_still_come():
     asm.add_lidar(msg(1400 * MS))                    # topic is past the image: nothing to wait for
     asm.add_camera_info(msg(1400 * MS))
     assert not asm.awaits_companions(late)
+
+
+def test_a_jump_seen_on_a_companion_topic_is_reported_with_the_next_frame():
+    asm = FrameAssembler(max_age_s=0.1, use_lidar=True)
+    asm.assemble(msg(50_000 * MS))
+    asm.add_camera_info(msg(1_000 * MS))         # the bag looped: camera_info arrives first
+    asm.add_lidar(msg(1_000 * MS))
+    frame = asm.assemble(msg(1_000 * MS))
+    assert any('clock jumped backwards' in n for n in frame.notes)
+    assert frame.lidar is not None and frame.camera_info is not None
+    assert not any('clock' in n for n in asm.assemble(msg(1_050 * MS)).notes)

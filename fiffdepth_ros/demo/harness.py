@@ -171,8 +171,13 @@ class StreamClient:
             self.subscriptions[name] = self.node.create_subscription(
                 getattr(sm, type_name), topic, self._recorder(name), out_qos)
         if record_diagnostics:
-            self.node.create_subscription(DiagnosticArray, '/diagnostics',
-                                          self._recorder('diagnostics'), 10)
+            # /diagnostics is global: keep the statuses of the depth node in our namespace.
+            prefix = self.node.get_namespace().rstrip('/') + '/depth_node:'
+            record = self._recorder('diagnostics')
+            self.node.create_subscription(
+                DiagnosticArray, '/diagnostics',
+                lambda msg: record(msg) if any(s.name.startswith(prefix) for s in msg.status)
+                else None, 10)
         self.executor = SingleThreadedExecutor()
         self.executor.add_node(self.node)
         self._spin = threading.Thread(target=self._spin_loop, daemon=True)

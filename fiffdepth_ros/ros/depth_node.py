@@ -109,12 +109,10 @@ class DepthNode(Node):
             self.get_logger().info(resolver.tf_error)
         self.pipeline = DepthPipeline(estimator, config, RclpyBackend(), resolver)
 
-        in_qos = profile(p['qos_reliability'], 1)
         companion_qos = profile(p['qos_reliability'], 5)
-        if p['image_transport'] == 'compressed':
-            self.create_subscription(CompressedImage, 'image/compressed', self._on_image, in_qos)
-        else:
-            self.create_subscription(Image, 'image', self._on_image, in_qos)
+        self._image_subscription = None
+        self._resubscribe = False
+        self._subscribe_images()
         self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, companion_qos)
         if p['use_lidar']:
             self.create_subscription(PointCloud2, 'lidar/points', self._on_lidar, companion_qos)
@@ -138,6 +136,7 @@ class DepthNode(Node):
             for name, (topic, msg_type) in OUTPUT_TOPICS.items() if name in enabled}
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(p['diagnostics_period'], self._publish_diagnostics)
+        self.create_timer(0.5, self._resubscribe_if_needed)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._worker = threading.Thread(target=self._work, name='fiffdepth-inference',
@@ -148,6 +147,42 @@ class DepthNode(Node):
             f"ready: model {info.get('model')} on {info.get('device')} "
             f"({info.get('precision')}, processing_res {info.get('processing_res')}); "
             f"image topic '{self.resolve_topic_name('image')}'")
+
+    def _subscribe_images(self) -> None:
+        """(Re)create the image subscription.
+
+        BEST_AVAILABLE settles on a reliability when the subscription is created, from the
+        publishers known then; a best-effort camera driver that starts later is incompatible.
+        Such an incompatibility re-creates the subscription, which then matches it.
+        """
+        p = self.params
+        try:
+            from rclpy.event_handler import SubscriptionEventCallbacks
+        except ImportError:                                   # Humble
+            from rclpy.qos_event import SubscriptionEventCallbacks
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
+        if self._image_subscription is not None:
+            self.destroy_subscription(self._image_subscription)
+        msg_type, topic = ((CompressedImage, 'image/compressed')
+                           if p['image_transport'] == 'compressed' else (Image, 'image'))
+        self._image_subscription = self.create_subscription(
+            msg_type, topic, self._on_image, profile(p['qos_reliability'], 1),
+            event_callbacks=events)
+
+    def _on_incompatible_qos(self, event) -> None:
+        if self.params['qos_reliability'] == 'best_available':
+            self._resubscribe = True
+        else:
+            self.warn(f'a publisher on the image topic offers incompatible QoS '
+                      f'({event.last_policy_kind}); qos_reliability is '
+                      f"'{self.params['qos_reliability']}'", key='incompatible-qos')
+
+    def _resubscribe_if_needed(self) -> None:
+        if self._resubscribe:
+            self._resubscribe = False
+            self.get_logger().info('image publisher with other QoS appeared: re-subscribing '
+                                   'with best_available to match it')
+            self._subscribe_images()
 
     def stop(self, timeout_s: float = 0.3) -> None:
         self._stop.set()
@@ -229,8 +264,8 @@ class DepthNode(Node):
             self.stats.idle += 1
             return
         # Topics arrive in any order: give a LiDAR sweep or camera_info stamped with this image
-        # up to max_anchor_age to arrive before matching without it.
-        deadline = time.monotonic() + min(self.params['max_anchor_age'], 0.25)
+        # up to companion_wait to arrive before matching without it.
+        deadline = time.monotonic() + self.params['companion_wait']
         with self._companions:
             while (self.assembler.awaits_companions(msg) and not self._stop.is_set()
                    and time.monotonic() < deadline):
@@ -269,7 +304,7 @@ class DepthNode(Node):
         summary = self.stats.summary()
         info = self.estimator.describe()
         summary.update({k: str(v) for k, v in info.items()})
-        status = DiagnosticStatus(name=f'{self.get_name()}: depth estimation',
+        status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: depth estimation',
                                   hardware_id=str(info.get('device', '')))
         report = self.stats.last_report
         if self.stats.processed == 0:
