@@ -265,12 +265,14 @@ class DepthNode(Node):
             return
         # Topics arrive in any order: give a LiDAR sweep or camera_info stamped with this image
         # up to companion_wait to arrive before matching without it.
+        t_wait = time.perf_counter()
         deadline = time.monotonic() + self.params['companion_wait']
         with self._companions:
             while (self.assembler.awaits_companions(msg) and not self._stop.is_set()
                    and time.monotonic() < deadline):
                 self._companions.wait(timeout=max(deadline - time.monotonic(), 0.0))
             inputs = self.assembler.assemble(msg)
+        waited_ms = (time.perf_counter() - t_wait) * 1e3
         try:
             result = self.pipeline.process(inputs, outputs)
         except FrameError as exc:
@@ -287,8 +289,10 @@ class DepthNode(Node):
             return
         for note in result.notes:
             self.warn(note)
+        t_publish = time.perf_counter()
         for name, out_msg in result.messages.items():
             self.publishers_by_output[name].publish(out_msg)
+        result.timings.update(wait=waited_ms, publish=(time.perf_counter() - t_publish) * 1e3)
         now_ns = self.get_clock().now().nanoseconds
         self.stats.processed += 1
         self.stats.outputs.tick()
@@ -296,6 +300,7 @@ class DepthNode(Node):
         inference = result.timings.get('inference', 0.0)
         self.stats.inference_ms.append(inference)
         self.stats.overhead_ms.append((time.perf_counter() - t_start) * 1e3 - inference)
+        self.stats.add_stages({k: v for k, v in result.timings.items() if k != 'inference'})
         self.stats.last_report = result.report
         self.stats.last_metric = result.metric
 

@@ -36,6 +36,8 @@ class NodeStats:
         self.latency_ms: deque[float] = deque(maxlen=window)
         self.inference_ms: deque[float] = deque(maxlen=window)
         self.overhead_ms: deque[float] = deque(maxlen=window)
+        # Where the overhead goes: stage name -> recent milliseconds.
+        self.stage_ms: dict[str, deque[float]] = {}
         self.received = 0
         self.processed = 0
         self.dropped = 0          # replaced by a newer frame before inference started
@@ -43,6 +45,10 @@ class NodeStats:
         self.idle = 0             # nobody subscribed to any output
         self.last_report = None
         self.last_metric = False
+
+    def add_stages(self, timings: dict[str, float]) -> None:
+        for name, ms in timings.items():
+            self.stage_ms.setdefault(name, deque(maxlen=self.latency_ms.maxlen)).append(ms)
 
     def summary(self) -> dict[str, str]:
         def med(values):
@@ -58,6 +64,8 @@ class NodeStats:
             'latency p99 (ms)': p99(self.latency_ms),
             'inference median (ms)': med(self.inference_ms),
             'overhead median (ms)': med(self.overhead_ms),
+            'stage medians (ms)': ', '.join(f'{name} {np.median(v):.1f}'
+                                            for name, v in self.stage_ms.items() if v) or 'n/a',
             'frames received': str(self.received),
             'frames processed': str(self.processed),
             'frames dropped': str(self.dropped),
