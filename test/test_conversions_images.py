@@ -71,7 +71,7 @@ def test_mono8_becomes_grey_rgb(make):
 @pytest.mark.parametrize('make', MAKERS, ids=MAKER_IDS)
 @pytest.mark.parametrize('encoding', ['mono16', '16UC1'])
 @pytest.mark.parametrize('bigendian', [False, True], ids=['le', 'be'])
-@pytest.mark.parametrize('step', [6, 7], ids=['aligned', 'odd-step'])
+@pytest.mark.parametrize('step', [6, 7, 10], ids=['aligned', 'odd-step', 'padded'])
 def test_16_bit_grey_is_stretched_to_8_bit_by_frame_range(make, encoding, bigendian, step):
     values = np.array([[1000, 1500, 1010], [2000, 3000, 1999]], np.uint16)   # a 12-bit sensor
     out = image_to_rgb(make(values, encoding, step=step, bigendian=bigendian))

@@ -1,6 +1,7 @@
 """Depth -> PointCloud2 (depth_image_proc layout) and LiDAR PointCloud2 -> points."""
 import struct
 from types import SimpleNamespace as NS
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -133,6 +134,20 @@ def test_rays_follow_a_changed_camera():
     for camera in (CAM, other, CAM):
         msg = builder.build(DEPTH, camera, backend.header(1, 'c'), backend)
         assert_same_cloud_bytes(bytes(msg.data), reference_bytes(DEPTH, camera), 16)
+
+
+def test_rays_are_computed_once_per_camera_key_and_stride():
+    """Equal calibrations (a new CameraModel per camera_info message) share the cached rays."""
+    builder, backend = DepthCloudBuilder(), BACKENDS[1]
+    with mock.patch.object(CameraModel, 'rays', autospec=True,
+                           side_effect=CameraModel.rays) as rays:
+        for _ in range(3):
+            same = CameraModel.pinhole(5, 4, 100.0, 110.0, 2.0, 1.5)      # equal key, new object
+            msg = builder.build(DEPTH, same, backend.header(1, 'c'), backend)
+        assert rays.call_count == 1
+        builder.build(DEPTH, CAM, backend.header(1, 'c'), backend, stride=2)
+        assert rays.call_count == 2                  # another stride: strided rays rebuilt
+    assert_same_cloud_bytes(bytes(msg.data), reference_bytes(DEPTH, CAM), 16)
 
 
 def test_raw_camera_uses_undistorted_rays():
@@ -330,3 +345,10 @@ def test_clouds_read_back_from_serialised_bag_messages(frame_id):
         back = store.deserialize_cdr(raw, 'sensor_msgs/msg/PointCloud2')
         assert len(pointcloud_to_xyz(back)) == count
         np.testing.assert_array_equal(pointcloud_to_xyz(back), pointcloud_to_xyz(msg))
+
+
+def test_integer_depth_is_refused_not_taken_as_metres():
+    backend = BACKENDS[1]
+    with pytest.raises(PointCloudError, match='float metres'):
+        DepthCloudBuilder().build((DEPTH * 1000).astype(np.uint16), CAM,
+                                  backend.header(1, 'c'), backend)

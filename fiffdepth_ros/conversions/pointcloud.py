@@ -93,8 +93,10 @@ class DepthCloudBuilder:
         depth = np.asarray(depth)
         if depth.ndim != 2 or depth.size == 0:
             raise PointCloudError(f'depth must be a non-empty HxW array, got shape {depth.shape}')
-        if not (np.issubdtype(depth.dtype, np.floating) or np.issubdtype(depth.dtype, np.integer)):
-            raise PointCloudError(f'depth must be a numeric array, got dtype {depth.dtype}')
+        if not np.issubdtype(depth.dtype, np.floating):
+            # An integer array is most likely 16UC1 millimetres: refuse rather than build a
+            # cloud 1000x too large (image_msg_to_depth converts such images to metres).
+            raise PointCloudError(f'depth must be float metres, got dtype {depth.dtype}')
         camera.check_image_size(depth.shape[1], depth.shape[0])
         if rgb is not None:
             rgb = np.asarray(rgb)
