@@ -203,7 +203,7 @@ def test_bad_inputs_are_refused():
         builder.build(DEPTH, CAM, header, backend, stride=0)
     with pytest.raises(PointCloudError, match='min_range 5.0 must not exceed max_range 1.0'):
         builder.build(DEPTH, CAM, header, backend, min_range=5.0, max_range=1.0)
-    with pytest.raises(PointCloudError, match='numeric'):
+    with pytest.raises(PointCloudError, match='float metres'):
         builder.build(DEPTH.astype(object), CAM, header, backend)
 
 
