@@ -1,0 +1,14 @@
+"""Offline processing of rosbag2 recordings with the node's pipeline (``process_bag``).
+
+reader      open a bag (folder or .mcap/.db3 file), list topics, raw messages in time order
+topics      which topics feed the pipeline; where the outputs go
+frames      raw messages -> matched frames in bag order (look-ahead for late companions)
+tf_static   camera <- LiDAR extrinsic from the bag's /tf_static or the static parameters
+runner      read / infer / finish / write stages in threads around the shared DepthPipeline
+writer      the output bag (MCAP or sqlite3), copies of input topics
+summary     counts, skips, anchors, scale and time of a run
+process_bag the command line
+synthetic   synthetic recordings with known metric truth (tests, benchmark)
+
+Only ``rosbags`` is needed: no ROS installation, no rclpy.
+"""
