@@ -182,10 +182,8 @@ def _choose_camera_info(types, image: str, given, notes: list[str]) -> str | Non
         if namespace == '/':
             break
         namespace = posixpath.dirname(namespace) or '/'
-    if len(infos) == 1:
-        notes.append(f"camera_info '{infos[0]}' is not in the namespace of '{image}'; using it "
-                     'as the only one in the bag')
-        return infos[0]
+    # Another camera's intrinsics would silently misplace every point and anchor: even the
+    # bag's only camera_info is not taken from another namespace without being asked for.
     raise TopicError(f"no camera_info topic in the namespace of '{image}'; candidates: "
                      f'{_candidates_text(infos)}; choose one with --camera-info-topic TOPIC')
 
