@@ -250,8 +250,8 @@ def test_qos_best_effort_peers_interoperate(tmp_path, tiny_checkpoint, install_p
     try:
         assert client.wait_for_node(30), node.log()
         got = []
-        sub = client.node.create_subscription(Image, 'depth/image', got.append,
-                                              profile('best_effort', 1))
+        client.node.create_subscription(Image, 'depth/image', got.append,
+                                        profile('best_effort', 1))
         be_pub = client.node.create_publisher(Image, 'image', profile('best_effort', 1))
         backend = RclpyBackend()
         # Small frames: best effort loses large fragmented images, which is why the node

@@ -20,7 +20,6 @@ is closed and valid, holding the frames finished before Ctrl-C).
 from __future__ import annotations
 
 import argparse
-import os
 import signal
 import sys
 import threading
@@ -31,6 +30,7 @@ import yaml
 
 from .. import params as P
 from ..conversions.backends import RosbagsBackend
+from ..model.runtime import load_estimator, set_cpu_threads
 from ..pipeline import DepthPipeline, PipelineConfig
 from ..sync import FrameAssembler
 from .frames import FrameSource, Window
@@ -184,17 +184,6 @@ def _estimated_frames(reader: BagReader, choice: TopicChoice, window: Window) ->
         span = max(reader.end_ns - reader.start_ns, 1)
         count = round(count * max(hi - lo, 0) / span)
     return -(-count // window.stride)
-
-
-def load_estimator(p: dict[str, Any]):
-    """The model named by the parameters (as the node loads it); raises on failure."""
-    from ..model.estimator import DepthEstimator
-    if not p['model']:
-        raise P.ParameterError("no model: pass --model (a FiffDepth checkpoint folder or hub id) "
-                               "or set the 'model' parameter")
-    return DepthEstimator.from_pretrained(
-        p['model'], device=p['device'], precision=p['precision'],
-        processing_res=p['processing_res'], upcast_vae=p['upcast_vae'], compile=p['compile'])
 
 
 class CtrlC:
@@ -357,22 +346,8 @@ def _processor(args, plan: Plan, reader: BagReader, estimator, backend, out_path
                         prefetch=args.prefetch, stop=stop, progress=progress)
 
 
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
 def _set_cpu_threads(requested: int | None, log) -> None:
-    """Torch's CPU threads. Reading and writing run in threads of their own beside the model;
-    if torch's OpenMP threads take every core, each of its parallel regions waits for a thread
-    the OS preempted for them: measured here (2 cores), a tiny model went from 0.24 s to 4.7 s
-    per frame next to one busy thread, while one torch thread took 0.06-0.14 s."""
-    import torch
-    threads = requested or max(1, cpu_cores() - 1)
-    torch.set_num_threads(threads)
-    log(f'torch CPU threads: {threads}')
+    log(f'torch CPU threads: {set_cpu_threads(requested)}')
 
 
 def _progress_bar(total: int | None, disabled: bool):

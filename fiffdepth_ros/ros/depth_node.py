@@ -27,6 +27,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from .. import params as P
 from ..conversions.backends import RclpyBackend, stamp_to_ns
+from ..model.runtime import load_estimator, set_cpu_threads
 from ..pipeline import DepthPipeline, FrameError, PipelineConfig
 from ..sync import FrameAssembler
 from .extrinsics import ExtrinsicResolver
@@ -337,6 +338,11 @@ def _is_out_of_memory(exc: Exception) -> bool:
     return isinstance(exc, (MemoryError, RuntimeError)) and 'out of memory' in str(exc).lower()
 
 
+def _cuda_available() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def _release_cuda_memory() -> None:
     try:
         import torch
@@ -346,24 +352,16 @@ def _release_cuda_memory() -> None:
         pass
 
 
-def load_estimator(params: dict):
-    """The model named by the parameters; raises ModelLoadError / ParameterError."""
-    from ..model.estimator import DepthEstimator
-    if not params['model']:
-        raise P.ParameterError("parameter 'model' is empty: set it to a FiffDepth checkpoint "
-                               'folder or Hugging Face hub id (see the README)')
-    return DepthEstimator.from_pretrained(
-        params['model'], device=params['device'], precision=params['precision'],
-        processing_res=params['processing_res'], upcast_vae=params['upcast_vae'],
-        compile=params['compile'])
-
-
 def main(args=None, fast_exit: bool = True) -> int:
     rclpy.init(args=args)
     node = None
     code = 0
     try:
         node = DepthNode()
+        if node.params['device'] == 'cpu' or (node.params['device'] == 'auto'
+                                              and not _cuda_available()):
+            node.get_logger().info(f'torch CPU threads: {set_cpu_threads()} (one core is left '
+                                   'to the ROS executor)')
         node.start(load_estimator(node.params))
         rclpy.spin(node)
     except (KeyboardInterrupt, ExternalShutdownException):

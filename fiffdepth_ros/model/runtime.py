@@ -1,0 +1,39 @@
+"""Loading the model from the shared parameters, and CPU threading, for the node and process_bag."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def set_cpu_threads(requested: int | None = None) -> int:
+    """Torch's CPU threads: one core fewer than available unless ``requested``.
+
+    The node and process_bag run the model beside threads of their own (ROS executor, bag
+    reading and writing). If torch's OpenMP threads take every core, each parallel region waits
+    for a thread the OS preempted: measured here (2 cores), a tiny model went from 0.24 s to
+    4.7 s per frame next to one busy thread, while one torch thread took 0.06-0.14 s.
+    """
+    import torch
+    threads = requested or max(1, cpu_cores() - 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
+def load_estimator(p: dict[str, Any]):
+    """The model named by validated parameters (fiffdepth_ros.params); raises ModelLoadError,
+    ParameterError or ValueError with a message for the user."""
+    from ..params import ParameterError
+    from .estimator import DepthEstimator
+    if not p['model']:
+        raise ParameterError("parameter 'model' is empty: set it to a FiffDepth checkpoint "
+                             'folder or Hugging Face hub id (see the README)')
+    return DepthEstimator.from_pretrained(
+        p['model'], device=p['device'], precision=p['precision'],
+        processing_res=p['processing_res'], upcast_vae=p['upcast_vae'], compile=p['compile'])
