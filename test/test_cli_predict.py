@@ -28,7 +28,9 @@ def test_writes_three_files_per_image_and_skips_unreadable(tmp_path, tiny_checkp
         color = cv2.imread(str(out / f'{stem}_color.png'))
         assert color.shape == shape + (3,)
     assert not (out / 'broken.npy').exists()
-    assert '1 unreadable image(s) skipped' in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert '1 unreadable image(s) skipped' in captured.out
+    assert 'warning: skipped' in captured.err and 'broken.png' in captured.err
 
 
 def test_errors_exit_nonzero(tmp_path, tiny_checkpoint):
@@ -49,3 +51,18 @@ def test_runs_as_a_module(tmp_path, tiny_checkpoint):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / 'o' / 'x.npy').is_file()
+
+
+def test_inputs_sharing_a_name_do_not_overwrite_each_other(tmp_path, tiny_checkpoint):
+    images = tmp_path / 'in'
+    images.mkdir()
+    cv2.imwrite(str(images / 'a.png'), np.full((12, 20, 3), 30, np.uint8))
+    cv2.imwrite(str(images / 'a.jpg'), np.full((14, 10, 3), 220, np.uint8))
+    cv2.imwrite(str(images / 'b.png'), np.full((8, 8, 3), 120, np.uint8))
+    out = tmp_path / 'out'
+    assert main(['--model', str(tiny_checkpoint), '--input', str(images), '--output', str(out),
+                 '--processing-res', '16', '--device', 'cpu']) == 0
+    assert np.load(out / 'a_png.npy').shape == (12, 20)
+    assert np.load(out / 'a_jpg.npy').shape == (14, 10)
+    assert np.load(out / 'b.npy').shape == (8, 8)         # unique names keep the plain stem
+    assert not (out / 'a.npy').exists()

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fiffdepth_ros.model.estimator import DepthEstimator
+from fiffdepth_ros.model import estimator as estimator_module
+from fiffdepth_ros.model.estimator import DepthEstimator, target_size
 
 rng = np.random.default_rng(0)
 
@@ -31,7 +32,7 @@ def reference_depth(checkpoint, image: np.ndarray, processing_res: int) -> np.nd
         h, w = image.shape[:2]
         x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255.0
         scale = processing_res / max(h, w)
-        x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode='bilinear',
+        x = F.interpolate(x, size=(int(h * scale), int(w * scale)), mode='bilinear',
                           align_corners=False, antialias=True)
         x = x * 2 - 1
         moments = vae.quant_conv(vae.encoder(x))
@@ -84,10 +85,33 @@ def test_grey_rgba_and_float_inputs(estimator):
                                atol=1e-5)
 
 
+def test_target_size_keeps_the_longer_side_exact_and_floors_the_shorter():
+    assert target_size(375, 1242, 768) == (231, 768)      # KITTI: 231.88 rounds down
+    assert target_size(480, 640, 768) == (576, 768)       # upscaled too, as released
+    assert target_size(1242, 375, 768) == (768, 231)
+    assert target_size(3, 5, 768) == (460, 768)
+    assert target_size(1, 7680, 768) == (1, 768)          # never a zero side
+    assert target_size(37, 41, 0) == (37, 41)             # 0 = native
+    # float arithmetic (int(w * 768 / w)) loses a pixel for some widths; integers never do
+    assert all(max(target_size(h, 1000, 768)) == 768 for h in range(1, 1000))
+    assert all(max(target_size(7, w, 256)) == 256 for w in range(8, 3000))
+
+
+def test_non_contiguous_views_are_accepted(estimator):
+    bgr = rng.integers(0, 256, (40, 52, 3), dtype=np.uint8)
+    rgb_view = bgr[..., ::-1]                     # negative strides, as from BGR -> RGB slicing
+    np.testing.assert_array_equal(estimator.predict(rgb_view),
+                                  estimator.predict(np.ascontiguousarray(rgb_view)))
+    np.testing.assert_array_equal(estimator.predict(bgr[:, ::2]),
+                                  estimator.predict(np.ascontiguousarray(bgr[:, ::2])))
+
+
 def test_batch_equals_single_predictions(estimator):
     images = [rng.integers(0, 256, s, dtype=np.uint8) for s in
-              [(48, 64, 3), (30, 20, 3), (48, 64, 3), (48, 64, 3)]]
+              [(48, 64, 3), (30, 20, 3), (48, 64, 3), (48, 64, 3), (48, 64)]]
+    images.append(images[0] / 255.0)          # same size, float: must not share a uint8 batch
     batched = estimator.predict_batch(images, max_batch=2)
+    assert [d.shape for d in batched] == [i.shape[:2] for i in images]
     for image, depth in zip(images, batched):
         # Batched kernels sum in another order: equal up to float32 rounding.
         np.testing.assert_allclose(depth, estimator.predict(image), atol=1e-4)
@@ -109,8 +133,12 @@ def test_native_resolution_and_8k(estimator):
 
 @pytest.mark.parametrize('bad, match', [
     (np.zeros((4, 4, 2), np.uint8), 'HxW, HxWx3 or HxWx4'),
+    (np.zeros((2, 4, 4, 3), np.uint8), 'HxW, HxWx3 or HxWx4'),
     (np.zeros((0, 4, 3), np.uint8), 'empty'),
-    (np.zeros((4, 4, 3), np.int32), 'uint8 or float'),
+    (np.zeros((4, 4, 3), np.int32), 'uint8'),
+    (np.zeros((4, 4, 3), np.uint16), 'uint8'),
+    (np.full((4, 4, 3), 200.0), r'\[0, 1\]'),
+    (np.full((4, 4, 3), np.nan, np.float32), r'\[0, 1\]'),
     ([[1, 2]], 'numpy image'),
 ])
 def test_bad_images_are_refused(estimator, bad, match):
@@ -129,26 +157,82 @@ def test_describe_and_cpu_fp16_falls_back(tiny_checkpoint, caplog):
     if not torch.cuda.is_available():     # asking for a GPU that is not there: a clear error
         with pytest.raises(ValueError, match='CUDA is not available'):
             DepthEstimator.from_pretrained(str(tiny_checkpoint), device='cuda')
+    with pytest.raises(ValueError, match="unknown device 'gpu0'"):
+        DepthEstimator.from_pretrained(str(tiny_checkpoint), device='gpu0')
+    with pytest.raises(ValueError, match="precision must be"):
+        DepthEstimator.from_pretrained(str(tiny_checkpoint), precision='int8')
 
 
-def test_half_precision_overflow_redecodes_in_fp32(tiny_checkpoint, caplog):
-    est = DepthEstimator.from_pretrained(str(tiny_checkpoint), device='cpu', processing_res=32)
-    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    expected = est.predict(image)
-    # Simulate an fp16 decoder that overflows (no GPU here to make a real one): its output is
-    # half precision and infinite the first time.
-    calls = []
+@pytest.fixture
+def half_on_cpu(monkeypatch):
+    """Let precision='fp16' run in half precision on the CPU: the CUDA code paths (half UNet,
+    VAE upcast, overflow fallback) then run here for real, only slower."""
+    real = estimator_module.resolve_dtype
+    monkeypatch.setattr(estimator_module, 'resolve_dtype',
+                        lambda precision, device: torch.float16 if precision == 'fp16'
+                        else real(precision, device))
 
-    def overflow_once(module, inputs, output):
-        calls.append(1)
-        return torch.full_like(output, float('inf'), dtype=torch.float16) \
-            if len(calls) == 1 else output
-    handle = est.vae.decoder.register_forward_hook(overflow_once)
+
+def test_half_precision_runs_the_whole_model_in_fp16(tiny_checkpoint, estimator, half_on_cpu):
+    est = DepthEstimator.from_pretrained(str(tiny_checkpoint), device='cpu', precision='fp16',
+                                         processing_res=64)
+    assert est.dtype == torch.float16 and est.describe()['precision'] == 'fp16'
+    assert all(p.dtype == torch.float16 for m in (est.unet, est.vae)
+               for p in m.parameters())
+    assert est._embedding_for(1).dtype == torch.float16
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    depth = est.predict(image)
+    assert depth.dtype == np.float32 and depth.shape == (48, 64)
+    np.testing.assert_allclose(depth, estimator.predict(image), atol=0.05)
+
+
+def test_upcast_vae_decodes_with_the_unrounded_fp32_weights(tiny_checkpoint, estimator,
+                                                            half_on_cpu):
+    est = DepthEstimator.from_pretrained(str(tiny_checkpoint), device='cpu', precision='fp16',
+                                         processing_res=64, upcast_vae=True)
+    assert est.describe()['precision'] == 'fp16 (VAE decoder fp32)'
+    assert next(est.unet.parameters()).dtype == torch.float16
+    assert all(p.dtype == torch.float16 for p in est.vae.encoder.parameters())
+    # Loaded in fp32, never rounded through fp16: bit-equal to the fp32 estimator's decoder.
+    for ours, full in zip(est.vae.decoder.parameters(), estimator.vae.decoder.parameters()):
+        assert ours.dtype == torch.float32 and torch.equal(ours, full)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    np.testing.assert_allclose(est.predict(image), estimator.predict(image), atol=0.05)
+
+
+def test_fp16_decode_overflow_is_redone_in_fp32_with_one_warning(tiny_checkpoint, estimator,
+                                                                 half_on_cpu, caplog):
+    est = DepthEstimator.from_pretrained(str(tiny_checkpoint), device='cpu', precision='fp16',
+                                         processing_res=64)
+    image = rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)
+
+    def overflow_in_half(module, inputs, output):
+        # What an overflowing SD VAE decoder gives in fp16 on a bright image.
+        return torch.full_like(output, float('inf')) if output.dtype == torch.float16 else output
+    handle = est.vae.decoder.register_forward_hook(overflow_in_half)
     try:
         with caplog.at_level(logging.WARNING):
-            depth = est.predict(image)
+            first = est.predict(image)
+            second = est.predict(image)
     finally:
         handle.remove()
-    assert np.isfinite(depth).all() and est._decoder32 is not None
-    assert 'overflowed' in caplog.text
-    np.testing.assert_allclose(depth, expected, atol=1e-5)
+    assert np.isfinite(first).all() and np.array_equal(first, second)
+    assert all(p.dtype == torch.float32 for p in est.vae.decoder.parameters())
+    assert caplog.text.count('non-finite') == 1
+    assert 'VAE decoder fp32' in est.describe()['precision']
+    np.testing.assert_allclose(first, estimator.predict(image), atol=0.05)
+
+
+def test_embedding_is_expanded_once_per_batch_size(estimator):
+    three = estimator._embedding_for(3)
+    assert three.shape[0] == 3 and three.dtype == estimator.dtype
+    assert estimator._embedding_for(3) is three          # no new tensor per frame
+    assert torch.equal(three[2], estimator._embedding[0])
+
+
+def test_compile_wraps_the_networks(tiny_checkpoint):
+    # Compilation itself happens on the first frame (too slow for a unit test on a CPU).
+    est = DepthEstimator.from_pretrained(str(tiny_checkpoint), device='cpu', compile=True,
+                                         processing_res=32)
+    compiled = torch._dynamo.eval_frame.OptimizedModule
+    assert all(isinstance(m, compiled) for m in (est.unet, est.vae.encoder, est.vae.decoder))

@@ -2,6 +2,7 @@
 
     fiffdepth-predict --model PATH_OR_ID --input DIR_OR_FILE --output DIR
                       [--processing-res N] [--device cpu|cuda|auto] [--fp16|--fp32]
+                      [--batch-size N]
 
 Writes per image NAME.npy (float32 relative depth at the input size, larger = farther),
 NAME_depth16.png (the same scaled to 0..65535) and NAME_color.png (colourised, near = red).
@@ -48,6 +49,13 @@ def find_images(path: Path) -> list[Path]:
     raise FileNotFoundError(f'input {path} does not exist')
 
 
+def output_names(images: list[Path]) -> dict[Path, str]:
+    """NAME per image: its stem, or its file name with dots as underscores when two inputs share
+    a stem (a.png and a.jpg), so that no output overwrites another."""
+    stems = [p.stem for p in images]
+    return {p: p.stem if stems.count(p.stem) == 1 else p.name.replace('.', '_') for p in images}
+
+
 def write_outputs(out_dir: Path, stem: str, depth) -> None:
     import cv2
     import numpy as np
@@ -83,7 +91,13 @@ def main(argv=None) -> int:
     except (ModelLoadError, ValueError) as exc:
         print(f'fiffdepth-predict: {exc}', file=sys.stderr)
         return 1
-    args.output.mkdir(parents=True, exist_ok=True)
+    try:
+        args.output.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f'fiffdepth-predict: cannot create output folder {args.output}: {exc}',
+              file=sys.stderr)
+        return 2
+    names = output_names(images)
     failed = []
     progress = tqdm(total=len(images), unit='img', desc='fiffdepth-predict')
     for start in range(0, len(images), args.batch_size):
@@ -92,13 +106,15 @@ def main(argv=None) -> int:
             bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
             if bgr is None:
                 failed.append(path)
-                progress.write(f'skipped {path}: not a readable image')
+                progress.write(f'fiffdepth-predict: warning: skipped {path}: not a readable '
+                               'image', file=sys.stderr)
                 progress.update(1)
                 continue
             chunk.append(path)
             pixels.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-        for path, depth in zip(chunk, estimator.predict_batch(pixels) if pixels else []):
-            write_outputs(args.output, path.stem, depth)
+        depths = estimator.predict_batch(pixels, max_batch=args.batch_size) if pixels else []
+        for path, depth in zip(chunk, depths):
+            write_outputs(args.output, names[path], depth)
             progress.update(1)
     progress.close()
     done = len(images) - len(failed)

@@ -14,7 +14,6 @@ Output: relative, affine-invariant depth (larger = farther).
 """
 from __future__ import annotations
 
-import copy
 import logging
 from dataclasses import dataclass
 
@@ -30,7 +29,11 @@ DEFAULT_SCALING_FACTOR = 0.18215
 def resolve_device(device: str) -> torch.device:
     if device in ('', 'auto'):
         return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"unknown device '{device}' (use 'auto', 'cpu', 'cuda' or 'cuda:N')"
+                         ) from exc
     if dev.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f"device '{device}' requested but CUDA is not available "
                          "(use 'auto' or 'cpu')")
@@ -59,7 +62,8 @@ class Batch:
 
 
 def as_rgb_uint8_or_float(image: np.ndarray) -> np.ndarray:
-    """Validate an input image: HxW grey, HxWx3 RGB or HxWx4 RGBA; uint8 or float in [0, 1]."""
+    """Validate an input image: HxW grey, HxWx3 RGB or HxWx4 RGBA; uint8 (0..255) or float
+    (0..1). Returns an HxWxC view (float images as float32)."""
     if not isinstance(image, np.ndarray):
         raise ValueError(f'expected a numpy image, got {type(image).__name__}')
     if image.ndim == 2:
@@ -68,9 +72,34 @@ def as_rgb_uint8_or_float(image: np.ndarray) -> np.ndarray:
         raise ValueError(f'expected an HxW, HxWx3 or HxWx4 image, got shape {image.shape}')
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f'empty image, shape {image.shape}')
-    if image.dtype != np.uint8 and not np.issubdtype(image.dtype, np.floating):
-        raise ValueError(f'expected uint8 or float image data, got {image.dtype}')
+    if image.dtype == np.uint8:
+        return image
+    if not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f'expected uint8 (0..255) or float (0..1) image data, got {image.dtype}')
+    image = image.astype(np.float32, copy=False)
+    # A float image in 0..255 (a common slip) would otherwise give a silently wrong depth map.
+    lo, hi = float(image.min()), float(image.max())
+    if not (lo >= -1e-3 and hi <= 1.0 + 1e-3):    # also false for NaN
+        raise ValueError(f'float images must hold values in [0, 1], got [{lo:g}, {hi:g}]')
     return image
+
+
+def _batch_key(image: np.ndarray) -> tuple:
+    """Images with equal keys can share one tensor: same size, channels and uint8-ness."""
+    return image.shape, image.dtype == np.uint8
+
+
+def target_size(height: int, width: int, processing_res: int) -> tuple[int, int]:
+    """(h, w) the model sees: longer side = processing_res (0: unchanged), aspect kept.
+
+    The shorter side is rounded down, as Marigold-style depth pipelines (``resize_max_res``)
+    do; computed in integers so that the longer side is exactly processing_res (their float
+    product sometimes gives one pixel less)."""
+    if processing_res <= 0:
+        return height, width
+    if height >= width:
+        return processing_res, max(1, width * processing_res // height)
+    return max(1, height * processing_res // width), processing_res
 
 
 class DepthEstimator:
@@ -85,10 +114,9 @@ class DepthEstimator:
         self.model_name = model_name
         self.upcast_vae = bool(upcast_vae) and self.dtype != torch.float32
         self.unet = self._prepare_module(unet, self.dtype)
-        self.vae = self._prepare_module(vae, self.dtype)
-        self._decoder32 = None
-        if self.upcast_vae:
-            self._make_fp32_decoder()
+        self.vae = self._prepare_vae(vae)
+        # (post_quant_conv, decoder) in fp32 once the decode runs in fp32 on a half model.
+        self._decoder32 = self._fp32_decoder() if self.upcast_vae else None
         self.scaling_factor = float(getattr(vae.config, 'scaling_factor', None)
                                     or DEFAULT_SCALING_FACTOR)
         self.latent_channels = int(vae.config.latent_channels)
@@ -100,23 +128,43 @@ class DepthEstimator:
         self._timestep = torch.zeros((), dtype=torch.long, device=self.device)
         self._warned_overflow = False
         if compile:
+            # Compiled lazily on the first frame of each size (the first call is slow).
             self.unet = torch.compile(self.unet)
+            self.vae.encoder = torch.compile(self.vae.encoder)
             self.vae.decoder = torch.compile(self.vae.decoder)
+            if self._decoder32 is not None:
+                self._decoder32 = (self.vae.post_quant_conv, self.vae.decoder)
+            # (An fp32 re-decode after an fp16 overflow recompiles the decoder once.)
 
-    def _prepare_module(self, module, dtype):
+    def _prepare_module(self, module, dtype=None):
+        """Cast (before the move: less device memory), move, eval, channels_last, SDPA."""
         from diffusers.models.attention_processor import AttnProcessor2_0
-        if next(module.parameters()).dtype != dtype:
+        if dtype is not None and next(module.parameters()).dtype != dtype:
             module = module.to(dtype)
         module = module.to(self.device).eval().requires_grad_(False)
         module = module.to(memory_format=torch.channels_last)
-        if hasattr(module, 'set_attn_processor'):
-            module.set_attn_processor(AttnProcessor2_0())     # PyTorch SDPA kernels
+        module.set_attn_processor(AttnProcessor2_0())     # PyTorch SDPA kernels
         return module
 
-    def _make_fp32_decoder(self):
-        post = copy.deepcopy(self.vae.post_quant_conv).float()
-        decoder = copy.deepcopy(self.vae.decoder).float()
-        self._decoder32 = (post, decoder)
+    def _prepare_vae(self, vae):
+        if not self.upcast_vae:
+            return self._prepare_module(vae, self.dtype)
+        # Encoder in half, decoder in fp32 from the weights as loaded (from_pretrained loads
+        # the VAE in fp32 for this, so the decoder's weights are never rounded to fp16).
+        vae.encoder.to(self.dtype)
+        if vae.quant_conv is not None:
+            vae.quant_conv.to(self.dtype)
+        vae.decoder.float()
+        if vae.post_quant_conv is not None:
+            vae.post_quant_conv.float()
+        return self._prepare_module(vae)
+
+    def _fp32_decoder(self):
+        # In place: the half decoder is never used again, so it must not stay in GPU memory.
+        self.vae.decoder.float()
+        if self.vae.post_quant_conv is not None:
+            self.vae.post_quant_conv.float()
+        return self.vae.post_quant_conv, self.vae.decoder
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -124,13 +172,30 @@ class DepthEstimator:
                         processing_res: int = 768, upcast_vae: bool = False,
                         compile: bool = False, cache_dir: str | None = None,
                         hub_cache_dir: str | None = None) -> 'DepthEstimator':
-        """Load a checkpoint (local folder or hub id); see checkpoint.py for the layout."""
+        """Load a checkpoint (local folder or hub id in the released diffusers layout).
+
+        device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.
+        precision: 'auto' (fp16 on CUDA, fp32 on CPU), 'fp16' or 'fp32'; fp16 on the CPU is
+            mapped to fp32 with a warning (half-precision CPU convolutions are slow or missing).
+        processing_res: longer side the model sees (0 = native size); settable later.
+        upcast_vae: decode in fp32 when running fp16 (for checkpoints whose fp16 decode
+            overflows; without it an overflowing frame is re-decoded in fp32 and a warning says
+            so once).
+        compile: torch.compile the UNet and the VAE encoder/decoder (slow first frame per size).
+        cache_dir: where the empty-prompt embedding is cached ($FIFFDEPTH_CACHE or
+            ~/.cache/fiffdepth_ros by default).
+        hub_cache_dir: Hugging Face hub cache (default: huggingface_hub's own, HF_HOME).
+
+        Raises ModelLoadError (missing, incomplete or unloadable checkpoint) and ValueError
+        (bad device or precision).
+        """
         from .checkpoint import load_unet_and_vae, resolve_checkpoint
         from .prompt_cache import load_empty_embedding
+        dtype = resolve_dtype(precision, resolve_device(device))   # bad arguments fail first
         checkpoint = resolve_checkpoint(model, cache_dir=hub_cache_dir)
         embedding, _ = load_empty_embedding(checkpoint, cache_dir)
-        dtype = resolve_dtype(precision, resolve_device(device))
-        unet, vae = load_unet_and_vae(checkpoint, dtype)
+        vae_dtype = torch.float32 if upcast_vae else dtype
+        unet, vae = load_unet_and_vae(checkpoint, dtype, vae_dtype=vae_dtype)
         return cls(unet, vae, embedding, device=device,
                    precision='fp16' if dtype == torch.float16 else 'fp32',
                    processing_res=processing_res, upcast_vae=upcast_vae, compile=compile,
@@ -138,7 +203,7 @@ class DepthEstimator:
 
     def describe(self) -> dict:
         precision = {torch.float16: 'fp16', torch.float32: 'fp32'}.get(self.dtype, str(self.dtype))
-        if self.upcast_vae:
+        if self._decoder32 is not None and self.dtype != torch.float32:
             precision += ' (VAE decoder fp32)'
         return {'model': self.model_name, 'device': str(self.device), 'precision': precision,
                 'processing_res': self.processing_res}
@@ -146,21 +211,24 @@ class DepthEstimator:
     # ------------------------------------------------------------------ stages
     def target_size(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) the model sees: the longer side = processing_res, aspect kept."""
-        if self.processing_res <= 0:
-            return height, width
-        scale = self.processing_res / max(height, width)
-        return max(1, round(height * scale)), max(1, round(width * scale))
+        return target_size(height, width, self.processing_res)
 
+    @torch.inference_mode()
     def preprocess(self, images: list[np.ndarray]) -> Batch:
         """Same-size images -> padded (B, 3, H', W') tensor in [-1, 1] on the device."""
         arrays = [as_rgb_uint8_or_float(img) for img in images]
         size = arrays[0].shape[:2]
-        if any(a.shape[:2] != size for a in arrays):
-            raise ValueError('preprocess takes images of one size; use predict_batch')
-        stacked = torch.from_numpy(np.stack(arrays)).to(self.device)
-        x = stacked.permute(0, 3, 1, 2).float()
-        if arrays[0].dtype == np.uint8:
-            x = x / 255.0
+        if any(_batch_key(a) != _batch_key(arrays[0]) for a in arrays):
+            raise ValueError('preprocess takes images of one size, channel count and kind '
+                             '(uint8 or float); use predict_batch for mixed images')
+        # One host copy at most (none for a single contiguous image); uint8 travels to the
+        # device as uint8 (4x less to transfer) and becomes float there.
+        host = np.ascontiguousarray(arrays[0])[None] if len(arrays) == 1 else np.stack(arrays)
+        x = torch.from_numpy(host).to(self.device).permute(0, 3, 1, 2)
+        if x.dtype == torch.uint8:
+            x = x.float().div_(255.0)
+        else:
+            x = x.float()
         channels = x.shape[1]
         if channels == 1:
             x = x.expand(-1, 3, -1, -1)
@@ -170,7 +238,7 @@ class DepthEstimator:
         if (h, w) != tuple(size):
             x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False,
                               antialias=True)
-        x = x * 2.0 - 1.0
+        x = x * 2.0 - 1.0           # new tensor: x may still be a view of the caller's image
         pad_h = (-h) % self.pad_multiple
         pad_w = (-w) % self.pad_multiple
         if pad_h or pad_w:
@@ -180,8 +248,11 @@ class DepthEstimator:
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        moments = self.vae.quant_conv(self.vae.encoder(pixels))
-        mean = moments[:, :self.latent_channels]
+        """(B, 3, H', W') in [-1, 1] -> scaled latent mean (B, 4, H'/8, W'/8)."""
+        moments = self.vae.encoder(pixels)
+        if self.vae.quant_conv is not None:       # SD2 has one; use_quant_conv=False VAEs not
+            moments = self.vae.quant_conv(moments)
+        mean = moments[:, :self.latent_channels]  # the Gaussian's mean: no sampling
         return mean * self.scaling_factor
 
     def _embedding_for(self, batch: int) -> torch.Tensor:
@@ -193,6 +264,7 @@ class DepthEstimator:
 
     @torch.inference_mode()
     def run_unet(self, latent: torch.Tensor) -> torch.Tensor:
+        """One UNet evaluation at timestep 0 on the empty prompt: RGB latent -> depth latent."""
         return self.unet(latent, self._timestep,
                          encoder_hidden_states=self._embedding_for(latent.shape[0])).sample
 
@@ -201,30 +273,36 @@ class DepthEstimator:
         """Depth latent -> (B, 1, H', W') float32 relative depth in [0, 1]."""
         z = latent / self.scaling_factor
         if self._decoder32 is not None:
-            image = self._decode32(z)
+            image = self._run_decoder(z.float(), *self._decoder32)
         else:
-            image = self.vae.decoder(self.vae.post_quant_conv(z))
-            if image.dtype != torch.float32 and not torch.isfinite(image).all():
-                if not self._warned_overflow:
-                    log.warning('fp16 VAE decode overflowed: decoding in fp32 from now on '
-                                '(set upcast_vae to skip the fp16 attempt)')
-                    self._warned_overflow = True
-                self._make_fp32_decoder()
-                image = self._decode32(z)
+            image = self._run_decoder(z, self.vae.post_quant_conv, self.vae.decoder)
         depth = image.float().mean(dim=1, keepdim=True)
-        return (depth.clamp(-1.0, 1.0) + 1.0) / 2.0
+        # Half precision can overflow in the decoder (inf/NaN); one sync per frame to know.
+        if image.dtype != torch.float32 and not torch.isfinite(depth).all():
+            if not self._warned_overflow:
+                log.warning('fp16 VAE decode gave non-finite values: decoded again in fp32, and '
+                            'in fp32 from now on (upcast_vae=True skips the fp16 attempt)')
+                self._warned_overflow = True
+            self._decoder32 = self._fp32_decoder()
+            image = self._run_decoder(z.float(), *self._decoder32)
+            depth = image.float().mean(dim=1, keepdim=True)
+        return (depth.clamp_(-1.0, 1.0) + 1.0) / 2.0
 
-    def _decode32(self, z: torch.Tensor) -> torch.Tensor:
-        post, decoder = self._decoder32
-        return decoder(post(z.float()))
+    @staticmethod
+    def _run_decoder(z, post_quant_conv, decoder) -> torch.Tensor:
+        if post_quant_conv is not None:           # absent in use_post_quant_conv=False VAEs
+            z = post_quant_conv(z)
+        return decoder(z)
 
+    @torch.inference_mode()
     def postprocess(self, depth: torch.Tensor, batch: Batch) -> list[np.ndarray]:
+        """Crop the padding, resize to the input size: float32 HxW arrays in [0, 1]."""
         h, w = batch.resized
         depth = depth[:, :, :h, :w]
         if (h, w) != batch.input_size:
             depth = F.interpolate(depth, size=batch.input_size, mode='bilinear',
                                   align_corners=False, antialias=True)
-            depth = depth.clamp(0.0, 1.0)      # antialias filters may overshoot slightly
+            depth = depth.clamp_(0.0, 1.0)     # guards [0, 1] against float rounding
         out = depth[:, 0].float().cpu().numpy()
         return [np.ascontiguousarray(d) for d in out]
 
@@ -241,11 +319,12 @@ class DepthEstimator:
         return self._predict_same_size([image])[0]
 
     def predict_batch(self, images: list[np.ndarray], max_batch: int = 8) -> list[np.ndarray]:
-        """Several images; same-size images share batches of at most ``max_batch``."""
+        """Several images, in order; images of one size (and format) share batches of at most
+        ``max_batch``."""
         out: list[np.ndarray | None] = [None] * len(images)
         groups: dict[tuple, list[int]] = {}
         for i, img in enumerate(images):
-            groups.setdefault(tuple(as_rgb_uint8_or_float(img).shape[:2]), []).append(i)
+            groups.setdefault(_batch_key(as_rgb_uint8_or_float(img)), []).append(i)
         for indices in groups.values():
             for start in range(0, len(indices), max_batch):
                 chunk = indices[start:start + max_batch]

@@ -10,7 +10,13 @@ import os
 import tempfile
 from pathlib import Path
 
-from .checkpoint import Checkpoint, ModelLoadError
+from .checkpoint import Checkpoint, ModelLoadError, how_to_supply
+
+# How "" is tokenised: padded to the tokenizer's full length (77 tokens for SD2), as FiffDepth's
+# inference is specified here. Marigold-derived code uses 'do_not_pad' (2 tokens), which gives
+# another embedding; the mode is part of the cache file name, so changing it never reuses a
+# stale embedding.
+EMPTY_PROMPT_PADDING = 'max_length'
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -22,7 +28,9 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def embedding_path(checkpoint: Checkpoint, cache_dir=None) -> Path:
-    return cache_root(cache_dir) / 'empty_prompt' / f'{checkpoint.identity}.safetensors'
+    """One small safetensors file per checkpoint identity (see checkpoint._text_identity)."""
+    name = f'{checkpoint.identity}-{EMPTY_PROMPT_PADDING}.safetensors'
+    return cache_root(cache_dir) / 'empty_prompt' / name
 
 
 def compute_empty_embedding(checkpoint: Checkpoint):
@@ -35,9 +43,13 @@ def compute_empty_embedding(checkpoint: Checkpoint):
         encoder = CLIPTextModel.from_pretrained(checkpoint.part('text_encoder'))
     except Exception as exc:
         raise ModelLoadError(f"cannot load the text encoder/tokenizer of '{checkpoint.source}' "
-                             f'({type(exc).__name__}: {exc})') from exc
-    tokens = tokenizer('', padding='max_length', max_length=tokenizer.model_max_length,
-                       truncation=True, return_tensors='pt')
+                             f'({type(exc).__name__}: {exc}). {how_to_supply(checkpoint.source)}'
+                             ) from exc
+    # SD2's tokenizer says 77; a tokenizer_config without model_max_length reports a huge
+    # sentinel, so never exceed what the encoder's position table holds.
+    max_length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
+    tokens = tokenizer('', padding=EMPTY_PROMPT_PADDING, max_length=max_length, truncation=True,
+                       return_tensors='pt')
     with torch.inference_mode():
         embedding = encoder(tokens.input_ids)[0].float().contiguous()
     return embedding
@@ -53,13 +65,16 @@ def load_empty_embedding(checkpoint: Checkpoint, cache_dir=None):
         except Exception:       # a damaged cache file is recomputed, not fatal
             pass
     embedding = compute_empty_embedding(checkpoint)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Atomic replace: two nodes starting at once never read a half-written file.
         fd, tmp = tempfile.mkstemp(dir=path.parent, suffix='.tmp')
         os.close(fd)
         save_file({'embedding': embedding}, tmp, metadata={'source': checkpoint.source})
+        os.chmod(tmp, 0o644)    # mkstemp makes it private; other users' nodes may share it
         os.replace(tmp, path)
-    except OSError:
-        pass                    # read-only cache: still works, just recomputed next start
+    except OSError:             # read-only cache: still works, just recomputed next start
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
     return embedding, True

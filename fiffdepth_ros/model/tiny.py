@@ -77,38 +77,80 @@ def _model_index() -> dict:
             'tokenizer': ['transformers', 'CLIPTokenizer']}
 
 
+# Files a complete checkpoint of ours has (weights are checked separately: any *.safetensors).
+_REQUIRED_FILES = ('model_index.json', 'unet/config.json', 'vae/config.json',
+                   'text_encoder/config.json', 'tokenizer/vocab.json', 'tokenizer/merges.txt',
+                   'tokenizer/tokenizer_config.json')
+
+
+def _is_complete(path: Path, stamp_text: str) -> bool:
+    stamp = path / '.fiffdepth_tiny_seed'
+    return (stamp.is_file() and stamp.read_text() == stamp_text
+            and all((path / f).is_file() for f in _REQUIRED_FILES)
+            and all(any((path / part).glob('*.safetensors'))
+                    for part in ('unet', 'vae', 'text_encoder')))
+
+
+def _write_text_parts(path: Path, hidden_size: int, num_heads: int, num_layers: int,
+                      intermediate_size: int) -> None:
+    """tokenizer/ and a small random CLIP text encoder/ whose embedding has ``hidden_size``."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+    _write_tokenizer(path / 'tokenizer')
+    vocab_size = len(json.loads((path / 'tokenizer' / 'vocab.json').read_text()))
+    text_config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=hidden_size,
+                                 intermediate_size=intermediate_size,
+                                 num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                                 max_position_embeddings=77, bos_token_id=vocab_size - 2,
+                                 eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
+    CLIPTextModel(text_config).save_pretrained(path / 'text_encoder')
+
+
 def build_tiny_checkpoint(path, seed: int = 0) -> Path:
-    """Write (or reuse) a tiny random checkpoint at ``path``; returns the folder."""
+    """Write (or reuse) a tiny random checkpoint at ``path`` in the released layout.
+
+    A complete checkpoint already built there with the same seed is reused as it is (its
+    identity, and so the embedding cache, stays the same)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     path = Path(path)
-    stamp = path / '.fiffdepth_tiny_seed'
-    if stamp.is_file() and stamp.read_text() == str(seed) and (path / 'unet').is_dir():
+    if _is_complete(path, str(seed)):
         return path
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     UNet2DConditionModel(**TINY_UNET).save_pretrained(path / 'unet')
     AutoencoderKL(**TINY_VAE).save_pretrained(path / 'vae')
-    _write_tokenizer(path / 'tokenizer')
-    vocab_size = len(json.loads((path / 'tokenizer' / 'vocab.json').read_text()))
-    text_config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
-                                 num_hidden_layers=2, num_attention_heads=4,
-                                 max_position_embeddings=77, bos_token_id=vocab_size - 2,
-                                 eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
-    CLIPTextModel(text_config).save_pretrained(path / 'text_encoder')
+    _write_text_parts(path, hidden_size=TINY_UNET['cross_attention_dim'], num_heads=4,
+                      num_layers=2, intermediate_size=64)
     (path / 'model_index.json').write_text(json.dumps(_model_index(), indent=2))
-    stamp.write_text(str(seed))
+    (path / '.fiffdepth_tiny_seed').write_text(str(seed))   # last: marks the build complete
     return path
 
 
-def build_sd2_modules(seed: int = 0):
-    """Full-size SD2 UNet (~865M parameters) and VAE with random weights, without a download.
+def _random_init_(module, generator) -> None:
+    """Cheap random init of a freshly materialised module: fan-in scaled uniform weights (the
+    variance of the usual init, so activations stay finite), unit norm scales, zero biases."""
+    import torch
+    with torch.no_grad():
+        for name, param in module.named_parameters():
+            if name.endswith('weight') and param.ndim > 1:
+                bound = (3.0 / param[0].numel()) ** 0.5
+                param.uniform_(-bound, bound, generator=generator)
+            elif 'norm' in name and name.endswith('weight'):
+                param.fill_(1.0)
+            else:
+                param.zero_()
+        for buffer in module.buffers():
+            buffer.zero_()
 
-    Modules are created on the meta device and materialised with a cheap normal init: default
-    initialisation of 950M parameters on a CPU would take minutes for weights that are random
-    anyway. Returns (unet, vae, empty_embedding of shape (1, 77, 1024)).
+
+def build_sd2_modules(seed: int = 0):
+    """Full-size SD2 UNet (~866M parameters) and VAE (~84M) with random weights, no download.
+
+    Modules are created on the meta device and materialised with a cheap uniform init: the
+    default initialisation of 950M parameters takes minutes on a small CPU, for weights that are
+    random anyway (a forward pass costs the same whatever the values). Returns
+    (unet, vae, empty_embedding of shape (1, 77, 1024)), fp32 on the CPU.
     """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -118,16 +160,40 @@ def build_sd2_modules(seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     for module in (unet, vae):
         module.to_empty(device='cpu')
-        with torch.no_grad():
-            for name, param in module.named_parameters():
-                if name.endswith('weight') and param.ndim > 1:
-                    fan_in = param[0].numel()
-                    param.normal_(0.0, fan_in ** -0.5, generator=generator)
-                elif 'norm' in name and name.endswith('weight'):
-                    param.fill_(1.0)
-                else:
-                    param.zero_()
-            for buffer in module.buffers():
-                buffer.zero_()
+        _random_init_(module, generator)
     embedding = torch.randn(1, 77, SD2_TEXT_DIM, generator=generator) * 0.1
-    return unet, vae, embedding
+    return unet.eval(), vae.eval(), embedding
+
+
+def build_sd2_checkpoint(path, seed: int = 0, dtype=None) -> Path:
+    """Write (or reuse) a checkpoint with the full-size SD2 UNet and VAE (random weights) in the
+    released layout at ``path``, for benchmarks that load through ``DepthEstimator``.
+
+    The weights are stored in ``dtype`` (default float16: 1.9 GB instead of 3.8 GB on disk;
+    loading in fp32 upcasts them). The text encoder is a one-layer CLIP text model with SD2's
+    embedding width (1024): it runs once per checkpoint (the embedding is cached), so its size
+    does not matter for throughput. Takes about 10-20 s on a small CPU.
+    """
+    import torch
+    path = Path(path)
+    dtype = torch.float16 if dtype is None else dtype
+    stamp_text = f'sd2-{seed}-{str(dtype).removeprefix("torch.")}'
+    if _is_complete(path, stamp_text):
+        return path
+    path.mkdir(parents=True, exist_ok=True)
+    from diffusers.utils import logging as diffusers_logging
+    unet, vae, _ = build_sd2_modules(seed)
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()   # .to(fp16) warns about a list of no modules
+    try:
+        unet.to(dtype).save_pretrained(path / 'unet')
+        del unet
+        vae.to(dtype).save_pretrained(path / 'vae')
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+    torch.manual_seed(seed)
+    _write_text_parts(path, hidden_size=SD2_TEXT_DIM, num_heads=16, num_layers=1,
+                      intermediate_size=4 * SD2_TEXT_DIM)
+    (path / 'model_index.json').write_text(json.dumps(_model_index(), indent=2))
+    (path / '.fiffdepth_tiny_seed').write_text(stamp_text)
+    return path
