@@ -13,10 +13,12 @@ setup(
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),
         ('share/' + package_name, ['package.xml']),
         ('share/' + package_name + '/launch', glob('launch/*.launch.py')),
-        ('share/' + package_name + '/config', glob('config/*.yaml')),
+        ('share/' + package_name + '/config',
+         glob('config/*.yaml') + ['fiffdepth_ros/resources/fastdds_large_data.xml']),
     ],
     # Real dependencies are declared in package.xml (rosdep) and requirements.txt (pip): colcon
     # does not resolve install_requires, and torch must stay the robot's own build.
+    package_data={package_name: ['resources/*.xml']},
     install_requires=['setuptools'],
     zip_safe=True,
     maintainer='fiffdepth_ros maintainers',

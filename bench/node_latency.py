@@ -62,7 +62,8 @@ def main():
               'lidar_parent_frame': 'camera_optical', 'lidar_child_frame': 'lidar',
               'publish_colorized': False, 'diagnostics_period': 1.0}
     env = isolated_ros_env()
-    os.environ.update({k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')})
+    os.environ.update({k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
+                                           'FASTDDS_DEFAULT_PROFILES_FILE')})
     node = NodeProcess(work / 'node', params, env=env, prefix=args.install_prefix)
     import rclpy
     rclpy.init()
@@ -71,7 +72,7 @@ def main():
         if not node.wait_for_log('ready:', 120):
             sys.exit('node did not start:\n' + node.log())
         client = StreamClient(outputs=['depth', 'points'], node_name='bench_camera')
-        if not client.wait_for_node(30):
+        if not client.wait_for_node(30, lidar=True):
             sys.exit('no DDS connection to the node')
         period = 1.0 / args.rate
         n = int(args.seconds * args.rate)

@@ -2,8 +2,8 @@
 
 Shared by the node and the bag processor so both pick the same companions for a frame: the
 message nearest in time to the image stamp within a maximum age (camera_info falls back to the
-latest one within that age, since many drivers stamp it loosely). A clock jump backwards (a bag
-played in a loop, a simulator reset) clears the buffers so stale messages are never matched.
+latest one within that age, since many drivers stamp it loosely). A clock jump backwards of the
+images (a bag played in a loop, a simulator reset) drops the old timeline's companions.
 """
 from __future__ import annotations
 
@@ -38,6 +38,11 @@ class StampedBuffer:
         self._msgs.insert(i, msg)
         if len(self._stamps) > self.maxlen:     # drop the oldest
             del self._stamps[0], self._msgs[0]
+
+    def drop_after(self, stamp_ns: int) -> None:
+        """Forget messages stamped after ``stamp_ns`` (an old timeline after a clock jump)."""
+        i = bisect.bisect_right(self._stamps, stamp_ns)
+        del self._stamps[i:], self._msgs[i:]
 
     def exact(self, stamp_ns: int):
         i = bisect.bisect_left(self._stamps, stamp_ns)
@@ -78,7 +83,13 @@ class FrameInputs:
 
 
 class FrameAssembler:
-    """Collects companion messages and matches them to each image by stamp."""
+    """Collects companion messages and matches them to each image by stamp.
+
+    The image stream is the clock: when images jump backwards (a bag played in a loop, a
+    simulator reset), companions of the old timeline are dropped. A single late companion (a
+    reliable transport re-delivering an old message) is merely never matched: it must not wipe
+    the buffers that hold the current frame's companions.
+    """
 
     def __init__(self, max_age_s: float, use_lidar: bool = False, use_stereo: bool = False):
         self.max_age_ns = int(max_age_s * 1e9)
@@ -87,59 +98,51 @@ class FrameAssembler:
         self.camera_infos = StampedBuffer(30)
         self.lidar = StampedBuffer(10)
         self.stereo = StampedBuffer(10)
-        self._newest_ns: int | None = None
+        self._newest_image_ns: int | None = None
         self.clock_jumps = 0
-        self._jump_unreported = False    # reported with the next assembled frame
+        self._unreported_jump_s: float | None = None     # reported with the next frame
 
-    def _observe(self, stamp_ns: int) -> bool:
-        """Track the newest stamp; returns True (and clears buffers) on a jump backwards."""
-        if self._newest_ns is not None and stamp_ns < self._newest_ns - CLOCK_JUMP_BACK_NS:
-            self._jump_s = (self._newest_ns - stamp_ns) * 1e-9
-            self.camera_infos.clear()
-            self.lidar.clear()
-            self.stereo.clear()
-            self._newest_ns = stamp_ns
+    def _buffers(self) -> list[StampedBuffer]:
+        return [self.camera_infos] + ([self.lidar] if self.use_lidar else []) + \
+            ([self.stereo] if self.use_stereo else [])
+
+    def _observe_image(self, stamp_ns: int) -> None:
+        newest = self._newest_image_ns
+        if newest is not None and stamp_ns < newest - CLOCK_JUMP_BACK_NS:
+            for buf in (self.camera_infos, self.lidar, self.stereo):
+                buf.drop_after(stamp_ns + CLOCK_JUMP_BACK_NS)
             self.clock_jumps += 1
-            self._jump_unreported = True
-            return True
-        self._newest_ns = stamp_ns if self._newest_ns is None else max(self._newest_ns, stamp_ns)
-        return False
+            self._unreported_jump_s = (newest - stamp_ns) * 1e-9
+            self._newest_image_ns = stamp_ns
+        elif newest is None or stamp_ns > newest:
+            self._newest_image_ns = stamp_ns
 
     def add_camera_info(self, msg) -> None:
-        stamp = stamp_to_ns(msg.header.stamp)
-        self._observe(stamp)
-        self.camera_infos.add(stamp, msg)
+        self.camera_infos.add(stamp_to_ns(msg.header.stamp), msg)
 
     def add_lidar(self, msg) -> None:
-        stamp = stamp_to_ns(msg.header.stamp)
-        self._observe(stamp)
-        self.lidar.add(stamp, msg)
+        self.lidar.add(stamp_to_ns(msg.header.stamp), msg)
 
     def add_stereo(self, msg) -> None:
-        header = msg.header
-        stamp = stamp_to_ns(header.stamp)
-        self._observe(stamp)
-        self.stereo.add(stamp, msg)
+        self.stereo.add(stamp_to_ns(msg.header.stamp), msg)
 
     def awaits_companions(self, image) -> bool:
         """True while a companion of ``image`` may still arrive: none matches yet and that
         topic has seen nothing as new as the image (live topics arrive in any order)."""
         stamp = stamp_to_ns(image.header.stamp)
-        buffers = [self.camera_infos]
-        buffers += [self.lidar] if self.use_lidar else []
-        buffers += [self.stereo] if self.use_stereo else []
+        self._observe_image(stamp)
         return any(buf.nearest(stamp, self.max_age_ns) is None
                    and (buf.newest_stamp is None or buf.newest_stamp < stamp)
-                   for buf in buffers)
+                   for buf in self._buffers())
 
     def assemble(self, image) -> FrameInputs:
         stamp = stamp_to_ns(image.header.stamp)
         frame = FrameInputs(image=image)
-        self._observe(stamp)
-        if self._jump_unreported:
-            frame.notes.append(f'clock jumped backwards by {self._jump_s:.1f} s: companion '
-                               'buffers cleared')
-            self._jump_unreported = False
+        self._observe_image(stamp)
+        if self._unreported_jump_s is not None:
+            frame.notes.append(f'clock jumped backwards by {self._unreported_jump_s:.1f} s: '
+                               'companions of the old timeline dropped')
+            self._unreported_jump_s = None
         info = self.camera_infos.exact(stamp)
         if info is None:    # loosely stamped drivers: the latest one within the age limit
             info = self.camera_infos.latest_within(stamp, self.max_age_ns)

@@ -4,9 +4,10 @@
         camera_info:=/camera/camera_info lidar:=/lidar/points model:=/path/to/fiffdepth
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
 from launch.conditions import IfCondition, UnlessCondition
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution, PythonExpression
+from launch.substitutions import (EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution,
+                                  PythonExpression)
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
@@ -23,6 +24,13 @@ ARGUMENTS = [
     ('model', '', 'FiffDepth checkpoint folder or hub id (empty = the params_file value)'),
     ('device', 'auto', 'auto (CUDA when available), cpu, cuda or cuda:N'),
     ('use_sim_time', 'false', 'use /clock, e.g. when replaying a bag'),
+    # Large images and clouds need larger Fast DDS buffers (see the file); a profile already
+    # set in the environment is kept.
+    ('dds_profile', EnvironmentVariable(
+        'FASTDDS_DEFAULT_PROFILES_FILE',
+        default_value=PathJoinSubstitution([FindPackageShare('fiffdepth_ros'), 'config',
+                                            'fastdds_large_data.xml'])),
+     'Fast DDS XML profile for the node (empty = Fast DDS defaults)'),
 ]
 
 
@@ -59,6 +67,8 @@ def generate_launch_description():
         [DeclareLaunchArgument(name, default_value=default, description=text)
          for name, default, text in ARGUMENTS]
         + [
+            SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
+                                   LaunchConfiguration('dds_profile')),
             # The model argument overrides the params file only when it is given.
             Node(parameters=[params_file, dict(overrides, model=LaunchConfiguration('model'))],
                  condition=IfCondition(_is_set('model')), **common),

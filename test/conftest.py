@@ -13,6 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))          # test helpers (msg_fact
 # Before anything creates an rclpy context: parallel runs never see each other's topics.
 os.environ['ROS_DOMAIN_ID'] = str(random.randint(1, 100))
 os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+# Camera images and LiDAR sweeps are large: the package's large-data transport profile.
+os.environ.setdefault('FASTDDS_DEFAULT_PROFILES_FILE',
+                      str(ROOT / 'fiffdepth_ros' / 'resources' / 'fastdds_large_data.xml'))
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_HUB_DISABLE_PROGRESS_BARS', '1')
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 LAUNCH = Path(__file__).resolve().parents[1] / 'launch' / 'depth.launch.py'
 ARGUMENTS = {'namespace', 'image', 'camera_info', 'lidar', 'stereo_depth', 'params_file', 'model',
-             'device', 'use_sim_time'}
+             'device', 'use_sim_time', 'dds_profile'}
 
 
 def _tree():
@@ -45,3 +45,10 @@ def test_remaps_every_input_topic_and_uses_package_config():
         assert f'({topic},' in text, topic
     assert "FindPackageShare('fiffdepth_ros'), 'config'" in text and "'default.yaml'" in text
     assert "executable='depth_node'" in text
+
+
+def test_sets_the_large_data_dds_profile_unless_one_is_set():
+    text = LAUNCH.read_text()
+    assert "SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE'" in text
+    assert "EnvironmentVariable(\n        'FASTDDS_DEFAULT_PROFILES_FILE'" in text
+    assert "'fastdds_large_data.xml'" in text

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from fiffdepth_ros.conversions.backends import RclpyBackend, stamp_to_ns
+from fiffdepth_ros.conversions.depth_image import rgb_to_image_msg
 from fiffdepth_ros.conversions.images import image_msg_to_depth
 from fiffdepth_ros.conversions.pointcloud import pointcloud_to_xyz, xyz_to_pointcloud
 from fiffdepth_ros.demo.harness import NodeProcess, StreamClient
@@ -83,7 +84,9 @@ def lidar_node(tmp_path_factory, tiny_checkpoint, install_prefix, rclpy_context)
     node = start_node(tmp_path_factory.mktemp('lidar_node'), tiny_checkpoint, install_prefix,
                       'lidar_e2e', **lidar_params())
     client = StreamClient(namespace=ns('lidar_e2e'), node_name='e2e_client')
-    assert client.wait_for_node(30), node.log()
+    assert client.wait_for_node(30, lidar=True), node.log()
+    # Stamps before every test's own, so tests see time move forward.
+    assert client.warm_up(ROOM, ROOM.render(), 1_650_000_000 * 10**9), node.log()
     yield node, client
     client.close()
     node.stop()
@@ -165,18 +168,26 @@ def test_bad_inputs_leave_the_node_running(lidar_node):
     assert depth is not None and (depth.width, depth.height) == (320, 240)
     assert good_frame_works()
 
-    # camera_info with K all zeros, empty and all-NaN LiDAR clouds.
+    # camera_info with K all zeros: depth still published, no cloud, a warning.
     stamp += 200 * MS
     zero_k = backend.camera_info(backend.header(stamp, 'camera_optical'), 480, 640, 'plumb_bob',
                                  [0.0] * 5, [0.0] * 9, np.eye(3), [0.0] * 12)
     client.info_pub.publish(zero_k)
-    client.image_pub.publish(_bad_image(backend, backend.header(stamp, 'camera_optical')))
-    lidar_header = backend.header(stamp, 'lidar')
-    client.lidar_pub.publish(xyz_to_pointcloud(np.zeros((0, 3), np.float32), lidar_header,
-                                               backend))
-    client.lidar_pub.publish(xyz_to_pointcloud(np.full((100, 3), np.nan, np.float32),
-                                               lidar_header, backend))
-    time.sleep(0.5)
+    client.image_pub.publish(rgb_to_image_msg(ROOM.render().rgb,
+                                              backend.header(stamp, 'camera_optical'), backend))
+    assert wait_for(client, 'depth', stamp) is not None
+    assert good_frame_works(), node.log()
+
+    # Empty and all-NaN LiDAR sweeps with a good camera_info: anchors ignored, frame published.
+    for points in (np.zeros((0, 3), np.float32), np.full((100, 3), np.nan, np.float32)):
+        stamp += 200 * MS
+        header = backend.header(stamp, 'camera_optical')
+        client.info_pub.publish(backend.camera_info(header, **ROOM.camera_info_fields()))
+        client.lidar_pub.publish(xyz_to_pointcloud(points, backend.header(stamp, 'lidar'),
+                                                   backend))
+        time.sleep(0.2)
+        client.image_pub.publish(rgb_to_image_msg(ROOM.render().rgb, header, backend))
+        assert wait_for(client, 'depth', stamp) is not None, node.log()
     assert good_frame_works(), node.log()
 
     # Clock jump backwards (a bag played in a loop).
@@ -184,7 +195,9 @@ def test_bad_inputs_leave_the_node_running(lidar_node):
     assert good_frame_works(), node.log()
     assert node.running
     log = node.log()
-    for expected in ('32FC3', 'camera_info', 'LiDAR', 'clock jumped backwards'):
+    for expected in ('32FC3', 'expected step x height', 'image is 320x240 but camera_info',
+                     'zero focal length', 'LiDAR cloud ignored: no finite points',
+                     'clock jumped backwards'):
         assert expected in log, expected
 
 
@@ -277,6 +290,9 @@ def test_clean_shutdown_on_sigint(tmp_path, tiny_checkpoint, install_prefix, rcl
     assert code == 0, node.log()
     assert seconds < 3.0, f'shutdown took {seconds:.2f} s'
     assert 'Traceback' not in node.log()
+    # The large-data Fast DDS profile was loaded without complaint.
+    assert node.env['FASTDDS_DEFAULT_PROFILES_FILE'].endswith('fastdds_large_data.xml')
+    assert 'XMLPARSER' not in node.log() and 'XML' not in node.log()
 
 
 def test_compressed_transport_without_anchors_is_flagged_relative(

@@ -28,7 +28,7 @@ def test_colcon_install_layout(install_prefix):
     assert (pkg / 'share/ament_index/resource_index/packages/fiffdepth_ros').is_file()
     assert (pkg / 'share/fiffdepth_ros/package.xml').is_file()
     assert (pkg / 'share/fiffdepth_ros/launch/depth.launch.py').is_file()
-    for config in ('default.yaml', 'jetson.yaml'):
+    for config in ('default.yaml', 'jetson.yaml', 'fastdds_large_data.xml'):
         assert (pkg / 'share/fiffdepth_ros/config' / config).is_file()
     for exe in EXECUTABLES:
         path = pkg / 'lib/fiffdepth_ros' / exe

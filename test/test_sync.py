@@ -47,18 +47,29 @@ def test_camera_info_falls_back_to_latest_within_age():
     assert asm.assemble(msg(130 * MS)).camera_info.tag == 'b'
 
 
-def test_clock_jump_backwards_clears_stale_companions():
+def test_image_clock_jump_backwards_drops_the_old_timeline():
     asm = FrameAssembler(max_age_s=0.1, use_lidar=True)
     asm.add_camera_info(msg(50_000 * MS))
     asm.add_lidar(msg(50_000 * MS))
-    frame = asm.assemble(msg(50_000 * MS))
-    assert frame.lidar is not None
+    assert asm.assemble(msg(50_000 * MS)).lidar is not None
     looped = asm.assemble(msg(1_000 * MS))       # bag looped back 49 s
     assert asm.clock_jumps == 1
     assert looped.lidar is None and looped.camera_info is None
-    assert any('clock jumped backwards' in n for n in looped.notes)
+    assert any('clock jumped backwards by 49.0 s' in n for n in looped.notes)
+    assert len(asm.lidar) == 0 and len(asm.camera_infos) == 0
     asm.add_lidar(msg(1_010 * MS, 'new'))
     assert asm.assemble(msg(1_020 * MS)).lidar.tag == 'new'
+
+
+def test_a_late_old_companion_does_not_disturb_the_current_frame():
+    asm = FrameAssembler(max_age_s=0.05, use_lidar=True)
+    asm.assemble(msg(100_000 * MS))
+    asm.add_camera_info(msg(100_100 * MS, 'info'))
+    asm.add_lidar(msg(100_100 * MS, 'sweep'))
+    asm.add_lidar(msg(0, 'redelivered'))          # a reliable transport's late re-delivery
+    frame = asm.assemble(msg(100_100 * MS))
+    assert frame.lidar.tag == 'sweep' and frame.camera_info.tag == 'info'
+    assert asm.clock_jumps == 0 and not frame.notes
 
 
 def test_awaits_companions_only_while_one_may_still_come():
@@ -76,12 +87,15 @@ def test_awaits_companions_only_while_one_may_still_come():
     assert not asm.awaits_companions(late)
 
 
-def test_a_jump_seen_on_a_companion_topic_is_reported_with_the_next_frame():
+def test_companions_of_the_new_timeline_that_arrive_first_are_kept():
     asm = FrameAssembler(max_age_s=0.1, use_lidar=True)
+    asm.add_lidar(msg(50_000 * MS, 'old'))
     asm.assemble(msg(50_000 * MS))
-    asm.add_camera_info(msg(1_000 * MS))         # the bag looped: camera_info arrives first
-    asm.add_lidar(msg(1_000 * MS))
+    asm.add_camera_info(msg(1_000 * MS))         # the bag looped: companions arrive first
+    asm.add_lidar(msg(1_000 * MS, 'new'))
+    assert not asm.awaits_companions(msg(1_000 * MS))
     frame = asm.assemble(msg(1_000 * MS))
     assert any('clock jumped backwards' in n for n in frame.notes)
-    assert frame.lidar is not None and frame.camera_info is not None
+    assert frame.lidar.tag == 'new' and frame.camera_info is not None
+    assert asm.lidar.newest_stamp == 1_000 * MS   # the old sweep is gone
     assert not any('clock' in n for n in asm.assemble(msg(1_050 * MS)).notes)

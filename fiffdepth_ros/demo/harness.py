@@ -19,9 +19,19 @@ from pathlib import Path
 import yaml
 
 
+def large_data_profile() -> str:
+    """Path of the package's Fast DDS profile for large messages (see the file's comment)."""
+    return str(Path(__file__).resolve().parents[1] / 'resources' / 'fastdds_large_data.xml')
+
+
 def isolated_ros_env(base: dict | None = None) -> dict:
-    """Environment for a private DDS graph on loopback: parallel runs never see each other."""
+    """Environment for a private DDS graph on loopback: parallel runs never see each other.
+
+    Images and clouds are large: both ends use the large-data transport profile unless the
+    caller chose a profile of their own.
+    """
     env = dict(os.environ if base is None else base)
+    env.setdefault('FASTDDS_DEFAULT_PROFILES_FILE', large_data_profile())
     env.setdefault('ROS_DOMAIN_ID', str(random.randint(1, 100)))
     env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
     env.setdefault('RCUTILS_COLORIZED_OUTPUT', '0')
@@ -219,11 +229,15 @@ class StreamClient:
             time.sleep(poll_s)
         return predicate()
 
-    def wait_for_node(self, timeout_s: float, compressed: bool = False) -> bool:
-        """Until the node subscribes to our image topic and we are matched to its outputs."""
-        image_pub = self.compressed_pub if compressed else self.image_pub
+    def wait_for_node(self, timeout_s: float, compressed: bool = False,
+                      lidar: bool = False) -> bool:
+        """Until the node subscribes to our image, camera_info (and LiDAR) topics and we are
+        matched to its outputs: messages sent before discovery completes are lost."""
+        inputs = [self.compressed_pub if compressed else self.image_pub, self.info_pub]
+        if lidar:
+            inputs.append(self.lidar_pub)
         return self.wait_until(
-            lambda: image_pub.get_subscription_count() > 0 and all(
+            lambda: all(pub.get_subscription_count() > 0 for pub in inputs) and all(
                 sub.get_publisher_count() > 0 for sub in self.subscriptions.values()),
             timeout_s)
 
@@ -247,6 +261,26 @@ class StreamClient:
             self.compressed_pub.publish(backend.compressed_image(header, 'jpeg', jpeg))
         else:
             self.image_pub.publish(rgb_to_image_msg(frame.rgb, header, backend))
+
+    def latest_diagnostics(self) -> dict[str, str]:
+        """Key-values of the newest status of our depth node on /diagnostics ({} if none)."""
+        messages = self.messages('diagnostics')
+        return {kv.key: kv.value for kv in messages[-1].status[0].values} if messages else {}
+
+    def warm_up(self, room, frame, first_stamp_ns: int, timeout_s: float = 30.0) -> bool:
+        """Stream ``frame`` until the node reports LiDAR anchors in use, then forget what was
+        recorded. Right after discovery the first large LiDAR messages can still be lost (the
+        publisher may see the subscription before the subscription has matched it)."""
+        deadline = time.monotonic() + timeout_s
+        stamp = first_stamp_ns
+        ok = False
+        while time.monotonic() < deadline and not ok:
+            self.publish_frame(room, frame, stamp)
+            stamp += 100_000_000
+            ok = self.wait_until(
+                lambda: int(self.latest_diagnostics().get('anchors used', '0')) > 0, 0.5)
+        self.clear()
+        return ok
 
     def close(self) -> None:
         self._running = False

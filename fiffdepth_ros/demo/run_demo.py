@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     }
     env = isolated_ros_env()
     import os
-    os.environ.update({k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE')})
+    os.environ.update({k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
+                                           'FASTDDS_DEFAULT_PROFILES_FILE')})
     # Node and camera share the namespace /demo: /demo/image, /demo/depth/image, ...
     node = NodeProcess(out, params, env=env, prefix=args.install_prefix,
                        extra_args=['-r', '__ns:=/demo'])
@@ -118,9 +119,11 @@ def main(argv=None) -> int:
                   file=sys.stderr)
             return 1
         client = StreamClient(namespace='demo', node_name='fiffdepth_demo_camera')
-        if not client.wait_for_node(30.0):
+        if not client.wait_for_node(30.0, lidar=True):
             print('[demo] could not connect to depth_node over DDS', file=sys.stderr)
             return 1
+        if not client.warm_up(room, room.render(), time.time_ns() - 60 * 10**9):
+            print('[demo] warning: the node reports no LiDAR anchors yet', file=sys.stderr)
         frames, period = {}, 1.0 / args.rate
         t_start = time.time()
         for i in range(args.frames):

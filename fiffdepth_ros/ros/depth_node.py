@@ -11,6 +11,7 @@ timers never wait for the model.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import threading
 import time
@@ -52,7 +53,8 @@ class WarningLimiter:
         self._last: dict[str, tuple[float, int]] = {}
 
     def __call__(self, text: str, key: str | None = None) -> None:
-        key = key or text.split(':')[0][:60]
+        # One kind of problem = the text without its numbers (sizes, stamps, counts).
+        key = key or re.sub(r'[0-9.]+', '#', text)[:100]
         now = time.monotonic()
         last, suppressed = self._last.get(key, (-1e9, 0))
         if now - last >= self.period_s:
