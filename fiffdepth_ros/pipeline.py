@@ -29,6 +29,18 @@ from .sync import FrameInputs
 OUTPUTS = ('depth', 'camera_info', 'points', 'relative', 'colorized')
 
 
+def enabled_outputs(p: dict[str, Any]) -> list[str]:
+    """The outputs that validated parameters switch on (the node advertises these)."""
+    names = ['depth', 'camera_info']
+    if p['cloud_type'] != 'none':
+        names.append('points')
+    if p['publish_relative']:
+        names.append('relative')
+    if p['publish_colorized']:
+        names.append('colorized')
+    return names
+
+
 class FrameError(ValueError):
     """The frame cannot be processed at all (undecodable image); the caller skips it."""
 
@@ -50,6 +62,17 @@ class StaticExtrinsic:
             return self.transform.inverse()
         raise LookupError(f"static LiDAR extrinsic is {parent} <- {child}, but the image frame is "
                           f"'{camera_frame}' and the cloud frame is '{cloud_frame}'")
+
+    def fallback(self, camera_frame: str, cloud_frame: str, problem: str) -> RigidTransform:
+        """The static extrinsic after a failed tf lookup (``problem``). Only one that names its
+        frames is used: an unnamed (default identity) one would misplace every anchor."""
+        if not (self.parent_frame and self.child_frame):
+            raise LookupError(f'{problem}; set lidar_parent_frame/lidar_child_frame and the '
+                              'static lidar_* transform to fall back')
+        try:
+            return self.camera_from(camera_frame, cloud_frame)
+        except LookupError as static_problem:
+            raise LookupError(f'{problem}; {static_problem}') from None
 
 
 # (camera_frame, cloud_frame, stamp_ns) -> camera_from_cloud transform; raises LookupError.

@@ -31,7 +31,7 @@ import yaml
 from .. import params as P
 from ..conversions.backends import RosbagsBackend
 from ..model.runtime import load_estimator, set_cpu_threads
-from ..pipeline import DepthPipeline, PipelineConfig
+from ..pipeline import DepthPipeline, PipelineConfig, enabled_outputs
 from ..sync import FrameAssembler
 from .frames import FrameSource, Window
 from .reader import BagReader, BagReadError
@@ -159,18 +159,6 @@ def _window(args, reader: BagReader) -> Window:
     base = reader.start_ns if reader.message_count else 0
     to_ns = lambda s: None if s is None else base + int(round(s * 1e9))   # noqa: E731
     return Window(to_ns(args.start), to_ns(args.end), args.stride)
-
-
-def enabled_outputs(p: dict[str, Any]) -> list[str]:
-    """The outputs the node would advertise with these parameters."""
-    names = ['depth', 'camera_info']
-    if p['cloud_type'] != 'none':
-        names.append('points')
-    if p['publish_relative']:
-        names.append('relative')
-    if p['publish_colorized']:
-        names.append('colorized')
-    return names
 
 
 def _estimated_frames(reader: BagReader, choice: TopicChoice, window: Window) -> int | None:

@@ -93,11 +93,5 @@ class BagExtrinsics:
             try:
                 return self.tree.lookup(camera_frame, cloud_frame)
             except LookupError as exc:
-                if not (self.static.parent_frame and self.static.child_frame):
-                    raise LookupError(f'{exc}; set lidar_parent_frame/lidar_child_frame and the '
-                                      'static lidar_* transform to fall back') from None
-                try:
-                    return self.static.camera_from(camera_frame, cloud_frame)
-                except LookupError as static_problem:
-                    raise LookupError(f'{exc}; {static_problem}') from None
+                return self.static.fallback(camera_frame, cloud_frame, str(exc))
         return self.static.camera_from(camera_frame, cloud_frame)

@@ -29,7 +29,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from .. import params as P
 from ..conversions.backends import RclpyBackend, stamp_to_ns
 from ..model.runtime import load_estimator, set_cpu_threads
-from ..pipeline import DepthPipeline, FrameError, PipelineConfig
+from ..pipeline import DepthPipeline, FrameError, PipelineConfig, enabled_outputs
 from ..sync import FrameAssembler
 from .extrinsics import ExtrinsicResolver
 from .qos import profile
@@ -127,13 +127,7 @@ class DepthNode(Node):
                                      companion_qos)
 
         out_qos = profile(p['qos_output_reliability'], p['qos_output_depth'])
-        enabled = {'depth', 'camera_info'}
-        if p['cloud_type'] != 'none':
-            enabled.add('points')
-        if p['publish_relative']:
-            enabled.add('relative')
-        if p['publish_colorized']:
-            enabled.add('colorized')
+        enabled = enabled_outputs(p)
         self.publishers_by_output = {
             name: self.create_publisher(msg_type, topic, out_qos)
             for name, (topic, msg_type) in OUTPUT_TOPICS.items() if name in enabled}

@@ -33,14 +33,7 @@ class ExtrinsicResolver:
                     timeout=Duration(seconds=0.0))
                 return RigidTransform.from_msg(stamped.transform)
             except Exception as exc:   # tf2 lookup/extrapolation/connectivity errors
-                problem = f'tf2 has no {camera_frame} <- {cloud_frame} transform ({exc})'
-                # Fall back only to a static extrinsic that names its frames: an unnamed
-                # (default identity) one would silently misplace every anchor.
-                if not (self.static.parent_frame and self.static.child_frame):
-                    raise LookupError(problem + '; set lidar_parent_frame/lidar_child_frame '
-                                      'and the static lidar_* transform to fall back') from None
-                try:
-                    return self.static.camera_from(camera_frame, cloud_frame)
-                except LookupError as static_problem:
-                    raise LookupError(f'{problem}; {static_problem}') from None
+                return self.static.fallback(
+                    camera_frame, cloud_frame,
+                    f'tf2 has no {camera_frame} <- {cloud_frame} transform ({exc})')
         return self.static.camera_from(camera_frame, cloud_frame)
