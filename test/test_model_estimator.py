@@ -236,3 +236,11 @@ def test_compile_wraps_the_networks(tiny_checkpoint):
                                          processing_res=32)
     compiled = torch._dynamo.eval_frame.OptimizedModule
     assert all(isinstance(m, compiled) for m in (est.unet, est.vae.encoder, est.vae.decoder))
+
+
+def test_read_only_images_are_accepted_without_warnings(estimator, recwarn):
+    image = rng.integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    view = np.frombuffer(image.tobytes(), np.uint8).reshape(image.shape)   # read-only
+    assert not view.flags.writeable
+    np.testing.assert_array_equal(estimator.predict(view), estimator.predict(image))
+    assert not [w for w in recwarn if 'not writable' in str(w.message)]

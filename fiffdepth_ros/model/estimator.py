@@ -224,6 +224,9 @@ class DepthEstimator:
         # One host copy at most (none for a single contiguous image); uint8 travels to the
         # device as uint8 (4x less to transfer) and becomes float there.
         host = np.ascontiguousarray(arrays[0])[None] if len(arrays) == 1 else np.stack(arrays)
+        if not host.flags.writeable:
+            # Views of message buffers (rosbags) are read-only; torch wants to own writable data.
+            host = host.copy()
         x = torch.from_numpy(host).to(self.device).permute(0, 3, 1, 2)
         if x.dtype == torch.uint8:
             x = x.float().div_(255.0)
