@@ -92,3 +92,15 @@ def test_without_estimate_nothing_is_held():
 def test_invalid_options(kwargs):
     with pytest.raises(ValueError):
         TemporalOptions(**kwargs)
+
+
+def test_scale_only_mappings_at_relative_zero_are_compared_not_gated():
+    # After a scale-only fit (shift 0) the nearest pixel of a [0, 1] prediction maps to 0 m in
+    # both mappings: that is agreement, not an infinitely large change.
+    filt = TemporalFilter(TemporalOptions(responsiveness=0.5))
+    assert filt.update(0.0, Measurement(8.6, 0.0, 0.0, 1.0)).status == 'fitted'
+    for i in range(1, 8):
+        out = filt.update(0.25 * i, Measurement(8.6 * (1 + 0.02 * (-1) ** i), 0.0, 0.0, 1.0))
+        assert out.status == 'fitted', out.note
+    gated = filt.update(2.5, Measurement(20.0, 0.0, 0.0, 1.0))
+    assert gated.status == 'held'                 # a real jump is still gated

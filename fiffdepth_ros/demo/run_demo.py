@@ -122,7 +122,7 @@ def main(argv=None) -> int:
         if not client.wait_for_node(30.0, lidar=True):
             print('[demo] could not connect to depth_node over DDS', file=sys.stderr)
             return 1
-        if not client.warm_up(room, room.render(), time.time_ns() - 60 * 10**9):
+        if not client.warm_up(room, room.render(), time.time_ns()):
             print('[demo] warning: the node reports no LiDAR anchors yet', file=sys.stderr)
         frames, period = {}, 1.0 / args.rate
         t_start = time.time()

@@ -154,11 +154,22 @@ class TemporalFilter:
 
 
 def _change_between(a: Measurement, b: Measurement) -> float:
-    """Largest relative difference of the two mappings at b's reference relative values."""
-    worst = 0.0
-    for x in (b.ref_low, b.ref_high):
+    """Largest relative difference of the two mappings over b's range of relative values.
+
+    Where both mappings give no positive depth (relative 0 with a shift of 0, e.g. after a
+    scale-only fit: the nearest pixel of a [0, 1] prediction) they agree and the point is
+    skipped; where only one does, they disagree completely.
+    """
+    worst, compared = 0.0, False
+    for x in (b.ref_low, 0.5 * (b.ref_low + b.ref_high), b.ref_high):
         pa, pb = a.scale * x + a.shift, b.scale * x + b.shift
-        if not (np.isfinite(pa) and np.isfinite(pb)) or pa <= 0 or pb <= 0:
-            return float('inf')             # one of them is not even a valid depth there
-        worst = max(worst, abs(pb - pa) / pa)
+        if not (np.isfinite(pa) and np.isfinite(pb)):
+            return float('inf')
+        if pa <= 0 and pb <= 0:
+            continue
+        if pa <= 0 or pb <= 0:
+            return float('inf')             # only one of them is a valid depth there
+        worst, compared = max(worst, abs(pb - pa) / pa), True
+    if not compared:
+        return abs(b.scale / a.scale - 1.0)
     return worst
