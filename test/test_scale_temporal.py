@@ -104,3 +104,20 @@ def test_scale_only_mappings_at_relative_zero_are_compared_not_gated():
         assert out.status == 'fitted', out.note
     gated = filt.update(2.5, Measurement(20.0, 0.0, 0.0, 1.0))
     assert gated.status == 'held'                 # a real jump is still gated
+
+
+def test_gated_for_longer_than_the_hold_restarts_from_the_current_fit():
+    # Every frame has a fit of its own, but they disagree with the held estimate (the model's
+    # output changed): after the hold timeout the filter follows the data, not 'none'.
+    filt = TemporalFilter(TemporalOptions(responsiveness=0.5, hold_timeout_s=1.0,
+                                          confirm_frames=3))
+    filt.update(0.0, Measurement(2.0, 1.0, 0.1, 0.9))
+    statuses = []
+    for i in range(1, 6):
+        # Alternating far-off fits: never two in a row agree, so no confirmation either.
+        m = Measurement(5.0 if i % 2 else 9.0, 1.0, 0.1, 0.9)
+        statuses.append(filt.update(0.3 * i, m))
+    assert [s.status for s in statuses[:3]] == ['held', 'held', 'held']
+    restarted = statuses[3]
+    assert restarted.status == 'fitted' and 'restarted from this frame' in restarted.note
+    assert restarted.scale == pytest.approx(9.0)

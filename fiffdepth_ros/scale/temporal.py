@@ -119,6 +119,12 @@ class TemporalFilter:
                 return self._out('fitted', notes)
             notes.append(f'outlier frame gated: mapping would change by {100 * change:.0f} % '
                          f'(gate {100 * opts.gate:.0f} %)')
+            if self._hold_expired(stamp_s, self._held + 1):
+                # Gated for too long while every frame had a fit of its own: the held
+                # estimate is the stale one. Start again from this frame's fit.
+                self._start(stamp_s, measurement)
+                notes.append('held too long: filter restarted from this frame')
+                return self._out('fitted', notes)
             return self._hold(stamp_s, notes)
 
         a = opts.responsiveness
@@ -135,16 +141,19 @@ class TemporalFilter:
         self._candidate, self._candidate_count = None, 0
 
     def _hold(self, stamp_s, notes) -> FilterOutput:
-        opts = self.options
         if not self.has_estimate:
             return self._out('none', notes)
         self._held += 1
         age = stamp_s - self._last_good
-        if age > opts.hold_timeout_s or self._held > opts.hold_max_frames:
+        if self._hold_expired(stamp_s, self._held):
             notes.append(f'no usable fit for {self._held} frames / {age:.3g} s: estimate dropped')
             self._log_scale = None
             return self._out('none', notes)
         return self._out('held', notes)
+
+    def _hold_expired(self, stamp_s: float, held: int) -> bool:
+        opts = self.options
+        return stamp_s - self._last_good > opts.hold_timeout_s or held > opts.hold_max_frames
 
     def _change(self, m: Measurement) -> float:
         return _change_between(Measurement(self.scale, self._shift, m.ref_low, m.ref_high), m)
