@@ -37,6 +37,7 @@ from fiffdepth_ros.conversions.images import compressed_to_rgb, image_to_rgb  # 
 from fiffdepth_ros.conversions.pointcloud import (DepthCloudBuilder, pointcloud_to_xyz,  # noqa
                                                   xyz_to_pointcloud)
 from fiffdepth_ros.geometry.camera_model import CameraModel  # noqa: E402
+import timing  # noqa: E402  (bench/timing.py, beside this script)
 
 SIZES = ((640, 480), (1280, 720))
 TARGET_MS = 4.0
@@ -44,14 +45,7 @@ LIDAR_POINTS = (100, 1000)            # rows x columns: 100k points
 
 
 def median_ms(fn, repeats: int, warmup: int = 8) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times)) * 1e3
+    return timing.median_ms(fn, repeats, warmup)
 
 
 def copy_ms(nbytes: int, repeats: int) -> float:

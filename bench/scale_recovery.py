@@ -28,7 +28,6 @@ import argparse
 import os
 import platform
 import sys
-import time
 from pathlib import Path
 
 import cv2
@@ -42,6 +41,7 @@ from fiffdepth_ros.scale.anchors import depth_image_anchors, lidar_anchors  # no
 from fiffdepth_ros.scale.fit import apply_fit, fit_scale_shift  # noqa: E402
 from fiffdepth_ros.scale.local_correction import local_correction  # noqa: E402
 from fiffdepth_ros.scale.recovery import ScaleRecovery, ScaleRecoveryConfig  # noqa: E402
+import timing  # noqa: E402  (bench/timing.py, beside this script)
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'rgbd'
 NYU = (518.86, 519.47, 325.58, 253.74)          # approximate NYUv2 intrinsics (README)
@@ -170,13 +170,7 @@ def oracle_fit(relative, gt, valid):
 
 
 def timed(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
+    return timing.median_ms(fn, repeats, warmup=1)
 
 
 def lidar_sweep(gt, n_points=20000, seed=0):
