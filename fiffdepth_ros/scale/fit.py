@@ -100,17 +100,33 @@ class _Problem:
         # Cutoff per anchor in log ratio: wider where the sensor is noisier than the prediction.
         self.cutoff = options.outlier_cutoff * np.sqrt(var) / (options.prediction_noise * z)
 
-    def log_error(self, s, t, index=slice(None)):
-        """|log(fit / anchor)|; inf where the fit is not a positive depth."""
-        pred = s * self.x[index] + t
-        with np.errstate(divide='ignore', invalid='ignore'):
-            ratio = pred / self.y[index]
-        # In inverse space pred/y is an inverse-depth ratio: |log| is the same.
-        return np.where(ratio > 0, np.abs(np.log(np.where(ratio > 0, ratio, 1.0))), np.inf)
+    def subset(self, index) -> '_Problem':
+        """The same problem restricted to ``index`` (arrays copied once, not per iteration)."""
+        sub = object.__new__(_Problem)
+        sub.space = self.space
+        for name in ('x', 'z', 'y', 'inv_var', 'cutoff'):
+            setattr(sub, name, getattr(self, name)[index])
+        return sub
 
-    def tukey(self, s, t, index=slice(None)):
-        u = np.minimum(self.log_error(s, t, index) / self.cutoff[index], 1.0)
-        return (1.0 - u * u) ** 2
+    def log_error(self, s, t):
+        """|log(fit / anchor)|; inf where the fit is not a positive depth."""
+        ratio = s * self.x + t
+        ratio /= self.y
+        # In inverse space pred/y is an inverse-depth ratio: |log| is the same.
+        positive = ratio > 0
+        with np.errstate(divide='ignore', invalid='ignore'):
+            err = np.abs(np.log(ratio))
+        err[~positive] = np.inf
+        return err
+
+    def tukey(self, s, t):
+        u = self.log_error(s, t)
+        u /= self.cutoff
+        np.minimum(u, 1.0, out=u)
+        u *= u
+        np.subtract(1.0, u, out=u)
+        u *= u
+        return u
 
     def inliers(self, s, t):
         return self.log_error(s, t) < self.cutoff
@@ -136,13 +152,13 @@ def fit_scale_shift(relative, depth, weight=None, options: FitOptions = FitOptio
         return FitResult(np.nan, np.nan, inliers, np.nan, 'failed', 'no valid anchors', 0)
     p = _Problem(x[valid], z[valid], w[valid], options)
 
-    def finish(s, t, status, reason, mask=None) -> FitResult:
+    def finish(s, t, status, reason, mask=None, spread=None) -> FitResult:
         if mask is None:
             mask = p.inliers(s, t) if np.isfinite(s) and np.isfinite(t) else np.zeros(n, bool)
         inl = inliers.copy()
         inl[valid] = mask
         residual = _relative_rms(s, t, p.x[mask], p.z[mask], options.space)
-        spread = _spread(p.z[mask])
+        spread = _spread(p.z[mask]) if spread is None else spread
         if status != 'failed':
             fraction = np.count_nonzero(mask) / n
             if fraction < options.min_inlier_fraction:
@@ -170,7 +186,7 @@ def fit_scale_shift(relative, depth, weight=None, options: FitOptions = FitOptio
             reason = (f'anchor depths span only {100 * spread:.1f} % (< '
                       f'{100 * options.min_depth_spread:g} %): shift unobservable')
         else:
-            return finish(s, t, 'fitted', '', mask)
+            return finish(s, t, 'fitted', '', mask, spread)
     else:
         reason = f'only {n} anchors (< {options.min_anchors}): shift not fitted'
 
@@ -215,14 +231,15 @@ def _repeated_median(x, y, k) -> tuple[float, float]:
     if len(per_point) == 0:
         return np.nan, np.nan            # all x equal: no slope
     s = float(np.median(per_point))
-    return s, float(np.median(y - s * x))
+    sub = _subset(len(x), 16 * k)          # the intercept: a median of residuals, O(n)
+    return s, float(np.median(y[sub] - s * x[sub]))
 
 
 def _irls(p: _Problem, options: FitOptions, start) -> tuple[float, float]:
     """Tukey IRLS for y = s x + t on an evenly spaced subset of at most ``fit_points`` anchors
     (statistically plenty, and a bounded cost for dense stereo or LiDAR)."""
-    sub = _subset(len(p.x), options.fit_points)
-    xs, ys, inv_var = p.x[sub], p.y[sub], p.inv_var[sub]
+    sub = p.subset(_subset(len(p.x), options.fit_points))
+    xs, ys, inv_var = sub.x, sub.y, sub.inv_var
     s, t = start
     if not (np.isfinite(s) and np.isfinite(t)):
         s, t = _weighted_line(xs, ys, inv_var)      # all x equal: the spread check catches it
@@ -232,7 +249,7 @@ def _irls(p: _Problem, options: FitOptions, start) -> tuple[float, float]:
     tol = options.tolerance * max(float(np.ptp(ys)), 1e-12)
     x_lo, x_hi = float(xs.min()), float(xs.max())
     for _ in range(options.max_iterations):
-        u = p.tukey(s, t, sub)
+        u = sub.tukey(s, t)
         if np.count_nonzero(u) < 2:
             break
         s_new, t_new = _weighted_line(xs, ys, u * inv_var)

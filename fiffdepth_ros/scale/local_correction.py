@@ -54,7 +54,7 @@ class LocalCorrectionOptions:
     iterations: int = 6              # max robust rounds (clean frames stop after 1-2; 0: off)
     noise_floor: float = 0.01        # log-ratio noise floor (1 %): no anchor is trusted more
     max_correction: float = 1.0      # |log factor| clip: at most x e either way
-    max_anchors_per_cell: float = 8.0  # denser anchor sets are thinned evenly (bounded cost)
+    max_anchors_per_cell: float = 4.0  # denser anchor sets are thinned evenly (bounded cost)
 
     def __post_init__(self):
         if int(self.cell) < 1:
@@ -110,11 +110,14 @@ class _Grid:
     """Coarse grid, optionally bilateral (bins along a third axis).
 
     Cell i is centred on pixel (i + 0.5) * cell - 0.5. The grid is padded with empty cells so
-    that each side halves exactly down to the coarsest pyramid floor.
+    that each side halves exactly down to the coarsest pyramid floor. Grids are stored as
+    (gh, gw, 2, channels): (numerator, denominator) while splatting, (estimate, base share)
+    after blending. A bilateral grid has ``bins + 3`` channels: the bins, two empty guards (the
+    range blur reaches two bins) and the purely spatial grid (the splat summed over bins).
     """
 
-    def __init__(self, height: int, width: int, cell: int, base_sigma: float, bins: int = 1,
-                 g0: float = 0.0, bin_width: float = 1.0):
+    def __init__(self, height: int, width: int, cell: int, base_sigma: float,
+                 axis: '_RangeAxis | None' = None):
         self.h, self.w, self.cell = height, width, cell
         nh, nw = max(-(-height // cell), 1), max(-(-width // cell), 1)
         # Scales up to the grid's extent; beyond that the field is the mean anyway.
@@ -129,11 +132,13 @@ class _Grid:
         step = 2 ** max(self.floors)
         self.gh, self.gw = -(-nh // step) * step, -(-nw // step) * step
         self.nh, self.nw = nh, nw            # cells that cover the image
-        self.bins, self.g0, self.bin_width = bins, g0, bin_width
+        self.axis = axis
+        self.bins = axis.bins if axis is not None else 1
+        self.channels = self.bins + 3 if axis is not None else 1
 
     @property
-    def shape(self):
-        return (self.gh, self.gw, self.bins) if self.bins > 1 else (self.gh, self.gw)
+    def spatial_channel(self) -> int:
+        return self.bins + 2
 
     @staticmethod
     def _axis(pos, n):
@@ -141,13 +146,14 @@ class _Grid:
         f = np.clip(pos - i0, 0.0, 1.0) if n > 1 else np.zeros(len(pos))
         return i0, np.minimum(i0 + 1, n - 1), f
 
-    def corners(self, rows, cols, guide=None, nearest=False):
-        """Flat indices and weights (k, n) of the grid corners of n points: 4 (bilinear) or 1
-        (``nearest`` cell) in space, times 2 along the bilateral axis."""
+    def corners(self, rows, cols, anchor_bins=None, nearest=False):
+        """Flat indices into a (gh, gw, 2, channels) grid (first of the pair) and weights,
+        both (k, n), of the grid corners of n points: 4 (bilinear) or 1 (``nearest`` cell) in
+        space, times 2 along the bilateral axis (``anchor_bins`` from _RangeAxis.locate)."""
         if nearest:
             idx = (np.minimum(rows // self.cell, self.nh - 1) * self.gw
                    + np.minimum(cols // self.cell, self.nw - 1))[None]
-            wts = np.ones((1, len(rows)))
+            wts = None
         else:
             y0, y1, fy = self._axis((rows + 0.5) / self.cell - 0.5, self.nh)
             x0, x1, fx = self._axis((cols + 0.5) / self.cell - 0.5, self.nw)
@@ -155,29 +161,48 @@ class _Grid:
             idx = (ys[:, None] + xs[None]).reshape(4, -1)
             wy, wx = np.stack([1 - fy, fy]), np.stack([1 - fx, fx])
             wts = (wy[:, None] * wx[None]).reshape(4, -1)
-        if self.bins > 1:
-            b0, b1, fb = self._axis((guide - self.g0) / self.bin_width, self.bins)
+        idx = idx * (2 * self.channels)
+        if anchor_bins is not None:
+            b0, b1, fb = anchor_bins
             k = len(idx)
-            idx = (idx[:, None] * self.bins + np.stack([b0, b1])[None]).reshape(2 * k, -1)
-            wts = (wts[:, None] * np.stack([1 - fb, fb])[None]).reshape(2 * k, -1)
+            idx = (idx[:, None] + np.stack([b0, b1])[None]).reshape(2 * k, -1)
+            fw = np.stack([1 - fb, fb])
+            wts = (fw[None] if wts is None else wts[:, None] * fw[None]).reshape(2 * k, -1)
         return idx, wts
 
-    def splat(self, corners, values, weights):
-        """num and den stacked as (gh, gw, 2) or (gh, gw, 2, bins): one blur filters both."""
+    def splat(self, corners, values, weights) -> np.ndarray:
+        """(num, den) of the points, (gh, gw, 2, channels) float32, by one bincount."""
         idx, wts = corners
-        size = self.gh * self.gw * self.bins
-        w = wts * weights
-        i = idx.ravel()
-        out = np.empty((self.gh, self.gw, 2, self.bins), np.float32)
-        out[:, :, 0] = np.bincount(i, (w * values).ravel(), size).reshape(
-            self.gh, self.gw, self.bins)
-        out[:, :, 1] = np.bincount(i, w.ravel(), size).reshape(self.gh, self.gw, self.bins)
-        return out if self.bins > 1 else out[..., 0]
+        w = weights if wts is None else wts * weights
+        w = np.broadcast_to(w, idx.shape)
+        c = self.channels
+        flat = np.bincount(np.concatenate([idx.ravel(), (idx + c).ravel()]),
+                           np.concatenate([(w * values).ravel(), w.ravel()]),
+                           self.gh * self.gw * 2 * c)
+        return flat.astype(np.float32).reshape(self.gh, self.gw, 2, c)
 
-    @staticmethod
-    def sample(field, corners):
+    def sample(self, state, corners, offset=0):
+        """Interpolate a (gh, gw, 2, channels) grid at the points: ``offset`` 0 reads the first
+        of the pair, ``channels`` the second."""
         idx, wts = corners
-        return np.sum(field.ravel()[idx] * wts, axis=0)
+        vals = state.ravel()[idx + offset] if offset else state.ravel()[idx]
+        return vals[0] if wts is None else np.sum(vals * wts, axis=0)
+
+
+class _RangeAxis:
+    """The bilateral axis: log aligned depth in bins of ``width`` from ``g0``."""
+
+    def __init__(self, lo: float, hi: float, opts: 'LocalCorrectionOptions', max_gw: int):
+        # cv2.remap addresses < 32767 columns: the side-by-side bins must fit (_slice).
+        cap = max(min(opts.max_bins, 32000 // max_gw), 2)
+        bins = int(np.ceil((hi - lo) / opts.range_sigma)) + 1
+        self.width = opts.range_sigma if bins <= cap else (hi - lo) / (cap - 1)
+        self.bins = max(min(bins, cap), 2)
+        self.g0 = lo
+
+    def locate(self, guide):
+        """Lower bin, upper bin and fraction towards the upper one, per value."""
+        return _Grid._axis((guide - self.g0) / self.width, self.bins)
 
 
 def _pool2(a: np.ndarray) -> np.ndarray:
@@ -203,13 +228,12 @@ def _range_blur(nd: np.ndarray) -> np.ndarray:
     return flat.reshape(nd.shape)
 
 
-def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool,
-                track: bool) -> tuple[np.ndarray, np.ndarray | None]:
+def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool) -> np.ndarray:
     """Density-adaptive normalised convolution over a pyramid; the base is 0.
 
-    ``nd``: splatted (num, den), shape (gh, gw, 2, channels). Returns the blended estimate
-    (gh, gw, channels) and, if ``track``, the weight the base keeps, prod_k (1 - alpha_k), so
-    that a non-zero base b can be added afterwards as est + keep * b.
+    ``nd``: splatted (num, den), shape (gh, gw, 2, channels). Returns, in the same layout, the
+    blended estimate and the weight the base keeps, prod_k (1 - alpha_k), so that a non-zero
+    base b can be added afterwards as est + keep * b.
 
     Interpolation (``exclusive`` False): a scale blends in from the first anchor and is fully
     used at ``support`` anchors (folded into ``gain``), so the field passes close to isolated
@@ -222,95 +246,78 @@ def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool,
     for _ in range(max(floors)):
         pyramid.append(_pool2(pyramid[-1]))
     current = floors[-1]
-    shape = pyramid[current].shape
-    est = np.zeros(shape[:2] + shape[3:], np.float32)
-    keep = np.ones_like(est) if track else None
-    tiny = np.float32(1e-30)
+    # state[:, :, 0] is the estimate, state[:, :, 1] the base's share. Each level moves both
+    # towards its own (estimate, 0) by alpha: est += alpha (n - est), keep *= 1 - alpha, in one
+    # pass over one array (the grids are small: numpy calls, not arithmetic, set the cost).
+    state = np.zeros(pyramid[current].shape, np.float32)
+    state[:, :, 1] = 1.0
+    tiny, zero, one = np.float32(1e-30), np.float32(0.0), np.float32(1.0)
     for k in range(grid.levels - 1, -1, -1):
         j = floors[k]
-        while current > j:                                   # carry est down to floor j
+        while current > j:                                   # carry the state down to floor j
             current -= 1
-            est = _unpool2(est)
-            keep = _unpool2(keep) if track else None
+            state = _unpool2(state)
         s = grid.sigmas[k] / 2 ** j
         layer = pyramid[j]
-        blurred = cv2.GaussianBlur(layer.reshape(*layer.shape[:2], -1), (0, 0), s,
-                                   borderType=cv2.BORDER_CONSTANT).reshape(layer.shape)
-        n, d = blurred[:, :, 0], blurred[:, :, 1]
+        target = cv2.GaussianBlur(layer.reshape(*layer.shape[:2], -1), (0, 0), s,
+                                  borderType=cv2.BORDER_CONSTANT).reshape(layer.shape)
+        n, d = target[:, :, 0], target[:, :, 1]
         # Effective anchors in the window: a unit-peak kernel summed over the splats.
         alpha = d * np.float32(gain * s * s * 4 ** j)
         if exclusive:
-            alpha -= np.float32(1.0)
-        np.clip(alpha, 0.0, 1.0, out=alpha)
-        n /= np.maximum(d, tiny)
-        n -= est
-        n *= alpha
-        est += n
-        if track:
-            keep *= np.float32(1.0) - alpha
+            alpha -= one
+        np.maximum(alpha, zero, out=alpha)       # clip to [0, 1] (np.clip's wrapper is slower)
+        np.minimum(alpha, one, out=alpha)
+        np.maximum(d, tiny, out=d)
+        n /= d
+        d[...] = 0.0
+        target -= state
+        target *= alpha[:, :, None]
+        state += target
     while current > 0:
         current -= 1
-        est = _unpool2(est)
-        keep = _unpool2(keep) if track else None
-    return est, keep
+        state = _unpool2(state)
+    return state
 
 
 class _Fields:
     """Spatial and (edge aware) bilateral field of one anchor set, computed in one pass.
 
-    The bilateral grid gets three extra channels after its bins: two empty guards (the range
-    blur reaches two bins) and the spatial grid, which is the bilateral splat summed over bins.
     The bilateral field falls back to the spatial one where no scale had support.
     """
 
-    def __init__(self, shape, opts: LocalCorrectionOptions, cell, rows, cols, guide_anchor,
-                 guide_range, nearest=False):
+    def __init__(self, shape, opts: LocalCorrectionOptions, cell, rows, cols,
+                 axis: _RangeAxis | None = None, anchor_bins=None, nearest=False):
         h, w = shape
-        self.opts = opts
-        if guide_range is None:
-            self.grid = _Grid(h, w, cell, opts.base_sigma)
-            self.corners = self.grid.corners(rows, cols, nearest=nearest)
-            return
-        lo, hi = guide_range
-        g2 = _Grid(h, w, cell, opts.base_sigma)
-        # cv2.remap addresses < 32767 columns: the side-by-side bins must fit (_slice).
-        cap = max(min(opts.max_bins, 32000 // g2.gw), 2)
-        bins = int(np.ceil((hi - lo) / opts.range_sigma)) + 1
-        width = opts.range_sigma if bins <= cap else (hi - lo) / (cap - 1)
-        self.grid = _Grid(h, w, cell, opts.base_sigma, max(min(bins, cap), 2), lo, width)
-        self.corners = self.grid.corners(rows, cols, guide_anchor, nearest)
+        self.grid = _Grid(h, w, cell, opts.base_sigma, axis)
+        self.corners = self.grid.corners(rows, cols, anchor_bins, nearest)
 
-    @property
-    def bilateral(self) -> bool:
-        return self.grid.bins > 1
-
-    def build(self, v, wv, support, exclusive, with_keep=False):
-        """The field: (gh, gw) spatial, or (gh, gw, bins) bilateral over the spatial one.
-        With ``with_keep``, also the share of the spatial fallback in it (bilateral only)."""
-        base = float(np.average(v, weights=wv))
-        mean_w = float(wv[wv > 0].mean())
+    def build(self, v, wv, support, exclusive) -> np.ndarray:
+        """The blended grid, (gh, gw, 2, channels): [..., 0, :bins] the field (the spatial
+        field if not bilateral), [..., 1, :bins] the share of the spatial fallback in it."""
+        total = float(wv.sum())
+        base = float(np.dot(v, wv)) / total
+        mean_w = total / np.count_nonzero(wv)
         gain = 2.0 * np.pi / (mean_w * support)
         nd = self.grid.splat(self.corners, v - base, wv)
-        if not self.bilateral:
-            est, _ = _multiscale(self.grid, nd[..., None], gain, exclusive, False)
-            field = est[..., 0] + np.float32(base)
-            return (field, None) if with_keep else field
-        bins = self.grid.bins
-        ext = np.zeros(nd.shape[:3] + (bins + 3,), np.float32)
-        ext[..., :bins] = nd
-        ext[..., bins + 2] = nd.sum(axis=-1)
-        ext = _range_blur(ext)     # commutes with pooling and spatial blur: done once
-        est, keep = _multiscale(self.grid, ext, gain / float(_RANGE_KERNEL[2]), exclusive,
-                                True)
-        spatial = est[..., bins + 2:]
-        out = est[..., :bins]
-        keep = keep[..., :bins]
-        out += keep * spatial
-        out += np.float32(base)
-        return (out, keep) if with_keep else out
+        grid = self.grid
+        if grid.axis is None:
+            state = _multiscale(grid, nd, gain, exclusive)
+            state[:, :, 0] += np.float32(base)
+            return state
+        bins, sp = grid.bins, grid.spatial_channel
+        np.sum(nd[..., :bins], axis=-1, out=nd[..., sp])
+        nd = _range_blur(nd)       # commutes with pooling and spatial blur: done once
+        state = _multiscale(grid, nd, gain / float(_RANGE_KERNEL[2]), exclusive)
+        field, keep = state[:, :, 0, :bins], state[:, :, 1, :bins]
+        keep_spatial = keep * state[:, :, 0, sp:]
+        field += keep_spatial
+        field += np.float32(base)
+        return state
 
-    def sample(self, field):
-        return self.grid.sample(field, self.corners)
+    def sample(self, state, which=0):
+        """The field (``which`` 0) or the fallback share (1) at the anchors."""
+        return self.grid.sample(state, self.corners, which * self.grid.channels)
 
 
 def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
@@ -345,7 +352,7 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     wv = np.broadcast_to(1.0 / (log_var + options.noise_floor ** 2), v.shape).copy()
     wv /= wv.mean()
 
-    guide = ga = guide_range = None
+    guide = axis = anchor_bins = None
     if options.edge_aware:
         # The factor is read at half resolution (see _slice), so is the guide.
         half = aligned[::_SLICE_STEP, ::_SLICE_STEP]
@@ -359,23 +366,25 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
         sub = sub[np.isfinite(sub)]
         lo = min(float(sub.min()), float(ga.min())) if sub.size else float(ga.min())
         hi = max(float(sub.max()), float(ga.max())) if sub.size else float(ga.max())
-        guide_range = (lo, hi)
+        axis = _RangeAxis(lo, hi, options, -(-w // options.cell))
+        anchor_bins = axis.locate(ga)
     u = np.ones(len(v))
     sigma = np.nan
-    if options.iterations > 0 and len(v) > 1:
+    judged = options.iterations > 0 and len(v) > 1
+    if judged:
         # Judging needs neighbourhoods, not detail: twice the cell, nearest cell splats.
-        judge = _Fields((h, w), options, 2 * options.cell, rows, cols, ga, guide_range,
+        judge = _Fields((h, w), options, 2 * options.cell, rows, cols, axis, anchor_bins,
                         nearest=True)
-    for _ in range(options.iterations if len(v) > 1 else 0):
+    for _ in range(options.iterations if judged else 0):
         # Judging counts anchors, not their claimed precision: an outlier's own noise model
         # is as wrong as its depth (a near-looking return claims a small sigma).
-        field, keep = judge.build(v, u, options.outlier_support, True, with_keep=True)
-        e = v - judge.sample(field)
-        if keep is not None:
+        state = judge.build(v, u, options.outlier_support, True)
+        e = v - judge.sample(state)
+        if axis is not None:
             # Only anchors on the same surface (similar predicted depth) can outvote an anchor;
             # one whose depth band holds no other anchors nearby is not judged by the spatial
             # fallback (it may sample a structure, e.g. a corner, that only it sees).
-            e *= 1.0 - judge.sample(keep)
+            e *= 1.0 - judge.sample(state, 1)
         t = np.minimum(np.abs(e) * (1.0 / options.outlier_cutoff), 1.0)
         u_new = (1.0 - t * t) ** 2
         if not u_new.any():
@@ -384,15 +393,18 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
         u = u_new
         if change < 0.01:          # the field is a weighted mean: it has settled as well
             break
-    if options.iterations > 0 and len(v) > 1 and u.any():
-        # Reported only (the cutoff is fixed, see the module docstring).
-        sigma = 1.4826 * float(np.median(np.abs(e[u > 0])))
+    if judged and u.any():
+        # Reported only (the cutoff is fixed, see the module docstring); a subset suffices.
+        spread = np.abs(e[u > 0])
+        sigma = 1.4826 * float(np.median(spread[::max(len(spread) // 2048, 1)]))
 
     # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
     # would keep, at a quarter of the cost.
     dense = len(v) >= (-(-h // options.cell)) * (-(-w // options.cell))
-    fields = _Fields((h, w), options, options.cell, rows, cols, ga, guide_range, nearest=dense)
-    field = fields.build(v, wv * u, options.min_support, False)
+    fields = _Fields((h, w), options, options.cell, rows, cols, axis, anchor_bins,
+                     nearest=dense)
+    state = fields.build(v, wv * u, options.min_support, False)
+    field = state[:, :, 0, :fields.grid.bins]
     np.clip(field, -options.max_correction, options.max_correction, out=field)
     factor = _slice(np.exp(field), fields.grid, guide)
     corrected = cv2.resize(factor, (w, h), interpolation=cv2.INTER_LINEAR)
@@ -433,11 +445,11 @@ def _slice(field: np.ndarray, grid: _Grid, guide) -> np.ndarray:
     gx, gy = _pixel_maps(grid)
     shape = gx.shape
     out = _WORK.get('out', shape, np.float32)
-    if grid.bins == 1:
-        return cv2.remap(field, gx, gy, interpolation=cv2.INTER_LINEAR, dst=out)
+    if grid.axis is None:
+        return cv2.remap(field[:, :, 0], gx, gy, interpolation=cv2.INTER_LINEAR, dst=out)
     gh, gw, bins = field.shape
-    gb = np.subtract(guide, np.float32(grid.g0), out=_WORK.get('gb', shape, np.float32))
-    gb *= np.float32(1.0 / grid.bin_width)
+    gb = np.subtract(guide, np.float32(grid.axis.g0), out=_WORK.get('gb', shape, np.float32))
+    gb *= np.float32(1.0 / grid.axis.width)
     # fmax maps NaN (invalid aligned depth) to bin 0: the factor stays finite there, so the
     # upsampling cannot spread NaN onto valid neighbours (the depth itself stays NaN).
     np.fmax(gb, np.float32(0.0), out=gb)
