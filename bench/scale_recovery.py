@@ -12,8 +12,8 @@ Protocol (NYUv2-style): metrics over the valid GT pixels (GT > 0); AbsRel = mean
 RMSE and MAE in metres; pixels the method leaves invalid (NaN) are counted as coverage loss.
 Anchors are GT pixels: random (10, 100, 500; 5 seeds averaged), LiDAR-like scan lines (16, 64
 lines across the image height, a sample every 4 px along each line; 5 seeds shift the lines), and
-the real 405-px pattern (fixed; 5 corruption seeds). Corruption: a fraction of the anchors is
-moved to the foreground or background (depth x0.5 or x2, half each; a second table puts them
+the real 405-px pattern (fixed; 5 corruption seeds). Corruption: exactly that fraction of the
+anchors, chosen at random, is moved to the foreground or background (depth x0.5 or x2, half each; a second table puts them
 all on one side, which is harder and closer to LiDAR returns seen past foreground edges). The
 "oracle removal" column drops the corrupted anchors instead: the information lost by losing
 them, which no outlier rejection can recover. Each frame runs a fresh
@@ -101,12 +101,17 @@ PATTERNS = [
 
 
 def corrupt(z, fraction, seed, foreground=0.5):
-    """Move a fraction of the anchors to the foreground (x0.5, with probability ``foreground``)
-    or to the background (x2)."""
+    """Move exactly round(fraction * n) anchors, chosen at random, to the foreground (x0.5) or to
+    the background (x2): a ``foreground`` share of them (rounded) forward, the rest back."""
     rng = np.random.default_rng(1000 + seed)
-    bad = rng.random(len(z)) < fraction
+    k = int(round(fraction * len(z)))
+    chosen = rng.permutation(len(z))[:k]
+    bad = np.zeros(len(z), bool)
+    bad[chosen] = True
     out = z.copy()
-    out[bad] *= np.where(rng.random(int(bad.sum())) < foreground, 0.5, 2.0)
+    forward = chosen[:int(round(foreground * k))]
+    out[chosen] *= 2.0
+    out[forward] *= 0.25                  # x2 then x0.25 = x0.5
     return out, bad
 
 

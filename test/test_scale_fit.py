@@ -133,3 +133,36 @@ def test_apply_fit_marks_impossible_depth_invalid():
     inv = apply_fit(rel, 1.0, 0.0, 'inverse')
     assert np.isnan(inv[0, 0]) and np.isclose(inv[0, 1], 2.0)      # 1/0 is not a depth
     assert depth.dtype == np.float32
+
+
+def test_a_start_between_two_groups_does_not_decide_the_fit(monkeypatch):
+    """A third of the anchors seen through a foreground edge (x0.5): IRLS started near that
+    group converges to it; the fit runs from a second start (the resistant line) and keeps the
+    solution with the lower bounded loss, i.e. the majority."""
+    import fiffdepth_ros.scale.fit as fit_module
+
+    x, z = _scene(n=1000, noise=0.02, seed=11)
+    bad = np.random.default_rng(12).permutation(len(z))[:300]
+    z[bad] *= 0.5
+    opts = FitOptions()
+    minority = (1.5, 0.4)                      # the x0.5 group's line: 0.5 * (3.0 x + 0.8)
+    problem = fit_module._Problem(x, z, np.full(len(z), 1e4), opts)
+    s, t = fit_module._irls(problem, opts, minority)
+    assert np.isclose(s, 1.5, rtol=0.05)       # one start alone lands on the minority
+    monkeypatch.setattr(fit_module, '_repeated_median', lambda *a: minority)
+    fit = fit_scale_shift(x, z, options=opts)
+    assert fit.status == 'fitted'
+    assert np.isclose(fit.scale, 3.0, rtol=0.03) and np.isclose(fit.shift, 0.8, atol=0.05)
+    assert not fit.inliers[bad].any() and fit.n_inliers == 700
+
+
+def test_resistant_line_is_robust_to_a_scattered_third():
+    from fiffdepth_ros.scale.fit import _resistant_line
+
+    x, z = _scene(n=900, seed=13)
+    z[::3] *= 2.0                              # every third anchor seen through to the background
+    s, t = _resistant_line(x, z)
+    # Inside the majority's basin (the x2 group's line would be 6.0 x + 1.6).
+    assert abs(s - 3.0) < 1.0 and abs(t - 0.8) < 0.5
+    assert np.isnan(_resistant_line(np.ones(10), np.arange(10.0))[0])   # no spread in x
+    assert np.isnan(_resistant_line(np.ones(2), np.ones(2))[0])          # too few for thirds

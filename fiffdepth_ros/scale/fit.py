@@ -48,7 +48,7 @@ class FitOptions:
     min_inlier_fraction: float = 0.5    # fewer inliers: anchors disagree, failed
     max_residual: float = 0.35          # relative RMS of inliers; more: anchors disagree, failed
     max_iterations: int = 50
-    tolerance: float = 1e-4             # convergence: fitted values move < tol * data range
+    tolerance: float = 1e-3             # convergence: fitted values move < tol * data range
     init_points: int = 64               # subset size of the repeated-median start (O(k^2))
     fit_points: int = 1024              # subset size of the IRLS (inliers judged on all)
 
@@ -175,7 +175,7 @@ def fit_scale_shift(relative, depth, weight=None, options: FitOptions = FitOptio
     if n >= options.min_anchors and np.ptp(p.x) <= 1e-9 * max(float(np.max(np.abs(p.x))), 1e-30):
         reason = 'all anchors see the same relative value: shift unobservable'
     elif n >= options.min_anchors:
-        s, t = _irls(p, options, _repeated_median(p.x, p.y, options.init_points))
+        s, t = _robust_line(p, options)
         mask = p.inliers(s, t) if np.isfinite(s) and np.isfinite(t) else np.zeros(n, bool)
         spread = _spread(p.z[mask])
         if not (np.isfinite(s) and np.isfinite(t)):
@@ -235,11 +235,52 @@ def _repeated_median(x, y, k) -> tuple[float, float]:
     return s, float(np.median(y[sub] - s * x[sub]))
 
 
-def _irls(p: _Problem, options: FitOptions, start) -> tuple[float, float]:
-    """Tukey IRLS for y = s x + t on an evenly spaced subset of at most ``fit_points`` anchors
-    (statistically plenty, and a bounded cost for dense stereo or LiDAR)."""
+def _resistant_line(x, y) -> tuple[float, float]:
+    """Tukey's resistant line: slope through the medians of the lower and upper thirds in x,
+    intercept the median residual. Uses every point (low variance) and stays inside the
+    majority's band under one-sided contamination, where a repeated median on a small subset
+    can land between the two groups."""
+    order = np.argsort(x, kind='stable')
+    third = len(x) // 3
+    if third < 1:
+        return np.nan, np.nan
+    lo, hi = order[:third], order[-third:]
+    dx = float(np.median(x[hi]) - np.median(x[lo]))
+    if not dx > 0:
+        return np.nan, np.nan
+    s = float(np.median(y[hi]) - np.median(y[lo])) / dx
+    return s, float(np.median(y - s * x))
+
+
+def _robust_line(p: _Problem, options: FitOptions) -> tuple[float, float]:
+    """Tukey IRLS from two deterministic starts (repeated median, resistant line); the
+    solution that leaves the lower bounded (Tukey) loss wins. One start can sit between two
+    groups of anchors (a third of them seen through a foreground edge) and converge to the
+    smaller one."""
     sub = p.subset(_subset(len(p.x), options.fit_points))
-    xs, ys, inv_var = sub.x, sub.y, sub.inv_var
+    best, best_loss = (np.nan, np.nan), np.inf
+    for start in (_resistant_line(sub.x, sub.y),
+                  _repeated_median(p.x, p.y, options.init_points)):
+        if not (np.isfinite(start[0]) and np.isfinite(start[1])):
+            continue
+        s, t = _irls(sub, options, start, best if np.isfinite(best_loss) else None)
+        if not (np.isfinite(s) and np.isfinite(t)):
+            continue
+        u = sub.tukey(s, t)                     # (1 - r^2)^2; the loss 1 - (1 - r^2)^3
+        loss = float(np.sum(1.0 - u * np.sqrt(u)))
+        if loss < best_loss - 1e-9 * len(u):
+            best, best_loss = (s, t), loss
+    if not np.isfinite(best_loss):          # no start: all x equal, or a degenerate subset
+        return _irls(sub, options, (np.nan, np.nan))
+    return best
+
+
+def _irls(p: _Problem, options: FitOptions, start, known=None) -> tuple[float, float]:
+    """Tukey IRLS for y = s x + t on ``p`` (the caller passes an evenly spaced subset of at
+    most ``fit_points`` anchors: statistically plenty, and a bounded cost for dense sensors).
+    Stops at ``known`` (a solution found from another start) once within 1 % of the data's
+    range of it: the same basin, the same fixed point."""
+    xs, ys, inv_var = p.x, p.y, p.inv_var
     s, t = start
     if not (np.isfinite(s) and np.isfinite(t)):
         s, t = _weighted_line(xs, ys, inv_var)      # all x equal: the spread check catches it
@@ -248,17 +289,23 @@ def _irls(p: _Problem, options: FitOptions, start) -> tuple[float, float]:
     # Converged when the fitted values move by < tol of the data's own spread.
     tol = options.tolerance * max(float(np.ptp(ys)), 1e-12)
     x_lo, x_hi = float(xs.min()), float(xs.max())
+
+    def distance(s2, t2):
+        return max(abs((s2 - s) * x_lo + t2 - t), abs((s2 - s) * x_hi + t2 - t))
+
     for _ in range(options.max_iterations):
-        u = sub.tukey(s, t)
+        u = p.tukey(s, t)
         if np.count_nonzero(u) < 2:
             break
         s_new, t_new = _weighted_line(xs, ys, u * inv_var)
         if not (np.isfinite(s_new) and np.isfinite(t_new)):
             break
-        moved = max(abs((s_new - s) * x_lo + t_new - t), abs((s_new - s) * x_hi + t_new - t))
+        moved = distance(s_new, t_new)
         s, t = s_new, t_new
         if moved <= tol:
             break
+        if known is not None and distance(*known) <= 10 * tol:
+            return known
     return float(s), float(t)
 
 

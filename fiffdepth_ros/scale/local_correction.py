@@ -52,6 +52,7 @@ class LocalCorrectionOptions:
     outlier_support: float = 3.0     # anchors on the same surface that can outvote one anchor
     outlier_cutoff: float = 0.5      # Tukey cutoff, log ratio to the neighbourhood (~ x1.65)
     iterations: int = 6              # max robust rounds (clean frames stop after 1-2; 0: off)
+    settle: float = 0.01             # rounds stop once the mean weight change is below this
     noise_floor: float = 0.01        # log-ratio noise floor (1 %): no anchor is trusted more
     max_correction: float = 1.0      # |log factor| clip: at most x e either way
     max_anchors_per_cell: float = 4.0  # denser anchor sets are thinned evenly (bounded cost)
@@ -391,7 +392,7 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
             break
         change = float(np.mean(np.abs(u_new - u)))
         u = u_new
-        if change < 0.01:          # the field is a weighted mean: it has settled as well
+        if change < options.settle:    # the field is a weighted mean: it has settled as well
             break
     if judged and u.any():
         # Reported only (the cutoff is fixed, see the module docstring); a subset suffices.

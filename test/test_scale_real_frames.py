@@ -1,0 +1,79 @@
+"""Scale recovery on the real frame in ../shared/data/rgbd (a real network's relative depth and
+its ground truth): accuracy that must not regress, and the LiDAR see-through case that used to
+make the global fit lock onto the foreground group. bench/scale_recovery.py has the full table."""
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fiffdepth_ros.scale.anchors import depth_image_anchors
+from fiffdepth_ros.scale.recovery import ScaleRecovery, ScaleRecoveryConfig
+
+DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'rgbd' / 'indoor_relative'
+
+pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f'test data not found at {DATA}')
+
+
+@pytest.fixture(scope='module')
+def frame():
+    relative = np.load(DATA / 'relative_pred.npy').astype(np.float32)
+    gt = cv2.imread(str(DATA / 'gt_depth.png'), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1e3
+    return relative, gt
+
+
+def _recover(relative, gt, rows, cols, z):
+    img = np.zeros(gt.shape, np.float32)
+    img[rows, cols] = z
+    anchors = depth_image_anchors(img, grid_step=1, target_shape=gt.shape, source='test')
+    depth, report = ScaleRecovery(ScaleRecoveryConfig(max_depth=10.0)).process(
+        relative, anchors, 0.0)
+    valid = gt > 0
+    ok = valid & np.isfinite(depth)
+    assert ok.sum() > 0.99 * valid.sum()
+    absrel = float(np.mean(np.abs(depth[ok] - gt[ok]) / gt[ok]))
+    rmse = float(np.sqrt(np.mean((depth[ok] - gt[ok]) ** 2)))
+    return absrel, rmse, report
+
+
+def _scan_lines(valid, lines, seed, step=4):
+    h, w = valid.shape
+    rows = np.round(8 + (h - 16) / lines * (np.arange(lines) + (seed + 0.5) / 5)).astype(int)
+    rr, cc = np.meshgrid(rows, np.arange(seed % step, w, step), indexing='ij')
+    keep = valid[rr.ravel(), cc.ravel()]
+    return rr.ravel()[keep], cc.ravel()[keep]
+
+
+@pytest.mark.parametrize('n, max_absrel, max_rmse', [(500, 0.02, 0.10), (100, 0.04, 0.25)])
+def test_random_anchors_reach_the_accuracy_targets(frame, n, max_absrel, max_rmse):
+    relative, gt = frame
+    flat = np.flatnonzero(gt > 0)
+    results = []
+    for seed in range(3):
+        idx = np.random.default_rng(seed).choice(flat, n, replace=False)
+        rows, cols = idx // gt.shape[1], idx % gt.shape[1]
+        absrel, rmse, report = _recover(relative, gt, rows, cols, gt[rows, cols])
+        assert report.status == 'fitted' and report.metric
+        results.append((absrel, rmse))
+    absrel, rmse = np.mean(results, axis=0)
+    assert absrel <= max_absrel and rmse <= max_rmse
+
+
+@pytest.mark.parametrize('factor', [0.5, 2.0])
+def test_a_third_of_scan_anchors_seen_through_edges_barely_matters(frame, factor):
+    """30 % of a 64-line scan moved to the foreground (x0.5) or background (x2), one side only:
+    every seed still fits the majority, and the corrected depth stays within 15 % of clean on
+    average (30 % for any one seed)."""
+    relative, gt = frame
+    ratios = []
+    for seed in range(5):
+        rows, cols = _scan_lines(gt > 0, 64, seed)
+        z = gt[rows, cols].copy()
+        clean, _, _ = _recover(relative, gt, rows, cols, z)
+        bad = np.random.default_rng(1000 + seed).permutation(len(z))[:int(round(0.3 * len(z)))]
+        z[bad] *= factor
+        absrel, _, report = _recover(relative, gt, rows, cols, z)
+        assert report.status == 'fitted', report.detail
+        assert report.inliers < 0.75 * len(z)          # the moved third is not in the fit
+        ratios.append(absrel / clean)
+    assert max(ratios) <= 1.3 and np.mean(ratios) <= 1.15, ratios
