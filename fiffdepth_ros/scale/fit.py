@@ -110,19 +110,26 @@ class _Problem:
 
     def log_error(self, s, t):
         """|log(fit / anchor)|; inf where the fit is not a positive depth."""
-        ratio = s * self.x + t
-        ratio /= self.y
+        err = s * self.x
+        err += t
+        err /= self.y
         # In inverse space pred/y is an inverse-depth ratio: |log| is the same.
-        positive = ratio > 0
         with np.errstate(divide='ignore', invalid='ignore'):
-            err = np.abs(np.log(ratio))
-        err[~positive] = np.inf
+            np.log(err, out=err)              # NaN where the fit is negative, -inf at 0
+        np.abs(err, out=err)
+        err[np.isnan(err)] = np.inf
         return err
 
     def tukey(self, s, t):
-        u = self.log_error(s, t)
+        """Tukey biweight (1 - r^2)^2 of r = log error / cutoff (0 beyond the cutoff)."""
+        u = s * self.x
+        u += t
+        u /= self.y
+        with np.errstate(divide='ignore', invalid='ignore'):
+            np.log(u, out=u)
+        np.abs(u, out=u)
         u /= self.cutoff
-        np.minimum(u, 1.0, out=u)
+        np.fmin(u, 1.0, out=u)                # fmin: NaN (a negative fit) -> 1, weight 0
         u *= u
         np.subtract(1.0, u, out=u)
         u *= u
@@ -289,15 +296,24 @@ def _irls(p: _Problem, options: FitOptions, start, known=None) -> tuple[float, f
     # Converged when the fitted values move by < tol of the data's own spread.
     tol = options.tolerance * max(float(np.ptp(ys)), 1e-12)
     x_lo, x_hi = float(xs.min()), float(xs.max())
+    # Each step is a weighted line: five weighted sums of the centred data in one product.
+    mx, my = float(np.mean(xs)), float(np.mean(ys))
+    cx, cy = xs - mx, ys - my
+    moments = np.stack([np.ones_like(cx), cx, cy, cx * cx, cx * cy])
 
     def distance(s2, t2):
         return max(abs((s2 - s) * x_lo + t2 - t), abs((s2 - s) * x_hi + t2 - t))
 
     for _ in range(options.max_iterations):
         u = p.tukey(s, t)
-        if np.count_nonzero(u) < 2:
+        u *= inv_var
+        sw, swx, swy, swxx, swxy = moments @ u
+        sxx = sw * swxx - swx * swx
+        if not (sw > 0 and sxx > 1e-300 * max(sw * swxx, 1e-300)) or \
+                np.count_nonzero(u) < 2:
             break
-        s_new, t_new = _weighted_line(xs, ys, u * inv_var)
+        s_new = (sw * swxy - swx * swy) / sxx
+        t_new = my + (swy - s_new * swx) / sw - s_new * mx
         if not (np.isfinite(s_new) and np.isfinite(t_new)):
             break
         moved = distance(s_new, t_new)
@@ -349,8 +365,10 @@ def _spread(z) -> float:
     """(p10 - p90) / p50, on an evenly spaced subset of at most 2048 values (a statistic)."""
     if len(z) < 2:
         return 0.0
-    z = np.sort(z[_subset(len(z), 2048)])
-    p10, p50, p90 = (z[int(round(q * (len(z) - 1)))] for q in (0.1, 0.5, 0.9))
+    z = z[_subset(len(z), 2048)]
+    k10, k50, k90 = (int(round(q * (len(z) - 1))) for q in (0.1, 0.5, 0.9))
+    z = np.partition(z, (k10, k50, k90))
+    p10, p50, p90 = z[k10], z[k50], z[k90]
     return float((p90 - p10) / p50) if p50 > 0 else 0.0
 
 
