@@ -336,19 +336,21 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)
     z = np.asarray(depth, np.float64)
-    a = aligned[rows, cols].astype(np.float64) if len(rows) else np.zeros(0)
-    valid = np.isfinite(a) & (a > 0) & np.isfinite(z) & (z > 0)
     weights = np.zeros(len(z))
-    if not valid.any():
-        return LocalCorrection(aligned.copy(), weights, np.nan)
-    used = np.flatnonzero(valid)
+    used = np.arange(len(z))
     cap = int(options.max_anchors_per_cell * (-(-h // options.cell)) * (-(-w // options.cell)))
     if len(used) > cap:
         # More anchors than the grid can tell apart: an evenly spaced subset (deterministic;
         # sensors deliver anchors in scan or pixel order, so it thins them uniformly) carries
         # the same field at a bounded cost. The others get weight 0 (not judged).
-        used = used[np.linspace(0, len(used) - 1, cap).round().astype(np.int64)]
-    rows, cols, z, a = rows[used], cols[used], z[used], a[used]
+        used = np.linspace(0, len(used) - 1, cap).round().astype(np.int64)
+    rows, cols, z = rows[used], cols[used], z[used]
+    a = aligned[rows, cols].astype(np.float64)
+    valid = np.isfinite(a) & (a > 0) & np.isfinite(z) & (z > 0)
+    if not valid.any():
+        return LocalCorrection(aligned.copy(), weights, np.nan)
+    if not valid.all():
+        used, rows, cols, z, a = used[valid], rows[valid], cols[valid], z[valid], a[valid]
     v = np.log(z / a)
     # Sensor noise in log space: var(log z) ~ var(z) / z^2, floored so no anchor dominates.
     log_var = 0.0 if weight is None else 1.0 / (np.asarray(weight, np.float64)[used] * z * z)
