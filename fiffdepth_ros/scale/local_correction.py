@@ -323,6 +323,21 @@ class _Fields:
         return self.grid.sample(state, self.corners, which * self.grid.channels)
 
 
+def anchor_budget(shape, options: LocalCorrectionOptions = LocalCorrectionOptions()) -> int:
+    """Most anchors the correction grid can tell apart: ``max_anchors_per_cell`` per cell."""
+    h, w = shape
+    return int(options.max_anchors_per_cell * (-(-h // options.cell)) * (-(-w // options.cell)))
+
+
+def evenly_spaced(n: int, budget: int) -> np.ndarray:
+    """Indices of at most ``budget`` of n anchors, evenly spaced in input order. Deterministic;
+    sensors deliver anchors in scan or pixel order, so this thins them uniformly over the
+    image, and the subset carries the same field at a bounded cost."""
+    if n <= budget:
+        return np.arange(n)
+    return np.linspace(0, n - 1, max(budget, 1)).round().astype(np.int64)
+
+
 def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
                      options: LocalCorrectionOptions = LocalCorrectionOptions()
                      ) -> LocalCorrection:
@@ -337,13 +352,8 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     cols = np.asarray(cols, np.int64)
     z = np.asarray(depth, np.float64)
     weights = np.zeros(len(z))
-    used = np.arange(len(z))
-    cap = int(options.max_anchors_per_cell * (-(-h // options.cell)) * (-(-w // options.cell)))
-    if len(used) > cap:
-        # More anchors than the grid can tell apart: an evenly spaced subset (deterministic;
-        # sensors deliver anchors in scan or pixel order, so it thins them uniformly) carries
-        # the same field at a bounded cost. The others get weight 0 (not judged).
-        used = np.linspace(0, len(used) - 1, cap).round().astype(np.int64)
+    # Thinned anchors get weight 0 (not judged).
+    used = evenly_spaced(len(z), anchor_budget((h, w), options))
     rows, cols, z = rows[used], cols[used], z[used]
     a = aligned[rows, cols].astype(np.float64)
     valid = np.isfinite(a) & (a > 0) & np.isfinite(z) & (z > 0)
