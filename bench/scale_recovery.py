@@ -13,12 +13,13 @@ RMSE and MAE in metres; pixels the method leaves invalid (NaN) are counted as co
 Anchors are GT pixels: random (10, 100, 500; 5 seeds averaged), LiDAR-like scan lines (16, 64
 lines across the image height, a sample every 4 px along each line; 5 seeds shift the lines), and
 the real 405-px pattern (fixed; 5 corruption seeds). Corruption: exactly that fraction of the
-anchors, chosen at random, is moved to the foreground or background (depth x0.5 or x2, half each; a second table puts them
-all on one side, which is harder and closer to LiDAR returns seen past foreground edges). The
-"oracle removal" column drops the corrupted anchors instead: the information lost by losing
-them, which no outlier rejection can recover. Each frame runs a fresh
-ScaleRecovery (the node's code): 'global' = robust global fit only, 'local' = with the local
-correction. Timing: median over repeats on this machine, 640x480.
+anchors, chosen at random, is moved to the foreground or background (depth x0.5 or x2, half
+each; a second table puts them all on one side, which is harder and closer to LiDAR returns
+seen past foreground edges). The "oracle removal" column drops the corrupted anchors instead:
+the information lost by losing them, which no outlier rejection can recover. Each frame runs a
+fresh ScaleRecovery (the node's code): 'global' = robust global fit only, 'local' = with the
+local correction. Timing: every step interleaved round-robin (the same machine conditions for
+all), median and p10-p90 over the rounds, 640x480.
 
 Nothing is written to disk; numbers are printed as measured, targets marked PASS or MISS.
 """
@@ -174,10 +175,6 @@ def oracle_fit(relative, gt, valid):
     return metrics(apply_fit(relative, s, t, 'depth'), gt, valid), (s, t)
 
 
-def timed(fn, repeats):
-    return timing.median_ms(fn, repeats, warmup=1)
-
-
 def lidar_sweep(gt, n_points=20000, seed=0):
     """A 20k-point LiDAR-like cloud of the GT scene (64 rings), in a LiDAR frame 10 cm above
     and 5 cm behind the camera, rotated like a body frame (x forward, z up)."""
@@ -196,11 +193,11 @@ def lidar_sweep(gt, n_points=20000, seed=0):
 
 
 def run_timing(relative, gt, valid, repeats):
+    """Median (p10, p90) ms of each step, all steps interleaved round-robin."""
     camera = CameraModel.pinhole(gt.shape[1], gt.shape[0], *NYU)
     points, camera_from_lidar = lidar_sweep(gt)
-    rows_t = {}
-    rows_t['LiDAR projection, 20k points (z-buffer + occlusion)'] = timed(
-        lambda: lidar_anchors(points, camera_from_lidar, camera, max_depth=10.0), repeats)
+    steps = {'LiDAR projection, 20k points (z-buffer + occlusion)':
+             lambda: lidar_anchors(points, camera_from_lidar, camera, max_depth=10.0)}
     lid = lidar_anchors(points, camera_from_lidar, camera, max_depth=10.0)
     sets = {'random 500': random_pattern(valid, 500, 0),
             'scan 64 lines': scan_pattern(valid, 64, 0),
@@ -214,17 +211,17 @@ def run_timing(relative, gt, valid, repeats):
         z, w = a.depth.astype(np.float64), a.weight.astype(np.float64)
         x = relative[r, c]
 
-        def fit_and_local():
+        def fit_and_local(x=x, z=z, w=w, r=r, c=c):
             f = fit_scale_shift(x, z, w)
             return local_correction(apply_fit(relative, f.scale, f.shift, 'depth'), r, c, z, w)
 
-        rows_t[f'fit only ({name})'] = timed(lambda: fit_scale_shift(x, z, w), repeats)
-        rows_t[f'fit + local correction ({name})'] = timed(fit_and_local, repeats)
         rec = ScaleRecovery(ScaleRecoveryConfig(max_depth=10.0))
         stamp = iter(np.arange(10 ** 6) * 0.033)
-        rows_t[f'ScaleRecovery.process, whole frame ({name})'] = timed(
-            lambda: rec.process(relative, a, next(stamp)), repeats)
-    return rows_t
+        steps[f'fit only ({name})'] = lambda x=x, z=z, w=w: fit_scale_shift(x, z, w)
+        steps[f'fit + local correction ({name})'] = fit_and_local
+        steps[f'ScaleRecovery.process, whole frame ({name})'] = \
+            lambda rec=rec, a=a, stamp=stamp: rec.process(relative, a, next(stamp))
+    return timing.interleaved_ms(steps, repeats)
 
 
 # ---------------------------------------------------------------------------- report
@@ -235,7 +232,7 @@ def verdict(ok):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     ap.add_argument('--data', type=Path, default=DEFAULT_DATA)
-    ap.add_argument('--repeats', type=int, default=50)
+    ap.add_argument('--repeats', type=int, default=100)
     args = ap.parse_args(argv)
     relative, gt, sparse_rc = load(args.data)
     valid = gt > 0
@@ -293,15 +290,15 @@ def main(argv=None):
         print(f'| {name} | {bg:.4f} ({100 * (bg / base - 1):+.0f} %) | '
               f'{fg:.4f} ({100 * (fg / base - 1):+.0f} %) |')
 
-    timing = run_timing(relative, gt, valid, args.repeats)
-    print(f'\n## Time per 640x480 frame (median of {args.repeats})')
-    print('| step | ms |')
-    print('|---|---:|')
-    for name, ms in timing.items():
-        print(f'| {name} | {ms:.2f} |')
+    times = run_timing(relative, gt, valid, args.repeats)
+    print(f'\n## Time per 640x480 frame ({args.repeats} rounds, steps interleaved)')
+    print('| step | median ms | p10-p90 ms |')
+    print('|---|---:|---:|')
+    for name, (ms, p10, p90) in times.items():
+        print(f'| {name} | {ms:.2f} | {p10:.2f}-{p90:.2f} |')
 
     r500, r100 = table['random 500', 0.0]['local'], table['random 100', 0.0]['local']
-    fit_local = {k: v for k, v in timing.items() if k.startswith('fit + local')}
+    fit_local = {k: v[0] for k, v in times.items() if k.startswith('fit + local')}
     print('\n## Targets')
     print('| target | measured | |')
     print('|---|---|---|')
