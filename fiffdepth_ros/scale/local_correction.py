@@ -27,7 +27,9 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    with no neighbours on its surface (it may be the only one that sees a structure) is not
    judged. The cutoff is a fixed gross-error ratio (``outlier_cutoff``, log), not a multiple of
    the residuals' MAD: one-sided contamination inflates the MAD until nothing is rejected, and
-   the prediction's genuine local errors are far from Gaussian.
+   the prediction's genuine local errors are far from Gaussian. The global fit has a weak vote
+   in every judging window (``judge_prior`` anchors at v = 0, never counted as support): where
+   bad anchors happen to match the good ones in number locally, it tips the balance.
 
 Judging rounds run on a grid of four times the cell with nearest-cell splats (neighbourhoods,
 not detail, matter there: the same accuracy as twice the cell in bench/scale_recovery.py, ~8 %
@@ -52,6 +54,7 @@ class LocalCorrectionOptions:
     max_bins: int = 48               # bilateral bins cap (wider bins for huge depth ranges)
     outlier_support: float = 3.0     # anchors on the same surface that can outvote one anchor
     outlier_cutoff: float = 0.5      # Tukey cutoff, log ratio to the neighbourhood (~ x1.65)
+    judge_prior: float = 0.5         # the global fit counts as this many anchors when judging
     iterations: int = 6              # max robust rounds (clean frames stop after 1-2; 0: off)
     settle: float = 0.01             # rounds stop once the mean weight change is below this
     noise_floor: float = 0.01        # log-ratio noise floor (1 %): no anchor is trusted more
@@ -66,6 +69,8 @@ class LocalCorrectionOptions:
                              'outlier_support > 0')
         if not self.outlier_cutoff > 0:
             raise ValueError(f'outlier_cutoff must be > 0, got {self.outlier_cutoff}')
+        if not self.judge_prior >= 0:
+            raise ValueError(f'judge_prior must be >= 0, got {self.judge_prior}')
         if not self.max_anchors_per_cell > 0:
             raise ValueError('max_anchors_per_cell must be > 0')
         if not (self.range_sigma > 0 and self.max_bins >= 2 and self.iterations >= 0):
@@ -231,7 +236,8 @@ def _range_blur(nd: np.ndarray) -> np.ndarray:
     return flat.reshape(nd.shape)
 
 
-def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool) -> np.ndarray:
+def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool,
+                prior: tuple[float, float] | None = None) -> np.ndarray:
     """Density-adaptive normalised convolution over a pyramid; the base is 0.
 
     ``nd``: splatted (num, den), shape (gh, gw, 2, channels). Returns, in the same layout, the
@@ -243,6 +249,9 @@ def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool) -> np
     anchors. Judging (``exclusive`` True): a scale only takes over from ``support`` anchors,
     fully at twice that, which bounds any single anchor's share of the field at its own
     position by ~1/support.
+
+    ``prior`` (anchors, value): a pseudo-anchor of that value worth that many anchors (in units
+    of the support) in every window; it shifts the estimate but never counts as support.
     """
     floors = grid.floors
     pyramid = [nd]
@@ -271,6 +280,12 @@ def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool) -> np
             alpha -= one
         np.maximum(alpha, zero, out=alpha)       # clip to [0, 1] (np.clip's wrapper is slower)
         np.minimum(alpha, one, out=alpha)
+        if prior is not None:
+            # Worth prior[0] * support anchors at every scale: d counts anchors per window
+            # as d * gain * s^2 * 4^j (the alpha above).
+            weight = np.float32(prior[0] / (gain * s * s * 4 ** j))
+            n += weight * np.float32(prior[1])
+            d += weight
         np.maximum(d, tiny, out=d)
         n /= d
         d[...] = 0.0
@@ -295,9 +310,10 @@ class _Fields:
         self.grid = _Grid(h, w, cell, opts.base_sigma, axis)
         self.corners = self.grid.corners(rows, cols, anchor_bins, nearest)
 
-    def build(self, v, wv, support, exclusive) -> np.ndarray:
+    def build(self, v, wv, support, exclusive, prior=0.0) -> np.ndarray:
         """The blended grid, (gh, gw, 2, channels): [..., 0, :bins] the field (the spatial
-        field if not bilateral), [..., 1, :bins] the share of the spatial fallback in it."""
+        field if not bilateral), [..., 1, :bins] the share of the spatial fallback in it.
+        ``prior``: v = 0 (the global fit) counts as this many anchors in every window."""
         total = float(wv.sum())
         base = float(np.dot(v, wv)) / total
         mean_w = total / np.count_nonzero(wv)
@@ -305,13 +321,15 @@ class _Fields:
         nd = self.grid.splat(self.corners, v - base, wv)
         grid = self.grid
         if grid.axis is None:
-            state = _multiscale(grid, nd, gain, exclusive)
+            state = _multiscale(grid, nd, gain, exclusive,
+                                (prior / support, -base) if prior > 0 else None)
             state[:, :, 0] += np.float32(base)
             return state
         bins, sp = grid.bins, grid.spatial_channel
         np.sum(nd[..., :bins], axis=-1, out=nd[..., sp])
         nd = _range_blur(nd)       # commutes with pooling and spatial blur: done once
-        state = _multiscale(grid, nd, gain / float(_RANGE_KERNEL[2]), exclusive)
+        state = _multiscale(grid, nd, gain / float(_RANGE_KERNEL[2]), exclusive,
+                            (prior / support, -base) if prior > 0 else None)
         field, keep = state[:, :, 0, :bins], state[:, :, 1, :bins]
         keep_spatial = keep * state[:, :, 0, sp:]
         field += keep_spatial
@@ -393,7 +411,7 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     for _ in range(options.iterations if judged else 0):
         # Judging counts anchors, not their claimed precision: an outlier's own noise model
         # is as wrong as its depth (a near-looking return claims a small sigma).
-        state = judge.build(v, u, options.outlier_support, True)
+        state = judge.build(v, u, options.outlier_support, True, options.judge_prior)
         e = v - judge.sample(state)
         if axis is not None:
             # Only anchors on the same surface (similar predicted depth) can outvote an anchor;
