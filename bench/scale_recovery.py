@@ -44,7 +44,8 @@ from fiffdepth_ros.scale.local_correction import local_correction  # noqa: E402
 from fiffdepth_ros.scale.recovery import ScaleRecovery, ScaleRecoveryConfig  # noqa: E402
 import timing  # noqa: E402  (bench/timing.py, beside this script)
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'rgbd'
+DEFAULT_DATA = Path(os.environ.get('FIFFDEPTH_DATA', Path(__file__).resolve().parents[2] / 'shared' /
+                                   'data')) / 'rgbd'
 NYU = (518.86, 519.47, 325.58, 253.74)          # approximate NYUv2 intrinsics (README)
 SEEDS = range(5)
 FRACTIONS = (0.0, 0.1, 0.3)

@@ -1,6 +1,7 @@
 """Scale recovery on the real frame in ../shared/data/rgbd (a real network's relative depth and
 its ground truth): accuracy that must not regress, and the LiDAR see-through case that used to
 make the global fit lock onto the foreground group. bench/scale_recovery.py has the full table."""
+import os
 from pathlib import Path
 
 import cv2
@@ -10,7 +11,10 @@ import pytest
 from fiffdepth_ros.scale.anchors import depth_image_anchors
 from fiffdepth_ros.scale.recovery import ScaleRecovery, ScaleRecoveryConfig
 
-DATA = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'rgbd' / 'indoor_relative'
+# The project's shared test data sits beside the checkout (../shared/data); FIFFDEPTH_DATA
+# points elsewhere.
+DATA = Path(os.environ.get('FIFFDEPTH_DATA', Path(__file__).resolve().parents[2] / 'shared' /
+                           'data')) / 'rgbd' / 'indoor_relative'
 
 pytestmark = pytest.mark.skipif(not DATA.is_dir(), reason=f'test data not found at {DATA}')
 
