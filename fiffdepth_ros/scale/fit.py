@@ -108,26 +108,25 @@ class _Problem:
             setattr(sub, name, getattr(self, name)[index])
         return sub
 
+    def _abs_log_ratio(self, s, t):
+        """|log(fit / anchor)|, NaN where the fit is not a positive depth. In inverse space
+        fit/anchor is an inverse-depth ratio: the |log| is the same."""
+        r = s * self.x
+        r += t
+        r /= self.y
+        with np.errstate(divide='ignore', invalid='ignore'):
+            np.log(r, out=r)                  # NaN where the fit is negative, -inf at 0
+        return np.abs(r, out=r)
+
     def log_error(self, s, t):
         """|log(fit / anchor)|; inf where the fit is not a positive depth."""
-        err = s * self.x
-        err += t
-        err /= self.y
-        # In inverse space pred/y is an inverse-depth ratio: |log| is the same.
-        with np.errstate(divide='ignore', invalid='ignore'):
-            np.log(err, out=err)              # NaN where the fit is negative, -inf at 0
-        np.abs(err, out=err)
+        err = self._abs_log_ratio(s, t)
         err[np.isnan(err)] = np.inf
         return err
 
     def tukey(self, s, t):
         """Tukey biweight (1 - r^2)^2 of r = log error / cutoff (0 beyond the cutoff)."""
-        u = s * self.x
-        u += t
-        u /= self.y
-        with np.errstate(divide='ignore', invalid='ignore'):
-            np.log(u, out=u)
-        np.abs(u, out=u)
+        u = self._abs_log_ratio(s, t)
         u /= self.cutoff
         np.fmin(u, 1.0, out=u)                # fmin: NaN (a negative fit) -> 1, weight 0
         u *= u
