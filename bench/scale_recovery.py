@@ -44,8 +44,8 @@ from fiffdepth_ros.scale.local_correction import local_correction  # noqa: E402
 from fiffdepth_ros.scale.recovery import ScaleRecovery, ScaleRecoveryConfig  # noqa: E402
 import timing  # noqa: E402  (bench/timing.py, beside this script)
 
-DEFAULT_DATA = Path(os.environ.get('FIFFDEPTH_DATA', Path(__file__).resolve().parents[2] / 'shared' /
-                                   'data')) / 'rgbd'
+_SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+DEFAULT_DATA = Path(os.environ.get('FIFFDEPTH_DATA', _SHARED)) / 'rgbd'
 NYU = (518.86, 519.47, 325.58, 253.74)          # approximate NYUv2 intrinsics (README)
 SEEDS = range(5)
 FRACTIONS = (0.0, 0.1, 0.3)
@@ -212,6 +212,31 @@ def lidar_sweep(gt, n_points=20000, seed=0):
     return camera_from_lidar.inverse().apply(pts_cam), camera_from_lidar
 
 
+def lidar_sweep_360(gt, camera_from_lidar, rings=32, n_points=20000):
+    """A 20k-point, 360-degree, 32-ring sweep (+-15 degrees) as a real spinning LiDAR gives it:
+    returns inside the camera's view take the GT depth along the camera ray through that pixel,
+    the rest a wall 4 m away. Only the part in view becomes anchors."""
+    h, w = gt.shape
+    fx, fy, cx, cy = NYU
+    az = np.linspace(-np.pi, np.pi, n_points // rings, endpoint=False)
+    el = np.radians(np.linspace(-15.0, 15.0, rings))
+    az, el = np.meshgrid(az, el)
+    dirs = np.stack([np.cos(el) * np.cos(az), np.cos(el) * np.sin(az), np.sin(el)], -1)
+    dirs = dirs.reshape(-1, 3)
+    cam = dirs @ camera_from_lidar.rotation.T                 # ray directions, camera frame
+    pts = dirs * 4.0
+    ahead = cam[:, 2] > 1e-6
+    u = np.full(len(cam), -1)
+    v = np.full(len(cam), -1)
+    u[ahead] = np.round(fx * cam[ahead, 0] / cam[ahead, 2] + cx).astype(int)
+    v[ahead] = np.round(fy * cam[ahead, 1] / cam[ahead, 2] + cy).astype(int)
+    seen = ahead & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    z = np.where(gt[v[seen], u[seen]] > 0, gt[v[seen], u[seen]], 5.0).astype(np.float64)
+    in_cam = cam[seen] * (z / cam[seen, 2])[:, None]          # on the camera ray at GT depth
+    pts[seen] = camera_from_lidar.inverse().apply(in_cam)
+    return pts
+
+
 def run_timing(relative, gt, valid, repeats):
     """Median (p10, p90) ms of each step, all steps interleaved round-robin."""
     camera = CameraModel.pinhole(gt.shape[1], gt.shape[0], *NYU)
@@ -219,13 +244,15 @@ def run_timing(relative, gt, valid, repeats):
     steps = {'LiDAR projection, 20k points (z-buffer + occlusion)':
              lambda: lidar_anchors(points, camera_from_lidar, camera, max_depth=10.0)}
     lid = lidar_anchors(points, camera_from_lidar, camera, max_depth=10.0)
+    spin = lidar_anchors(lidar_sweep_360(gt, camera_from_lidar), camera_from_lidar, camera,
+                         max_depth=10.0)
     sets = {'random 500': random_pattern(valid, 500, 0),
             'scan 64 lines': scan_pattern(valid, 64, 0),
-            f'LiDAR 20k -> {len(lid)} anchors': (lid.rows, lid.cols)}
-    for name, (rows, cols) in sets.items():
-        if name.startswith('LiDAR'):
-            a = lid
-        else:
+            f'20k-point 360-degree sweep -> {len(spin)} anchors in view': spin,
+            f'LiDAR 20k all in view -> {len(lid)} anchors': lid}
+    for name, a in sets.items():
+        if isinstance(a, tuple):
+            rows, cols = a
             a = anchors_from(rows, cols, gt[rows, cols], gt.shape)
         r, c = a.rows.astype(np.int64), a.cols.astype(np.int64)
         z, w = a.depth.astype(np.float64), a.weight.astype(np.float64)
