@@ -166,3 +166,21 @@ def test_resistant_line_is_robust_to_a_scattered_third():
     assert abs(s - 3.0) < 1.0 and abs(t - 0.8) < 0.5
     assert np.isnan(_resistant_line(np.ones(10), np.arange(10.0))[0])   # no spread in x
     assert np.isnan(_resistant_line(np.ones(2), np.ones(2))[0])          # too few for thirds
+
+
+def test_second_start_runs_only_when_the_first_leaves_many_anchors_out(monkeypatch):
+    import fiffdepth_ros.scale.fit as fit_module
+
+    calls = []
+    real = fit_module._repeated_median
+    monkeypatch.setattr(fit_module, '_repeated_median',
+                        lambda *a: calls.append(1) or real(*a))
+    x, z = _scene(n=1000, noise=0.02, seed=14)
+    z[:50] *= 2.0                                   # 5 % gross outliers: one start suffices
+    assert fit_scale_shift(x, z).status == 'fitted' and not calls
+    z[:300] *= 2.0                                  # 30 %: the second start is tried as well
+    fit = fit_scale_shift(x, z)
+    assert calls and np.isclose(fit.scale, 3.0, rtol=0.03)
+    calls.clear()
+    fit_scale_shift(x[:40], z[:40])                 # few anchors
+    assert calls                                    # small sets always try both (cheap)

@@ -259,14 +259,18 @@ def _resistant_line(x, y) -> tuple[float, float]:
 
 
 def _robust_line(p: _Problem, options: FitOptions) -> tuple[float, float]:
-    """Tukey IRLS from two deterministic starts (repeated median, resistant line); the
+    """Tukey IRLS from two deterministic starts (resistant line, repeated median); the
     solution that leaves the lower bounded (Tukey) loss wins. One start can sit between two
     groups of anchors (a third of them seen through a foreground edge) and converge to the
-    smaller one."""
+    smaller one. With 100 anchors or more, the second start is skipped when the first
+    solution already explains ``_SETTLED_SHARE`` of them: a better line would have to share
+    most of those anchors, i.e. lie in the same basin."""
     sub = p.subset(_subset(len(p.x), options.fit_points))
     best, best_loss = (np.nan, np.nan), np.inf
-    for start in (_resistant_line(sub.x, sub.y),
-                  _repeated_median(p.x, p.y, options.init_points)):
+    starts = (lambda: _resistant_line(sub.x, sub.y),
+              lambda: _repeated_median(p.x, p.y, options.init_points))
+    for make_start in starts:
+        start = make_start()
         if not (np.isfinite(start[0]) and np.isfinite(start[1])):
             continue
         s, t = _irls(sub, options, start, best if np.isfinite(best_loss) else None)
@@ -276,9 +280,14 @@ def _robust_line(p: _Problem, options: FitOptions) -> tuple[float, float]:
         loss = float(np.sum(1.0 - u * np.sqrt(u)))
         if loss < best_loss - 1e-9 * len(u):
             best, best_loss = (s, t), loss
+        if len(u) >= 100 and np.count_nonzero(u) >= _SETTLED_SHARE * len(u):
+            break
     if not np.isfinite(best_loss):          # no start: all x equal, or a degenerate subset
         return _irls(sub, options, (np.nan, np.nan))
     return best
+
+
+_SETTLED_SHARE = 0.8
 
 
 def _irls(p: _Problem, options: FitOptions, start, known=None) -> tuple[float, float]:
