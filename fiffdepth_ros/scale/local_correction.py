@@ -31,9 +31,10 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    in every judging window (``judge_prior`` anchors at v = 0, never counted as support): where
    bad anchors happen to match the good ones in number locally, it tips the balance.
 
-Judging rounds run on a grid of four times the cell with nearest-cell splats (neighbourhoods,
-not detail, matter there: the same accuracy as twice the cell in bench/scale_recovery.py, ~8 %
-less time). Anchor sets denser than ``max_anchors_per_cell`` are thinned evenly.
+Judging rounds run on a grid of four times the cell with nearest-cell splats and scales four
+times apart (neighbourhoods, not detail, matter there: the same accuracy as twice the cell and
+scales twice apart in bench/scale_recovery.py, ~13 % less time). Anchor sets denser than
+``max_anchors_per_cell`` are thinned evenly.
 """
 from __future__ import annotations
 
@@ -93,6 +94,7 @@ class LocalCorrection:
 _RANGE_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
 _ONE = np.ones(1, np.float32)
 _JUDGE_CELLS = 4         # judging grid cell, in cells of the interpolation grid
+_JUDGE_RATIO = 4.0       # judging scales 4x apart (neighbourhoods of 0.5, 2, 8 judge cells)
 _MAX_SIGMA = 1.0        # blur at most this many cells on a pyramid floor; pool beyond
 _SLICE_STEP = 2         # the correction factor is read every 2 pixels, then upsampled
 
@@ -125,12 +127,13 @@ class _Grid:
     """
 
     def __init__(self, height: int, width: int, cell: int, base_sigma: float,
-                 axis: '_RangeAxis | None' = None):
+                 axis: '_RangeAxis | None' = None, ratio: float = 2.0):
         self.h, self.w, self.cell = height, width, cell
         nh, nw = max(-(-height // cell), 1), max(-(-width // cell), 1)
-        # Scales up to the grid's extent; beyond that the field is the mean anyway.
-        self.levels = max(int(np.floor(np.log2(max(nh, nw) / base_sigma))) + 1, 1)
-        self.sigmas = [base_sigma * 2.0 ** k for k in range(self.levels)]
+        # Scales ``ratio`` apart up to the grid's extent; beyond that the field is the mean.
+        self.levels = max(int(np.floor(np.log(max(nh, nw) / base_sigma) / np.log(ratio))) + 1,
+                          1)
+        self.sigmas = [base_sigma * ratio ** k for k in range(self.levels)]
         self.floors = [0] * self.levels
         for k, s in enumerate(self.sigmas):
             j = 0
@@ -305,9 +308,10 @@ class _Fields:
     """
 
     def __init__(self, shape, opts: LocalCorrectionOptions, cell, rows, cols,
-                 axis: _RangeAxis | None = None, anchor_bins=None, nearest=False):
+                 axis: _RangeAxis | None = None, anchor_bins=None, nearest=False,
+                 ratio: float = 2.0):
         h, w = shape
-        self.grid = _Grid(h, w, cell, opts.base_sigma, axis)
+        self.grid = _Grid(h, w, cell, opts.base_sigma, axis, ratio)
         self.corners = self.grid.corners(rows, cols, anchor_bins, nearest)
 
     def build(self, v, wv, support, exclusive, prior=0.0) -> np.ndarray:
@@ -406,8 +410,8 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     judged = options.iterations > 0 and len(v) > 1
     if judged:
         # Judging needs neighbourhoods, not detail: a coarser grid, nearest cell splats.
-        judge = _Fields((h, w), options, _JUDGE_CELLS * options.cell, rows, cols, axis, anchor_bins,
-                        nearest=True)
+        judge = _Fields((h, w), options, _JUDGE_CELLS * options.cell, rows, cols, axis,
+                        anchor_bins, nearest=True, ratio=_JUDGE_RATIO)
     for _ in range(options.iterations if judged else 0):
         # Judging counts anchors, not their claimed precision: an outlier's own noise model
         # is as wrong as its depth (a near-looking return claims a small sigma).
