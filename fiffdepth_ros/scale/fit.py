@@ -296,18 +296,27 @@ def _irls(p: _Problem, options: FitOptions, start, known=None) -> tuple[float, f
     Stops at ``known`` (a solution found from another start) once within 1 % of the data's
     range of it: the same basin, the same fixed point."""
     xs, ys, inv_var = p.x, p.y, p.inv_var
+    # A weighted line from five weighted sums of the centred data, in one product.
+    mx, my = float(np.mean(xs)), float(np.mean(ys))
+    cx, cy = xs - mx, ys - my
+    moments = np.stack([np.ones_like(cx), cx, cy, cx * cx, cx * cy])
+
+    def weighted_line(w) -> tuple[float, float]:
+        sw, swx, swy, swxx, swxy = moments @ w
+        sxx = sw * swxx - swx * swx
+        if not (sw > 0 and sxx > 1e-300 * max(sw * swxx, 1e-300)) or np.count_nonzero(w) < 2:
+            return np.nan, np.nan                   # no weight, or all x equal
+        slope = (sw * swxy - swx * swy) / sxx
+        return slope, my + (swy - slope * swx) / sw - slope * mx
+
     s, t = start
     if not (np.isfinite(s) and np.isfinite(t)):
-        s, t = _weighted_line(xs, ys, inv_var)      # all x equal: the spread check catches it
+        s, t = weighted_line(inv_var)               # all x equal: the spread check catches it
     if not (np.isfinite(s) and np.isfinite(t)):
         return np.nan, np.nan
     # Converged when the fitted values move by < tol of the data's own spread.
     tol = options.tolerance * max(float(np.ptp(ys)), 1e-12)
     x_lo, x_hi = float(xs.min()), float(xs.max())
-    # Each step is a weighted line: five weighted sums of the centred data in one product.
-    mx, my = float(np.mean(xs)), float(np.mean(ys))
-    cx, cy = xs - mx, ys - my
-    moments = np.stack([np.ones_like(cx), cx, cy, cx * cx, cx * cy])
 
     def distance(s2, t2):
         return max(abs((s2 - s) * x_lo + t2 - t), abs((s2 - s) * x_hi + t2 - t))
@@ -315,13 +324,7 @@ def _irls(p: _Problem, options: FitOptions, start, known=None) -> tuple[float, f
     for _ in range(options.max_iterations):
         u = p.tukey(s, t)
         u *= inv_var
-        sw, swx, swy, swxx, swxy = moments @ u
-        sxx = sw * swxx - swx * swx
-        if not (sw > 0 and sxx > 1e-300 * max(sw * swxx, 1e-300)) or \
-                np.count_nonzero(u) < 2:
-            break
-        s_new = (sw * swxy - swx * swy) / sxx
-        t_new = my + (swy - s_new * swx) / sw - s_new * mx
+        s_new, t_new = weighted_line(u)
         if not (np.isfinite(s_new) and np.isfinite(t_new)):
             break
         moved = distance(s_new, t_new)
@@ -353,20 +356,6 @@ def _irls_scale_only(p: _Problem, t0: float, options: FitOptions) -> float:
         if moved <= tol:
             break
     return s
-
-
-def _weighted_line(x, y, w) -> tuple[float, float]:
-    sw = float(np.sum(w))
-    if sw <= 0:
-        return np.nan, np.nan
-    mx, my = float(np.dot(w, x)) / sw, float(np.dot(w, y)) / sw
-    dx = x - mx
-    wdx = w * dx
-    sxx = float(np.dot(wdx, dx))
-    if sxx <= 1e-300:
-        return np.nan, np.nan
-    s = float(np.dot(wdx, y - my)) / sxx
-    return s, my - s * mx
 
 
 def _spread(z) -> float:
