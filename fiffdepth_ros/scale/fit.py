@@ -206,11 +206,13 @@ def fit_scale_shift(relative, depth, weight=None, options: FitOptions = FitOptio
 
 # ---------------------------------------------------------------------------- estimators
 
-def _subset(n: int, k: int):
-    """Evenly spaced indices (deterministic) when there are more than k anchors."""
+def evenly_spaced(n: int, k: int) -> np.ndarray:
+    """Indices of at most k of n items, evenly spaced in input order (all of them if n <= k).
+    Deterministic; sensors deliver anchors in scan or pixel order, so this thins them
+    uniformly over the image."""
     if n <= k:
-        return slice(None)
-    return np.linspace(0, n - 1, k).round().astype(np.int64)
+        return np.arange(n)
+    return np.linspace(0, n - 1, max(k, 1)).round().astype(np.int64)
 
 
 def _median_rows(a: np.ndarray) -> np.ndarray:
@@ -226,7 +228,7 @@ def _median_rows(a: np.ndarray) -> np.ndarray:
 def _repeated_median(x, y, k) -> tuple[float, float]:
     """Siegel's repeated-median line on <= k anchors evenly spaced in input order (deterministic;
     sensors deliver anchors in scan or pixel order, so the subset covers the image)."""
-    sub = _subset(len(x), k)
+    sub = evenly_spaced(len(x), k)
     xs, ys = x[sub], y[sub]
     dx = xs[None, :] - xs[:, None]
     dy = ys[None, :] - ys[:, None]
@@ -237,7 +239,7 @@ def _repeated_median(x, y, k) -> tuple[float, float]:
     if len(per_point) == 0:
         return np.nan, np.nan            # all x equal: no slope
     s = float(np.median(per_point))
-    sub = _subset(len(x), 16 * k)          # the intercept: a median of residuals, O(n)
+    sub = evenly_spaced(len(x), 16 * k)          # the intercept: a median of residuals, O(n)
     return s, float(np.median(y[sub] - s * x[sub]))
 
 
@@ -265,7 +267,7 @@ def _robust_line(p: _Problem, options: FitOptions) -> tuple[float, float]:
     smaller one. With 100 anchors or more, the second start is skipped when the first
     solution already explains ``_SETTLED_SHARE`` of them: a better line would have to share
     most of those anchors, i.e. lie in the same basin."""
-    sub = p.subset(_subset(len(p.x), options.fit_points))
+    sub = p.subset(evenly_spaced(len(p.x), options.fit_points))
     best, best_loss = (np.nan, np.nan), np.inf
     starts = (lambda: _resistant_line(sub.x, sub.y),
               lambda: _repeated_median(p.x, p.y, options.init_points))
@@ -362,7 +364,7 @@ def _spread(z) -> float:
     """(p10 - p90) / p50, on an evenly spaced subset of at most 2048 values (a statistic)."""
     if len(z) < 2:
         return 0.0
-    z = z[_subset(len(z), 2048)]
+    z = z[evenly_spaced(len(z), 2048)]
     k10, k50, k90 = (int(round(q * (len(z) - 1))) for q in (0.1, 0.5, 0.9))
     z = np.partition(z, (k10, k50, k90))
     p10, p50, p90 = z[k10], z[k50], z[k90]

@@ -44,6 +44,8 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from .fit import evenly_spaced
+
 
 @dataclass(frozen=True)
 class LocalCorrectionOptions:
@@ -324,16 +326,15 @@ class _Fields:
         gain = 2.0 * np.pi / (mean_w * support)
         nd = self.grid.splat(self.corners, v - base, wv)
         grid = self.grid
+        pseudo = (prior / support, -base) if prior > 0 else None   # v = 0, relative to base
         if grid.axis is None:
-            state = _multiscale(grid, nd, gain, exclusive,
-                                (prior / support, -base) if prior > 0 else None)
+            state = _multiscale(grid, nd, gain, exclusive, pseudo)
             state[:, :, 0] += np.float32(base)
             return state
         bins, sp = grid.bins, grid.spatial_channel
         np.sum(nd[..., :bins], axis=-1, out=nd[..., sp])
         nd = _range_blur(nd)       # commutes with pooling and spatial blur: done once
-        state = _multiscale(grid, nd, gain / float(_RANGE_KERNEL[2]), exclusive,
-                            (prior / support, -base) if prior > 0 else None)
+        state = _multiscale(grid, nd, gain / float(_RANGE_KERNEL[2]), exclusive, pseudo)
         field, keep = state[:, :, 0, :bins], state[:, :, 1, :bins]
         keep_spatial = keep * state[:, :, 0, sp:]
         field += keep_spatial
@@ -345,19 +346,17 @@ class _Fields:
         return self.grid.sample(state, self.corners, which * self.grid.channels)
 
 
-def anchor_budget(shape, options: LocalCorrectionOptions = LocalCorrectionOptions()) -> int:
-    """Most anchors the correction grid can tell apart: ``max_anchors_per_cell`` per cell."""
+def _cells(shape, options: LocalCorrectionOptions) -> int:
+    """Cells of the interpolation grid over an image of ``shape``."""
     h, w = shape
-    return int(options.max_anchors_per_cell * (-(-h // options.cell)) * (-(-w // options.cell)))
+    return (-(-h // options.cell)) * (-(-w // options.cell))
 
 
-def evenly_spaced(n: int, budget: int) -> np.ndarray:
-    """Indices of at most ``budget`` of n anchors, evenly spaced in input order. Deterministic;
-    sensors deliver anchors in scan or pixel order, so this thins them uniformly over the
-    image, and the subset carries the same field at a bounded cost."""
-    if n <= budget:
-        return np.arange(n)
-    return np.linspace(0, n - 1, max(budget, 1)).round().astype(np.int64)
+def anchor_budget(shape, options: LocalCorrectionOptions = LocalCorrectionOptions()) -> int:
+    """Most anchors the correction grid can tell apart: ``max_anchors_per_cell`` per cell.
+    Denser sets are thinned with ``fit.evenly_spaced``: the subset carries the same field at a
+    bounded cost."""
+    return int(options.max_anchors_per_cell * _cells(shape, options))
 
 
 def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
@@ -437,7 +436,7 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
 
     # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
     # would keep, at a quarter of the cost.
-    dense = len(v) >= (-(-h // options.cell)) * (-(-w // options.cell))
+    dense = len(v) >= _cells((h, w), options)
     fields = _Fields((h, w), options, options.cell, rows, cols, axis, anchor_bins,
                      nearest=dense)
     state = fields.build(v, wv * u, options.min_support, False)
