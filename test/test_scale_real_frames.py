@@ -26,12 +26,12 @@ def frame():
     return relative, gt
 
 
-def _recover(relative, gt, rows, cols, z):
+def _recover(relative, gt, rows, cols, z, options=None):
     img = np.zeros(gt.shape, np.float32)
     img[rows, cols] = z
     anchors = depth_image_anchors(img, grid_step=1, target_shape=gt.shape, source='test')
-    depth, report = ScaleRecovery(ScaleRecoveryConfig(max_depth=10.0)).process(
-        relative, anchors, 0.0)
+    recovery = ScaleRecovery(ScaleRecoveryConfig(max_depth=10.0), *([options] if options else []))
+    depth, report = recovery.process(relative, anchors, 0.0)
     valid = gt > 0
     ok = valid & np.isfinite(depth)
     assert ok.sum() > 0.99 * valid.sum()
@@ -93,16 +93,9 @@ def test_global_fit_prior_limits_one_sided_corruption_of_sparse_anchors(frame):
 
     relative, gt = frame
     flat = np.flatnonzero(gt > 0)
-    valid = gt > 0
 
     def absrel(rows, cols, z, options):
-        img = np.zeros(gt.shape, np.float32)
-        img[rows, cols] = z
-        anchors = depth_image_anchors(img, grid_step=1, target_shape=gt.shape, source='test')
-        depth, _ = ScaleRecovery(ScaleRecoveryConfig(max_depth=10.0), options).process(
-            relative, anchors, 0.0)
-        ok = valid & np.isfinite(depth)
-        return float(np.mean(np.abs(depth[ok] - gt[ok]) / gt[ok]))
+        return _recover(relative, gt, rows, cols, z, options)[0]
 
     with_prior, without = LocalCorrectionOptions(), replace(LocalCorrectionOptions(),
                                                             judge_prior=0.0)
