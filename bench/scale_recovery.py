@@ -212,12 +212,11 @@ def lidar_sweep(gt, n_points=20000, seed=0):
     return camera_from_lidar.inverse().apply(pts_cam), camera_from_lidar
 
 
-def lidar_sweep_360(gt, camera_from_lidar, rings=32, n_points=20000):
+def lidar_sweep_360(gt, camera, camera_from_lidar, rings=32, n_points=20000):
     """A 20k-point, 360-degree, 32-ring sweep (+-15 degrees) as a real spinning LiDAR gives it:
     returns inside the camera's view take the GT depth along the camera ray through that pixel,
     the rest a wall 4 m away. Only the part in view becomes anchors."""
     h, w = gt.shape
-    fx, fy, cx, cy = NYU
     az = np.linspace(-np.pi, np.pi, n_points // rings, endpoint=False)
     el = np.radians(np.linspace(-15.0, 15.0, rings))
     az, el = np.meshgrid(az, el)
@@ -225,11 +224,8 @@ def lidar_sweep_360(gt, camera_from_lidar, rings=32, n_points=20000):
     dirs = dirs.reshape(-1, 3)
     cam = dirs @ camera_from_lidar.rotation.T                 # ray directions, camera frame
     pts = dirs * 4.0
-    ahead = cam[:, 2] > 1e-6
-    u = np.full(len(cam), -1)
-    v = np.full(len(cam), -1)
-    u[ahead] = np.round(fx * cam[ahead, 0] / cam[ahead, 2] + cx).astype(int)
-    v[ahead] = np.round(fy * cam[ahead, 1] / cam[ahead, 2] + cy).astype(int)
+    u, v, ahead = camera.project(cam)
+    u, v = np.round(u).astype(int), np.round(v).astype(int)
     seen = ahead & (u >= 0) & (u < w) & (v >= 0) & (v < h)
     z = np.where(gt[v[seen], u[seen]] > 0, gt[v[seen], u[seen]], 5.0).astype(np.float64)
     in_cam = cam[seen] * (z / cam[seen, 2])[:, None]          # on the camera ray at GT depth
@@ -244,7 +240,7 @@ def run_timing(relative, gt, valid, repeats):
     steps = {'LiDAR projection, 20k points (z-buffer + occlusion)':
              lambda: lidar_anchors(points, camera_from_lidar, camera, max_depth=10.0)}
     lid = lidar_anchors(points, camera_from_lidar, camera, max_depth=10.0)
-    spin = lidar_anchors(lidar_sweep_360(gt, camera_from_lidar), camera_from_lidar, camera,
+    spin = lidar_anchors(lidar_sweep_360(gt, camera, camera_from_lidar), camera_from_lidar, camera,
                          max_depth=10.0)
     sets = {'random 500': random_pattern(valid, 500, 0),
             'scan 64 lines': scan_pattern(valid, 64, 0),
