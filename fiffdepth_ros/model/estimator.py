@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from . import stages
+
 log = logging.getLogger(__name__)
 
 DEFAULT_SCALING_FACTOR = 0.18215
@@ -108,6 +110,8 @@ class DepthEstimator:
     def __init__(self, unet, vae, empty_embedding: torch.Tensor, device='cpu',
                  precision='auto', processing_res: int = 768, upcast_vae: bool = False,
                  compile: bool = False, model_name: str = 'unnamed'):
+        self.family = 'fiffdepth'          # which single-step family's procedure runs
+        self.output_space = 'depth'        # 'depth' (larger = farther) or 'disparity'
         self.device = resolve_device(str(device))
         self.dtype = resolve_dtype(precision, self.device)
         self.processing_res = int(processing_res)
@@ -171,7 +175,8 @@ class DepthEstimator:
     def from_pretrained(cls, model: str, device: str = 'auto', precision: str = 'auto',
                         processing_res: int = 768, upcast_vae: bool = False,
                         compile: bool = False, cache_dir: str | None = None,
-                        hub_cache_dir: str | None = None) -> 'DepthEstimator':
+                        hub_cache_dir: str | None = None,
+                        model_family: str = 'auto') -> 'DepthEstimator':
         """Load a checkpoint (local folder or hub id in the released diffusers layout).
 
         device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.
@@ -192,6 +197,8 @@ class DepthEstimator:
         from .checkpoint import load_unet_and_vae, resolve_checkpoint
         from .prompt_cache import load_empty_embedding
         dtype = resolve_dtype(precision, resolve_device(device))   # bad arguments fail first
+        if model_family not in ('auto', 'fiffdepth'):
+            raise ValueError(f"unknown model_family '{model_family}'")
         checkpoint = resolve_checkpoint(model, cache_dir=hub_cache_dir)
         embedding, _ = load_empty_embedding(checkpoint, cache_dir)
         vae_dtype = torch.float32 if upcast_vae else dtype
@@ -252,50 +259,26 @@ class DepthEstimator:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H', W') in [-1, 1] -> scaled latent mean (B, 4, H'/8, W'/8)."""
-        moments = self.vae.encoder(pixels)
-        if self.vae.quant_conv is not None:       # SD2 has one; use_quant_conv=False VAEs not
-            moments = self.vae.quant_conv(moments)
-        mean = moments[:, :self.latent_channels]  # the Gaussian's mean: no sampling
-        return mean * self.scaling_factor
-
-    def _embedding_for(self, batch: int) -> torch.Tensor:
-        emb = self._embeddings.get(batch)
-        if emb is None:
-            emb = self._embedding.expand(batch, -1, -1).contiguous()
-            self._embeddings[batch] = emb
-        return emb
+        return stages.encode_image(self.vae, pixels, self.scaling_factor)
 
     @torch.inference_mode()
     def run_unet(self, latent: torch.Tensor) -> torch.Tensor:
         """One UNet evaluation at timestep 0 on the empty prompt: RGB latent -> depth latent."""
-        return self.unet(latent, self._timestep,
-                         encoder_hidden_states=self._embedding_for(latent.shape[0])).sample
+        return stages.unet_pass(self.unet, latent, self._timestep, self._embedding)
 
     @torch.inference_mode()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Depth latent -> (B, 1, H', W') float32 relative depth in [0, 1]."""
-        z = latent / self.scaling_factor
-        if self._decoder32 is not None:
-            image = self._run_decoder(z.float(), *self._decoder32)
-        else:
-            image = self._run_decoder(z, self.vae.post_quant_conv, self.vae.decoder)
-        depth = image.float().mean(dim=1, keepdim=True)
+        image = stages.decode_latent(self.vae, latent, self.scaling_factor)
         # Half precision can overflow in the decoder (inf/NaN); one sync per frame to know.
-        if image.dtype != torch.float32 and not torch.isfinite(depth).all():
+        if image.dtype != torch.float32 and not torch.isfinite(image).all():
             if not self._warned_overflow:
                 log.warning('fp16 VAE decode gave non-finite values: decoded again in fp32, and '
                             'in fp32 from now on (upcast_vae=True skips the fp16 attempt)')
                 self._warned_overflow = True
             self._decoder32 = self._fp32_decoder()
-            image = self._run_decoder(z.float(), *self._decoder32)
-            depth = image.float().mean(dim=1, keepdim=True)
-        return (depth.clamp_(-1.0, 1.0) + 1.0) / 2.0
-
-    @staticmethod
-    def _run_decoder(z, post_quant_conv, decoder) -> torch.Tensor:
-        if post_quant_conv is not None:           # absent in use_post_quant_conv=False VAEs
-            z = post_quant_conv(z)
-        return decoder(z)
+            image = stages.decode_latent(self.vae, latent.float(), self.scaling_factor)
+        return stages.depth_from_decoded(image.float())
 
     @torch.inference_mode()
     def postprocess(self, depth: torch.Tensor, batch: Batch) -> list[np.ndarray]:

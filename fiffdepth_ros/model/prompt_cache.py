@@ -12,11 +12,12 @@ from pathlib import Path
 
 from .checkpoint import Checkpoint, ModelLoadError, how_to_supply
 
-# How "" is tokenised: padded to the tokenizer's full length (77 tokens for SD2), as FiffDepth's
-# inference is specified here. Marigold-derived code uses 'do_not_pad' (2 tokens), which gives
-# another embedding; the mode is part of the cache file name, so changing it never reuses a
-# stale embedding.
-EMPTY_PROMPT_PADDING = 'max_length'
+# How "" is tokenised: not padded (BOS, EOS: 2 tokens for CLIP), exactly as the released
+# FiffDepth DirectPipeline, Marigold, E2E-FT and Lotus inference do; real weights were trained
+# with this embedding. The mode and a format version are part of the cache file name, so an
+# embedding cached by an older version (77 tokens, padding='max_length') is never reused.
+EMPTY_PROMPT_PADDING = 'do_not_pad'
+CACHE_FORMAT = 'v2'
 
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -29,12 +30,12 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
 
 def embedding_path(checkpoint: Checkpoint, cache_dir=None) -> Path:
     """One small safetensors file per checkpoint identity (see checkpoint._text_identity)."""
-    name = f'{checkpoint.identity}-{EMPTY_PROMPT_PADDING}.safetensors'
+    name = f'{checkpoint.identity}-{EMPTY_PROMPT_PADDING}-{CACHE_FORMAT}.safetensors'
     return cache_root(cache_dir) / 'empty_prompt' / name
 
 
 def compute_empty_embedding(checkpoint: Checkpoint):
-    """Tokenise "" to the tokenizer's full length and run the text encoder: (1, L, D) float32."""
+    """Tokenise "" without padding (2 tokens) and run the text encoder: (1, 2, D) float32."""
     import torch
     from transformers import CLIPTextModel, CLIPTokenizer
     checkpoint.ensure_text_parts()
