@@ -113,6 +113,9 @@ _SPECS = (
     ParamSpec('companion_wait', 0.1, 'seconds inference may wait for a camera_info / LiDAR / '
               'stereo message stamped near the image that has not arrived yet (topics arrive in '
               'any order); adds at most this latency', min=0.0, max=2.0),
+    ParamSpec('camera_info_url', '', 'calibration file (camera_calibration_parsers YAML, as '
+              "camera_calibration writes it; a path, file:// or package:// URL) used when no "
+              'camera_info message of the camera has arrived (empty = none)', read_only=True),
     ParamSpec('lidar_use_tf', True, 'look up the LiDAR extrinsic with tf2 when tf2_ros is '
               'available; otherwise (or if false) use the static lidar_* parameters'),
     ParamSpec('lidar_translation', [0.0, 0.0, 0.0], 'static extrinsic: translation [x, y, z] m '
@@ -135,6 +138,10 @@ _SPECS = (
     ParamSpec('fixed_shift', 0.0, 'no-anchor mode shift, metres', min=-1e6, max=1e6),
     ParamSpec('fixed_scale_is_metric', False, 'treat fixed_scale/fixed_shift as a known metric '
               'calibration'),
+    ParamSpec('publish_without_fit', False, 'with metric anchors configured (use_lidar or a '
+              'stereo_source), still publish depth/image and depth/points for frames without a '
+              'scale fit or held estimate (fixed mapping, not metric); false: such frames only '
+              "reach 'depth/relative' and are counted in /diagnostics"),
     # outputs
     ParamSpec('output_encoding', '32FC1', "depth image encoding: '32FC1' metres (NaN invalid) or "
               "'16UC1' millimetres (0 invalid)", choices=('32FC1', '16UC1')),
