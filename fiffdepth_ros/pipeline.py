@@ -27,6 +27,8 @@ from .scale.recovery import FitReport, ScaleRecovery, ScaleRecoveryConfig
 from .sync import FrameInputs
 
 OUTPUTS = ('depth', 'camera_info', 'points', 'relative', 'colorized')
+# Outputs that claim metres: withheld for a frame without a fit when anchors are configured.
+METRIC_OUTPUTS = ('depth', 'camera_info', 'points')
 
 
 def enabled_outputs(p: dict[str, Any]) -> list[str]:
@@ -91,6 +93,10 @@ class PipelineConfig:
     colorize_range: tuple[float, float] | None = None
     stereo_grid_step: int = 8
     fixed_scale_is_metric: bool = False
+    # Metric anchors are configured (use_lidar / stereo_source): a frame without a fit or held
+    # estimate then never reaches the metric outputs, unless publish_without_fit.
+    anchors_configured: bool = False
+    publish_without_fit: bool = False
     extrinsic: StaticExtrinsic = field(
         default_factory=lambda: StaticExtrinsic(RigidTransform.identity()))
     scale: ScaleRecoveryConfig = field(default_factory=ScaleRecoveryConfig)
@@ -112,7 +118,9 @@ class PipelineConfig:
                    max_range=p['max_range'],
                    colorize_range=colour if colour[1] > colour[0] else None,
                    stereo_grid_step=p['stereo_grid_step'],
-                   fixed_scale_is_metric=p['fixed_scale_is_metric'], extrinsic=extrinsic,
+                   fixed_scale_is_metric=p['fixed_scale_is_metric'],
+                   anchors_configured=p['use_lidar'] or p['stereo_source'] != 'none',
+                   publish_without_fit=p['publish_without_fit'], extrinsic=extrinsic,
                    scale=scale)
 
 
@@ -139,6 +147,15 @@ class FrameResult:
     timings: dict[str, float]      # milliseconds per stage
     depth: np.ndarray              # metric (or fixed-scaled) depth, float32 HxW, NaN invalid
     relative: np.ndarray
+    # Why the metric outputs were withheld for this frame ('' = they were not).
+    withheld: str = ''
+
+
+def _withheld_reason(report: FitReport, notes: list[str]) -> str:
+    """Why a frame has no metric scale, for the diagnostics and the bag summary."""
+    missing = [n for n in notes if n.startswith('no ') or 'ignored' in n]
+    why = '; '.join(missing) or report.detail or f'scale fit {report.status}'
+    return f'no scale fit and no held estimate ({why})'
 
 
 class DepthPipeline:
@@ -206,13 +223,20 @@ class DepthPipeline:
         anchors = self._anchors(frame, relative.shape)
         depth, report = self.scale.process(relative, anchors, frame.stamp_ns * 1e-9)
         metric = bool(report.metric or cfg.fixed_scale_is_metric)
+        withheld = ''
+        if cfg.anchors_configured and not metric and not cfg.publish_without_fit:
+            # The fixed mapping is not metres: a costmap fed from depth/image would misplace
+            # every obstacle. Only depth/relative and the colourised picture go out.
+            withheld = _withheld_reason(report, frame.notes)
+            outputs -= set(METRIC_OUTPUTS)
         t1 = time.perf_counter()
         messages = self._messages(frame, depth, relative, outputs)
         t2 = time.perf_counter()
         timings = dict(frame.timings, scale=(t1 - t0) * 1e3, convert=(t2 - t1) * 1e3)
         return FrameResult(header=frame.header, stamp_ns=frame.stamp_ns, messages=messages,
                            report=report, metric=metric, anchors=len(anchors) if anchors else 0,
-                           notes=frame.notes, timings=timings, depth=depth, relative=relative)
+                           notes=frame.notes, timings=timings, depth=depth, relative=relative,
+                           withheld=withheld)
 
     def process(self, inputs: FrameInputs, outputs: Iterable[str] = OUTPUTS) -> FrameResult:
         frame = self.prepare(inputs)

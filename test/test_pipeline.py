@@ -69,7 +69,8 @@ def test_only_requested_outputs_are_built(estimator):
 
 def test_camera_info_problems_keep_depth_but_drop_cloud_and_lidar(estimator):
     backend = BACKENDS[1]
-    pipe = DepthPipeline(estimator, lidar_config(), backend)
+    # publish_without_fit: the unfitted frame's depth is kept (test_metric_gate covers the gate).
+    pipe = DepthPipeline(estimator, lidar_config(publish_without_fit=True), backend)
     frame = ROOM.render()
     small = inputs(backend, frame)
     small.image = rgb_to_image_msg(frame.rgb[:120, :160].copy(), backend.header(STAMP, 'cam'),

@@ -23,7 +23,7 @@ import argparse
 import signal
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import yaml
@@ -314,7 +314,10 @@ def _run(args, log) -> RunStats:
 def _processor(args, plan: Plan, reader: BagReader, estimator, backend, out_path,
                stop: threading.Event, batch: int) -> BagProcessor:
     p = plan.params
-    pipeline = DepthPipeline(estimator, PipelineConfig.from_params(p), backend, plan.extrinsics)
+    # Anchors count as configured when the bag has their topic (like a node that receives them).
+    config = replace(PipelineConfig.from_params(p),
+                     anchors_configured=bool(plan.topics.lidar or plan.topics.stereo))
+    pipeline = DepthPipeline(estimator, config, backend, plan.extrinsics)
     assembler = FrameAssembler(p['max_anchor_age'], use_lidar=bool(plan.topics.lidar),
                                use_stereo=bool(plan.topics.stereo))
     source = FrameSource(reader, plan.topics, backend.typestore, assembler, plan.window,

@@ -16,6 +16,8 @@ class RunStats:
     notes: Counter = field(default_factory=Counter)          # pipeline notes -> frames
     fit_status: Counter = field(default_factory=Counter)
     metric_frames: int = 0
+    # reason -> frames whose metric outputs were withheld (anchors configured, no fit)
+    withheld: Counter = field(default_factory=Counter)
     anchors_used: list[int] = field(default_factory=list)    # per processed frame
     scales: list[float] = field(default_factory=list)        # per metric frame
     model_s: float = 0.0            # wall time inside the model (batched predict calls)
@@ -41,6 +43,8 @@ class RunStats:
             self.metric_frames += 1
             if math.isfinite(report.scale):
                 self.scales.append(float(report.scale))
+        if result.withheld:
+            self.withheld[result.withheld] += 1
         for note in result.notes:
             self.notes[note] += 1
 
@@ -80,7 +84,14 @@ def format_summary(stats: RunStats, output: str) -> str:
                      f'({_pct(stats.metric_frames, stats.processed)})')
         if stats.scales:
             lines.append(f'  scale range: {min(stats.scales):.4g} .. {max(stats.scales):.4g}')
-        if stats.metric_frames < stats.processed:
+        withheld = sum(stats.withheld.values())
+        if withheld:
+            lines.append(f'  withheld:    {withheld} frames without a scale fit: no depth/image, '
+                         'camera_info or points written for them (depth/relative and colorized '
+                         'only; -p publish_without_fit:=true writes them)')
+            for reason, n in stats.withheld.most_common(4):
+                lines.append(f'    {n:6d}  {reason}')
+        elif stats.metric_frames < stats.processed:
             lines.append('  note: frames without a metric fit carry relative depth (fixed_scale '
                          'mapping), as the node publishes them')
     fps = stats.processed / stats.wall_s if stats.wall_s > 0 else 0.0
