@@ -16,7 +16,7 @@ from fiffdepth_ros import params as P  # noqa: E402
 
 GROUPS = [
     ('Model and inference', ['model', 'device', 'precision', 'processing_res', 'upcast_vae',
-                             'compile']),
+                             'compile', 'overlap_stages']),
     ('Inputs', ['image_transport', 'image_rectified', 'use_lidar', 'stereo_source',
                 'stereo_grid_step', 'max_anchor_age', 'companion_wait', 'camera_info_url',
                 'lidar_use_tf', 'lidar_translation',
