@@ -31,6 +31,7 @@ setup(
             'process_bag = fiffdepth_ros.bag.process_bag:main',
             'fiffdepth-predict = fiffdepth_ros.cli.predict:main',
             'fiffdepth-align = fiffdepth_ros.cli.align:main',
+            'fiffdepth-eval = fiffdepth_ros.cli.evaluate:main',
             'fiffdepth-demo = fiffdepth_ros.demo.run_demo:main',
         ],
     },
