@@ -12,7 +12,11 @@ from .metrics import HIGHER_IS_BETTER
 
 
 class PerSampleCSV:
-    """Append-only per-sample rows; rows already in the file are the samples done."""
+    """Append-only per-sample rows; rows already in the file are the samples done.
+
+    Floats are written with ``repr`` (exact round trip), so a resumed run averages the same
+    numbers as an uninterrupted one.
+    """
 
     def __init__(self, path: str, fields: list[str]):
         self.path, self.fields = path, list(fields)
@@ -32,7 +36,7 @@ class PerSampleCSV:
     def append(self, row: dict) -> None:
         with open(self.path, 'a', newline='') as f:
             csv.DictWriter(f, self.fields).writerow(
-                {k: (f'{v:.9g}' if isinstance(v, float) else v) for k, v in row.items()})
+                {k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
         self.done[row['key']] = row
 
 
