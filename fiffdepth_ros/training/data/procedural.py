@@ -286,7 +286,8 @@ class Camera:
         return self.R @ cam.reshape(3, -1)
 
 
-def _look_rotation(yaw, pitch, roll) -> np.ndarray:
+def look_rotation(yaw, pitch, roll) -> np.ndarray:
+    """Camera axes (columns: right, down, forward) for a heading, an elevation and a roll."""
     forward = np.array([np.cos(pitch) * np.cos(yaw), np.cos(pitch) * np.sin(yaw), np.sin(pitch)])
     right = np.array([np.sin(yaw), -np.cos(yaw), 0.0])
     down = np.cross(forward, right)
@@ -801,20 +802,29 @@ def _texture_tile(rng, domain):
 
 
 def _atlas(rng, domain, count):
-    """Tiles for ``count`` surfaces in one image, each with a one-texel wrap border so that
-    bilinear sampling inside a tile is seamless; returns (atlas, per-surface tile origins)."""
+    """Tiles for ``count`` materials in one image, each with a one-texel wrap border so that
+    bilinear sampling inside a tile is seamless. Returns the atlas, a blurred copy (a coarser
+    mip level against moire on far and grazing surfaces), the tiles' mean colours and the
+    tiles' origins in the atlas."""
     per_row = 8
     rows = -(-count // per_row)
     size = _TILE + 2
     atlas = np.zeros((rows * size, per_row * size, 3), np.float32)
+    coarse = np.zeros_like(atlas)
+    means = np.zeros((count, 3), np.float32)
     origins = np.zeros((count, 2), np.float32)
+    pad = 6
     for k in range(count):
         r, c = divmod(k, per_row)
-        tile = _texture_tile(rng, domain)
-        atlas[r * size:(r + 1) * size, c * size:(c + 1) * size] = np.pad(tile, ((1, 1), (1, 1),
-                                                                                (0, 0)), 'wrap')
+        tile = _texture_tile(rng, domain).astype(np.float32)
+        blurred = cv2.GaussianBlur(np.pad(tile, ((pad, pad), (pad, pad), (0, 0)), 'wrap'),
+                                   (0, 0), 2.0)[pad - 1:-pad + 1, pad - 1:-pad + 1]
+        atlas[r * size:(r + 1) * size, c * size:(c + 1) * size] = np.pad(
+            tile, ((1, 1), (1, 1), (0, 0)), 'wrap')
+        coarse[r * size:(r + 1) * size, c * size:(c + 1) * size] = blurred
+        means[k] = tile.mean(axis=(0, 1))
         origins[k] = (c * size + 1, r * size + 1)
-    return atlas, origins
+    return atlas, coarse, means, origins
 
 
 # ------------------------------------------------------------------------------- rendering
@@ -863,15 +873,24 @@ def _shade(scene, camera, dirs, t, ids, domain, rng):
     # Textures: one atlas tile per material, sampled in surface coordinates (metres).
     materials = scene.materials()
     n_mat = int(materials.max()) + 1
-    atlas, origins = _atlas(rng, domain, n_mat)
+    atlas, coarse, means, origins = _atlas(rng, domain, n_mat)
     texels_per_metre = (_TILE / rng.uniform(0.25, 2.5, n_mat))[materials]
     phase = rng.uniform(0, _TILE, (len(prims), 2))
     safe = np.where(hit, ids, 0)
     mat, scale = materials[safe], texels_per_metre[safe]
     map_x = (np.mod(u * scale + phase[safe, 0], _TILE) + origins[mat, 0]).astype(np.float32)
     map_y = (np.mod(v * scale + phase[safe, 1], _TILE) + origins[mat, 1]).astype(np.float32)
-    albedo = cv2.remap(atlas, map_x.reshape(h, w), map_y.reshape(h, w), cv2.INTER_LINEAR,
-                       borderMode=cv2.BORDER_REPLICATE).reshape(-1, 3)
+    map_x, map_y = map_x.reshape(h, w), map_y.reshape(h, w)
+    fine = cv2.remap(atlas, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    blurred = cv2.remap(coarse, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    # Texels per pixel: distance / (f cos(incidence)) in metres, times texels per metre.
+    d_len2 = _dot(dirs, dirs)
+    cos_dist = np.abs(_dot(normals, dirs)) / np.where(hit, t.reshape(-1), 1.0)
+    footprint = scale * d_len2 / (camera.K[0, 0] * np.maximum(cos_dist, 1e-9))
+    to_coarse = np.clip((footprint - 1.0) / 3.0, 0, 1).astype(np.float32)[:, None]
+    to_mean = np.clip((footprint - 4.0) / 12.0, 0, 1).astype(np.float32)[:, None]
+    albedo = fine.reshape(-1, 3) * (1 - to_coarse) + blurred.reshape(-1, 3) * to_coarse
+    albedo = albedo * (1 - to_mean) + means[mat] * to_mean
 
     if scene.light_is_point:
         to_light = scene.light[:, None] - points
@@ -890,7 +909,7 @@ def _shade(scene, camera, dirs, t, ids, domain, rng):
         ambient, strength, shadow_dark = rng.uniform(0.2, 0.45), rng.uniform(0.7, 1.1), 1.0
         light_col = np.ones(3)
     else:
-        ambient, strength = rng.uniform(0.25, 0.6), rng.uniform(0.5, 1.0)
+        ambient, strength = rng.uniform(0.12, 0.4), rng.uniform(0.7, 1.3)
         shadow_dark = rng.uniform(0.5, 0.85)          # indirect light fills real shadows
         light_col = np.array([1.0, rng.uniform(0.85, 1.0), rng.uniform(0.65, 0.95)])
     direct = np.where(lit, lambert, 0.0) * falloff * strength * (1 - shadow_dark * shadow)
@@ -905,8 +924,8 @@ def _sensor(radiance, h, w, domain, rng):
     img = radiance.reshape(h, w, 3).astype(np.float32)
     if domain == 'synthetic':
         return (np.clip(img, 0, 1) ** (1 / 2.2) * 255 + 0.5).astype(np.uint8)
-    img *= rng.uniform(0.7, 1.6) * rng.uniform(0.85, 1.15, 3).astype(np.float32)  # exposure, WB
-    img = img / (1.0 + img) * 1.6                      # filmic shoulder
+    img *= rng.uniform(0.6, 1.5) * rng.uniform(0.85, 1.15, 3).astype(np.float32)  # exposure, WB
+    img = img / (1.0 + img) * 1.3                      # filmic shoulder
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     r2 = ((xx - w / 2) ** 2 + (yy - h / 2) ** 2) / ((w / 2) ** 2 + (h / 2) ** 2)
     img *= (1.0 - rng.uniform(0.1, 0.45) * r2)[..., None]
@@ -929,6 +948,23 @@ def _sensor(radiance, h, w, domain, rng):
     return np.ascontiguousarray(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1])
 
 
+def render_scene(scene: Scene, camera: Camera, domain: str = 'synthetic', texture_rng=None,
+                 sensor_rng=None, seed: int = -1) -> ProceduralFrame:
+    """Ray cast, shade and expose one scene (``render_frame`` samples both from a seed)."""
+    if domain not in DOMAINS:
+        raise ValueError(f"domain must be one of {DOMAINS}, got '{domain}'")
+    texture_rng = texture_rng if texture_rng is not None else np.random.default_rng(0)
+    sensor_rng = sensor_rng if sensor_rng is not None else np.random.default_rng(0)
+    dirs = camera.ray_directions()
+    t, ids = cast_primary(scene, camera, dirs)
+    radiance = _shade(scene, camera, dirs, t, ids, domain, texture_rng)
+    rgb = _sensor(radiance, camera.height, camera.width, domain, sensor_rng)
+    depth = t.astype(np.float32)
+    valid = np.isfinite(depth) & (depth <= MAX_VALID_DEPTH)
+    return ProceduralFrame(rgb=rgb, depth=depth, valid=valid, K=camera.K, seed=int(seed),
+                           domain=domain, kind=scene.kind, ids=ids, scene=scene, camera=camera)
+
+
 def render_frame(seed: int, domain: str = 'synthetic', width: int = 256,
                  height: int = 192) -> ProceduralFrame:
     """The frame of ``seed`` in ``domain`` at ``width`` x ``height`` (see the module doc)."""
@@ -936,16 +972,9 @@ def render_frame(seed: int, domain: str = 'synthetic', width: int = 256,
         raise ValueError(f'frame size must be at least 8x8, got {width}x{height}')
     scene_rng, texture_rng, sensor_rng = _streams(seed, domain)
     scene = sample_scene(scene_rng)
-    camera = Camera(_intrinsics(scene_rng, width, height), _look_rotation(*scene.camera_angles),
+    camera = Camera(_intrinsics(scene_rng, width, height), look_rotation(*scene.camera_angles),
                     scene.camera_position, int(width), int(height))
-    dirs = camera.ray_directions()
-    t, ids = cast_primary(scene, camera, dirs)
-    radiance = _shade(scene, camera, dirs, t, ids, domain, texture_rng)
-    rgb = _sensor(radiance, height, width, domain, sensor_rng)
-    depth = t.astype(np.float32)
-    valid = np.isfinite(depth) & (depth <= MAX_VALID_DEPTH)
-    return ProceduralFrame(rgb=rgb, depth=depth, valid=valid, K=camera.K, seed=int(seed),
-                           domain=domain, kind=scene.kind, ids=ids, scene=scene, camera=camera)
+    return render_scene(scene, camera, domain, texture_rng, sensor_rng, seed)
 
 
 # -------------------------------------------------------------------------------- writing

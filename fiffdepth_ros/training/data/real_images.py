@@ -51,6 +51,9 @@ class RealImages:
         self.entries: list[tuple[FileSource, str]] = []     # (source, member or rel path)
         self.ids: list[str] = []
         path = Path(str(images)) if not isinstance(images, (list, tuple)) else None
+        if path is not None and not path.exists() and not any(c in str(images) for c in '*?[{'):
+            raise DataError(f'real images {images} do not exist (expected an image folder or '
+                            f'webdataset .tar shards)')
         if path is not None and path.is_dir() and not any(path.glob('*.tar')):
             self._index_folder(path)
         else:
