@@ -6,7 +6,8 @@ processor shares.
 
 Threading: subscription callbacks only store messages. Inference runs on a worker thread with a
 latest-only hand-off (a new image replaces a pending one and counts as dropped), so callbacks and
-timers never wait for the model.
+timers never wait for the model. With ``overlap_stages`` (default) a second thread finishes and
+publishes frame N while the model works on frame N+1 (``fiffdepth_ros.ros.overlap``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from dataclasses import dataclass, field
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -32,6 +34,7 @@ from ..model.runtime import load_estimator, set_cpu_threads
 from ..pipeline import DepthPipeline, FrameError, PipelineConfig, enabled_outputs
 from ..sync import FrameAssembler
 from .extrinsics import ExtrinsicResolver
+from .overlap import HandOff, LatestOnly
 from .qos import profile
 from .stats import NodeStats
 
@@ -79,6 +82,21 @@ def _descriptor(spec: P.ParamSpec) -> ParameterDescriptor:
     return desc
 
 
+@dataclass
+class _Inferred:
+    """One frame between the stages: the model's output and what finishing needs."""
+
+    msg: object                    # the image message
+    received: float                # time.monotonic() at receipt
+    t_start: float                 # time.perf_counter() when the inference thread took it
+    frame: object                  # pipeline.PreparedFrame
+    relative: object               # the model's output (numpy, or a tensor on its device)
+    outputs: set = field(default_factory=set)
+    waited_ms: float = 0.0         # waiting for companions
+    front_ms: float = 0.0          # on the inference thread, forward pass included
+    inference_ms: float = 0.0
+
+
 class DepthNode(Node):
     """See the module docstring. Construct, then call :meth:`start` with a loaded estimator."""
 
@@ -92,10 +110,11 @@ class DepthNode(Node):
         self.stats = NodeStats()
         self.pipeline: DepthPipeline | None = None
         self._pending_config: PipelineConfig | None = None
-        self._cond = threading.Condition()
-        self._pending_image = None
+        self._cond = threading.Condition()          # guards _pending_config
+        self._images = LatestOnly()                 # (monotonic receipt time, image message)
         self._stop = threading.Event()
-        self._worker: threading.Thread | None = None
+        self._worker: threading.Thread | None = None     # inference (front stage)
+        self._finisher: HandOff | None = None            # finish + publish (back stage)
         # Guards the FrameAssembler; notified when a companion message arrives.
         self._companions = threading.Condition()
 
@@ -136,6 +155,9 @@ class DepthNode(Node):
         self.create_timer(0.5, self._resubscribe_if_needed)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
+        self._finisher = HandOff(self._process, overlapped=p['overlap_stages'],
+                                 on_error=self._on_finish_error)
+        self.stats.mode = self._finisher.mode
         self._worker = threading.Thread(target=self._work, name='fiffdepth-inference',
                                         daemon=True)
         self._worker.start()
@@ -183,22 +205,20 @@ class DepthNode(Node):
 
     def stop(self, timeout_s: float = 0.3) -> None:
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
+        self._images.close()
         with self._companions:
             self._companions.notify_all()
         if self._worker is not None:
             self._worker.join(timeout=timeout_s)
+        if self._finisher is not None:
+            self._finisher.close(timeout=timeout_s)
 
     # ------------------------------------------------------------------ callbacks
     def _on_image(self, msg) -> None:
-        self.stats.received += 1
+        self.stats.count('received')
         self.stats.inputs.tick()
-        with self._cond:
-            if self._pending_image is not None:
-                self.stats.dropped += 1
-            self._pending_image = msg
-            self._cond.notify()
+        if self._images.put((time.monotonic(), msg)):
+            self.stats.count('dropped')
 
     def _on_camera_info(self, msg) -> None:
         with self._companions:
@@ -237,29 +257,40 @@ class DepthNode(Node):
 
     # ------------------------------------------------------------------ inference worker
     def _work(self) -> None:
+        """Front stage, on the inference thread: the newest image -> companions, decode, model.
+        The result goes to the back stage (``_process``) through the hand-off."""
         while not self._stop.is_set():
+            item = self._images.take()
+            if item is None:                    # closed: the node stops
+                return
+            received, msg = item
             with self._cond:
-                while self._pending_image is None and not self._stop.is_set():
-                    self._cond.wait(timeout=0.2)
-                if self._stop.is_set():
-                    return
-                msg, self._pending_image = self._pending_image, None
                 config, self._pending_config = self._pending_config, None
             if config is not None:
+                # Applied between frames (the finishing thread idle too), so a frame never
+                # sees half a change.
+                self._finisher.wait_idle()
                 self.pipeline.config = config
                 self.estimator.processing_res = self.params['processing_res']
-            self._process(msg)
+            work = self._infer(msg, received)
+            if work is None:
+                continue
+            self._finisher.hand_off(work)
+            # What delays the next inference: everything on this thread but the forward pass
+            # (in the sequential layout that includes finishing and publishing).
+            self.stats.critical_ms.append(
+                (time.perf_counter() - work.t_start) * 1e3 - work.inference_ms)
 
     def _wanted_outputs(self) -> set[str]:
         return {name for name, pub in self.publishers_by_output.items()
                 if pub.get_subscription_count() > 0}
 
-    def _process(self, msg) -> None:
+    def _infer(self, msg, received: float) -> '_Inferred | None':
         t_start = time.perf_counter()
         outputs = self._wanted_outputs()
         if not outputs:
-            self.stats.idle += 1
-            return
+            self.stats.count('idle')
+            return None
         # Topics arrive in any order: give a LiDAR sweep or camera_info stamped with this image
         # up to companion_wait to arrive before matching without it.
         t_wait = time.perf_counter()
@@ -271,35 +302,63 @@ class DepthNode(Node):
             inputs = self.assembler.assemble(msg)
         waited_ms = (time.perf_counter() - t_wait) * 1e3
         try:
-            result = self.pipeline.process(inputs, outputs)
+            frame = self.pipeline.prepare(inputs)
+            relative = self.pipeline.predict([frame])[0]
         except FrameError as exc:
-            self.stats.skipped += 1
+            self.stats.count('skipped')
+            self.warn(str(exc))
+            return None
+        except Exception as exc:        # model failures must not take the node down
+            self._frame_failed(exc)
+            return None
+        return _Inferred(msg=msg, received=received, t_start=t_start, frame=frame,
+                         relative=relative, outputs=outputs, waited_ms=waited_ms,
+                         front_ms=(time.perf_counter() - t_start) * 1e3,
+                         inference_ms=frame.timings.get('inference', 0.0))
+
+    def _process(self, work: '_Inferred') -> None:
+        """Back stage: scale recovery, messages, publishing and statistics of one frame (on
+        the finishing thread, or inline on the inference thread without overlap_stages)."""
+        t_finish = time.perf_counter()
+        msg = work.msg
+        try:
+            result = self.pipeline.finish(work.frame, work.relative, work.outputs)
+        except FrameError as exc:
+            self.stats.count('skipped')
             self.warn(str(exc))
             return
-        except Exception as exc:        # model failures must not take the node down
-            self.stats.skipped += 1
-            if _is_out_of_memory(exc):
-                _release_cuda_memory()
-                self.warn(f'out of memory during inference: frame dropped ({exc})', key='oom')
-            else:
-                self.warn(f'frame failed: {exc!r}\n{traceback.format_exc()}', key=type(exc).__name__)
+        except Exception as exc:        # finishing failures must not take the node down
+            self._frame_failed(exc)
             return
         for note in result.notes:
             self.warn(note)
         t_publish = time.perf_counter()
         for name, out_msg in result.messages.items():
             self.publishers_by_output[name].publish(out_msg)
-        result.timings.update(wait=waited_ms, publish=(time.perf_counter() - t_publish) * 1e3)
+        done = time.perf_counter()
+        result.timings.update(wait=work.waited_ms, publish=(done - t_publish) * 1e3)
         now_ns = self.get_clock().now().nanoseconds
-        self.stats.processed += 1
+        self.stats.count('processed')
         self.stats.outputs.tick()
-        self.stats.latency_ms.append((now_ns - stamp_to_ns(msg.header.stamp)) * 1e-6)
+        self.stats.latency_ms.add((now_ns - stamp_to_ns(msg.header.stamp)) * 1e-6)
+        self.stats.node_latency_ms.add((time.monotonic() - work.received) * 1e3)
         inference = result.timings.get('inference', 0.0)
         self.stats.inference_ms.append(inference)
-        self.stats.overhead_ms.append((time.perf_counter() - t_start) * 1e3 - inference)
+        self.stats.overhead_ms.append(work.front_ms - inference + (done - t_finish) * 1e3)
         self.stats.add_stages({k: v for k, v in result.timings.items() if k != 'inference'})
         self.stats.last_report = result.report
         self.stats.last_metric = result.metric
+
+    def _frame_failed(self, exc: Exception) -> None:
+        self.stats.count('skipped')
+        if _is_out_of_memory(exc):
+            _release_cuda_memory()
+            self.warn(f'out of memory during inference: frame dropped ({exc})', key='oom')
+        else:
+            self.warn(f'frame failed: {exc!r}\n{traceback.format_exc()}', key=type(exc).__name__)
+
+    def _on_finish_error(self, exc: BaseException) -> None:
+        self.warn(f'finishing failed: {exc!r}', key='finish-' + type(exc).__name__)
 
     # ------------------------------------------------------------------ diagnostics
     def _publish_diagnostics(self) -> None:
