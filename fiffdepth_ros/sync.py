@@ -4,12 +4,17 @@ Shared by the node and the bag processor so both pick the same companions for a 
 message nearest in time to the image stamp within a maximum age (camera_info falls back to the
 latest one within that age, since many drivers stamp it loosely). A clock jump backwards of the
 images (a bag played in a loop, a simulator reset) drops the old timeline's companions.
+
+Intrinsics are static: when no camera_info is within the age limit (a driver that publishes it
+once, latched, or at another rate or stamp), the latest camera_info of the same camera (same
+frame_id, and the same size for raw images) is used, and failing that a calibration file
+(``camera_info_url``). Either is said once per camera. Such a frame never waits for camera_info.
 """
 from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from .conversions.backends import stamp_to_ns
 
@@ -91,8 +96,17 @@ class FrameAssembler:
     the buffers that hold the current frame's companions.
     """
 
-    def __init__(self, max_age_s: float, use_lidar: bool = False, use_stereo: bool = False):
+    def __init__(self, max_age_s: float, use_lidar: bool = False, use_stereo: bool = False,
+                 calibration: Callable[[Any], Any] | None = None, calibration_name: str = ''):
+        """``calibration(image)``: a camera_info for ``image`` from a calibration file, used
+        when the camera has sent none (``calibration_name`` names the file in the note)."""
         self.max_age_ns = int(max_age_s * 1e9)
+        self.calibration = calibration
+        self.calibration_name = calibration_name
+        # The latest camera_info per camera: frame_id -> msg, (frame_id, width, height) -> msg.
+        self._latest_info: dict[Any, Any] = {}
+        self._said: set[tuple[str, str]] = set()     # (kind, frame_id) notes given once
+        self.camera_info_fallbacks = 0      # frames that used the latest / calibration info
         self.use_lidar = use_lidar
         self.use_stereo = use_stereo
         self.camera_infos = StampedBuffer(30)
@@ -119,6 +133,26 @@ class FrameAssembler:
 
     def add_camera_info(self, msg) -> None:
         self.camera_infos.add(stamp_to_ns(msg.header.stamp), msg)
+        self.remember_camera_info(msg)
+
+    def remember_camera_info(self, msg) -> None:
+        """Keep ``msg`` as its camera's fallback intrinsics only (not matched by stamp): e.g.
+        the first camera_info of a bag, recorded after the first images."""
+        frame = str(msg.header.frame_id)
+        self._latest_info[frame] = msg
+        size = (getattr(msg, 'width', None), getattr(msg, 'height', None))
+        self._latest_info[(frame, *size)] = msg
+
+    def _fallback_info(self, image):
+        """The latest camera_info of the image's camera: same frame_id, and for raw images
+        (whose size the message says) the same size."""
+        frame = str(image.header.frame_id)
+        if hasattr(image, 'width') and hasattr(image, 'height'):
+            return self._latest_info.get((frame, int(image.width), int(image.height)))
+        return self._latest_info.get(frame)      # compressed: the pipeline checks the size
+
+    def _has_static_info(self, image) -> bool:
+        return self.calibration is not None or self._fallback_info(image) is not None
 
     def add_lidar(self, msg) -> None:
         self.lidar.add(stamp_to_ns(msg.header.stamp), msg)
@@ -131,8 +165,10 @@ class FrameAssembler:
         topic has seen nothing as new as the image (live topics arrive in any order)."""
         stamp = stamp_to_ns(image.header.stamp)
         self._observe_image(stamp)
+        static_info = self._has_static_info(image)
         return any(buf.nearest(stamp, self.max_age_ns) is None
                    and (buf.newest_stamp is None or buf.newest_stamp < stamp)
+                   and not (buf is self.camera_infos and static_info)
                    for buf in self._buffers())
 
     def assemble(self, image) -> FrameInputs:
@@ -146,6 +182,8 @@ class FrameAssembler:
         info = self.camera_infos.exact(stamp)
         if info is None:    # loosely stamped drivers: the latest one within the age limit
             info = self.camera_infos.latest_within(stamp, self.max_age_ns)
+        if info is None:
+            info = self._static_info(image, stamp, frame.notes)
         frame.camera_info = info
         if info is None:
             frame.notes.append('no camera_info within the age limit')
@@ -158,3 +196,25 @@ class FrameAssembler:
             if frame.stereo is None:
                 frame.notes.append('no stereo frame within max_anchor_age')
         return frame
+
+    def _static_info(self, image, stamp: int, notes: list[str]):
+        """Intrinsics are static: the camera's latest camera_info, else the calibration file."""
+        camera = str(image.header.frame_id)
+        info = self._fallback_info(image)
+        if info is not None:
+            self.camera_info_fallbacks += 1
+            if ('latest', camera) not in self._said:
+                self._said.add(('latest', camera))
+                offset = (stamp_to_ns(info.header.stamp) - stamp) * 1e-9
+                notes.append(f"camera '{camera}': no camera_info within max_anchor_age of the "
+                             f'image; using its latest camera_info (stamped {offset:+.3f} s from '
+                             'the image; intrinsics are static). Said once.')
+            return info
+        if self.calibration is not None:
+            self.camera_info_fallbacks += 1
+            if ('calibration', camera) not in self._said:
+                self._said.add(('calibration', camera))
+                notes.append(f"camera '{camera}': no camera_info received; using the "
+                             f'calibration file {self.calibration_name}. Said once.')
+            return self.calibration(image)
+        return None

@@ -128,7 +128,8 @@ def test_static_tf_of_the_bag_gives_the_camera_from_lidar_extrinsic(bag):
 @pytest.mark.parametrize('name, content, expected', [
     ('missing', None, 'does not exist'),
     ('folder', 'dir', 'no metadata.yaml'),
-    ('notes.txt', b'hello', 'expected a bag folder'),
+    ('notes.txt', b'hello', 'expected a rosbag2 folder'),
+    ('garbage.bag', b'not a ROS 1 bag', 'cannot read ROS 1 input'),
     ('garbage.mcap', b'not an mcap file at all', 'cannot read input bag'),
     ('empty.db3', b'', 'cannot read input bag'),
 ])

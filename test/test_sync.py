@@ -36,8 +36,9 @@ def test_assembler_picks_nearest_lidar_and_exact_camera_info():
     assert frame.lidar.tag == 'lidar90'
     assert frame.stereo is None and any('stereo' in n for n in frame.notes)
     far = asm.assemble(msg(400 * MS))
-    assert far.lidar is None and far.camera_info is None
-    assert any('camera_info' in n for n in far.notes)
+    # No camera_info within the age: the camera's latest one (intrinsics are static).
+    assert far.lidar is None and far.camera_info.tag == 'info200'
+    assert any('latest camera_info' in n for n in far.notes)
 
 
 def test_camera_info_falls_back_to_latest_within_age():
@@ -54,7 +55,8 @@ def test_image_clock_jump_backwards_drops_the_old_timeline():
     assert asm.assemble(msg(50_000 * MS)).lidar is not None
     looped = asm.assemble(msg(1_000 * MS))       # bag looped back 49 s
     assert asm.clock_jumps == 1
-    assert looped.lidar is None and looped.camera_info is None
+    # The old timeline's camera_info is only the camera's fallback intrinsics now.
+    assert looped.lidar is None and looped.camera_info is not None
     assert any('clock jumped backwards by 49.0 s' in n for n in looped.notes)
     assert len(asm.lidar) == 0 and len(asm.camera_infos) == 0
     asm.add_lidar(msg(1_010 * MS, 'new'))

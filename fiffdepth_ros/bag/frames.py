@@ -99,6 +99,7 @@ class FrameSource:
         read_start = None if w.start_ns is None else w.start_ns - self._max_age_ns
         read_end = None if w.end_ns is None else w.end_ns + self._hold_ns
         topics = None if self.copy_input else self.topics.inputs
+        self._seed_camera_info()
         for raw in self.reader.messages(topics, read_start, read_end):
             if self.stop is not None and self.stop.is_set():
                 return
@@ -108,6 +109,19 @@ class FrameSource:
             yield from self._release(None)
 
     # ------------------------------------------------------------------ internals
+    def _seed_camera_info(self) -> None:
+        """The bag's first camera_info as its camera's fallback intrinsics: images recorded
+        before it (a driver that publishes camera_info late or once) still get intrinsics."""
+        if not self.topics.camera_info:
+            return
+        for raw in self.reader.messages([self.topics.camera_info]):
+            try:
+                msg = self.typestore.deserialize_cdr(raw.data, raw.msgtype)
+            except Exception:        # counted as corrupt by the main read
+                continue
+            self.assembler.remember_camera_info(msg)
+            break
+        self.reader.read_error = None        # a damaged tail is reported by the main read
     def _take(self, raw: RawMessage) -> None:
         in_window = self.window.contains(raw.bag_time_ns)
         if self.copy_input and in_window:

@@ -30,11 +30,12 @@ import yaml
 
 from .. import params as P
 from ..conversions.backends import RosbagsBackend
+from ..conversions.camera_info import Calibration, read_calibration
 from ..model.runtime import load_estimator, set_cpu_threads
 from ..pipeline import DepthPipeline, PipelineConfig, enabled_outputs
 from ..sync import FrameAssembler
 from .frames import FrameSource, Window
-from .reader import BagReader, BagReadError
+from .reader import BagReader, BagReadError, normalize_topic
 from .runner import BagProcessor
 from .summary import RunStats, format_summary
 from .tf_static import BagExtrinsics, read_static_tf
@@ -59,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
         'both. Output topics: <image namespace>/depth/{image,camera_info,points,relative,'
         "colorized}, as the node publishes them. Exit status: 0 done, 1 error, 130 Ctrl-C "
         '(the output is a valid bag of the frames finished).')
-    ap.add_argument('input', help='bag folder (with metadata.yaml) or a .mcap / .db3 file')
+    ap.add_argument('input', nargs='+', help='rosbag2 folder (with metadata.yaml), a .mcap / '
+                    '.db3 file, or ROS 1 .bag file(s) of one recording')
     ap.add_argument('output', help='bag folder to create')
     ap.add_argument('--model', help="checkpoint folder or hub id (parameter 'model')")
     ap.add_argument('--params', metavar='YAML', help='ROS 2 parameters file, as for the node')
@@ -243,6 +245,7 @@ class Plan:
     window: Window
     topics_by_output: dict[str, str]        # output name -> output topic
     extrinsics: BagExtrinsics | None
+    calibration: Calibration | None = None  # camera_info_url, for cameras without camera_info
 
 
 def _check_run_options(args) -> None:
@@ -254,8 +257,11 @@ def _check_run_options(args) -> None:
 
 def plan_run(args, p: dict[str, Any], reader: BagReader, typestore, log) -> Plan:
     types = {name: t.msgtype for name, t in reader.topics().items()}
-    choice = choose_topics(types, image=args.image_topic, camera_info=args.camera_info_topic,
-                           lidar=args.lidar_topic, stereo=args.stereo_depth_topic,
+    given = {name: normalize_topic(value) if value else None for name, value in (
+        ('image', args.image_topic), ('camera_info', args.camera_info_topic),
+        ('lidar', args.lidar_topic), ('stereo', args.stereo_depth_topic))}
+    calibration = read_calibration(p['camera_info_url']) if p['camera_info_url'] else None
+    choice = choose_topics(types, **given, calibration=calibration is not None,
                            use_lidar=p['use_lidar'], stereo_source=p['stereo_source'],
                            prefer_compressed=p['image_transport'] == 'compressed')
     if choice.stereo_source != p['stereo_source']:
@@ -274,18 +280,19 @@ def plan_run(args, p: dict[str, Any], reader: BagReader, typestore, log) -> Plan
                                        else 'the static lidar_* parameters'))
     used = [('image', choice.image), ('camera_info', choice.camera_info),
             ('LiDAR', choice.lidar), (f'stereo {choice.stereo_source}', choice.stereo)]
-    log(f'input {args.input}: ' + ', '.join(f'{k} {v}' for k, v in used if v))
+    log(f"input {' '.join(args.input)}: " + ', '.join(f'{k} {v}' for k, v in used if v))
     for note in choice.notes:
         log(f'note: {note}')
-    return Plan(p, choice, _window(args, reader), topics_by_output, extrinsics)
+    return Plan(p, choice, _window(args, reader), topics_by_output, extrinsics, calibration)
 
 
 def _run(args, log) -> RunStats:
     _check_run_options(args)
     p = resolve_params(args, warn=lambda t: log(f'process_bag: warning: {t}'))
-    out_path = check_output(args.output, args.overwrite, args.input)
+    for path in args.input:
+        out_path = check_output(args.output, args.overwrite, path)
     backend = RosbagsBackend()       # one typestore reads the inputs and writes the outputs
-    with BagReader(args.input) as reader:
+    with BagReader(args.input if len(args.input) > 1 else args.input[0]) as reader:
         plan = plan_run(args, p, reader, backend.typestore, log)
         estimator = load_estimator(plan.params)
         info = estimator.describe()
@@ -318,8 +325,13 @@ def _processor(args, plan: Plan, reader: BagReader, estimator, backend, out_path
     config = replace(PipelineConfig.from_params(p),
                      anchors_configured=bool(plan.topics.lidar or plan.topics.stereo))
     pipeline = DepthPipeline(estimator, config, backend, plan.extrinsics)
-    assembler = FrameAssembler(p['max_anchor_age'], use_lidar=bool(plan.topics.lidar),
-                               use_stereo=bool(plan.topics.stereo))
+    calibration = plan.calibration
+    assembler = FrameAssembler(
+        p['max_anchor_age'], use_lidar=bool(plan.topics.lidar),
+        use_stereo=bool(plan.topics.stereo),
+        calibration=None if calibration is None else
+        (lambda image: calibration.camera_info(backend.copy_header(image.header), backend)),
+        calibration_name=calibration.source if calibration else '')
     source = FrameSource(reader, plan.topics, backend.typestore, assembler, plan.window,
                          companion_wait_s=p['companion_wait'], copy_input=args.copy_input,
                          stop=stop)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass
 
+from .reader import normalize_topic
+
 IMAGE = 'sensor_msgs/msg/Image'
 COMPRESSED = 'sensor_msgs/msg/CompressedImage'
 CAMERA_INFO = 'sensor_msgs/msg/CameraInfo'
@@ -68,18 +70,25 @@ def _ambiguous(what: str, candidates, option: str) -> TopicError:
 def choose_topics(types: dict[str, str], image: str | None = None,
                   camera_info: str | None = None, lidar: str | None = None,
                   stereo: str | None = None, use_lidar: bool = False,
-                  stereo_source: str = 'none', prefer_compressed: bool = False) -> TopicChoice:
+                  stereo_source: str = 'none', prefer_compressed: bool = False,
+                  calibration: bool = False) -> TopicChoice:
     """The topics to read. ``types`` maps every topic of the bag to its message type.
 
     use_lidar / stereo_source come from the parameters; giving a LiDAR or stereo topic enables
     that anchor source by itself (the stereo kind follows the topic's type).
     prefer_compressed: when a camera is recorded both raw and compressed, which one to use
     (the node's ``image_transport`` parameter).
+    calibration: a calibration file (camera_info_url) stands in when the image's namespace has
+    no camera_info topic.
+    Topic names are compared normalised (a leading slash), as BagReader lists them.
     """
+    types = {normalize_topic(t): ty for t, ty in types.items()}
+    image, camera_info, lidar, stereo = (normalize_topic(t) if t else None
+                                         for t in (image, camera_info, lidar, stereo))
     notes: list[str] = []
     image = _choose_image(types, image, prefer_compressed)
     compressed = types[image] == COMPRESSED
-    camera_info = _choose_camera_info(types, image, camera_info, notes)
+    camera_info = _choose_camera_info(types, image, camera_info, notes, calibration)
 
     clouds = [t for t, ty in types.items() if ty == POINTCLOUD2 and not _is_own_output(t)]
     if lidar is not None:
@@ -164,12 +173,16 @@ def _choose_image(types, given, prefer_compressed: bool) -> str:
     return next(t for t in variants if types[t] == wanted)
 
 
-def _choose_camera_info(types, image: str, given, notes: list[str]) -> str | None:
+def _choose_camera_info(types, image: str, given, notes: list[str],
+                        calibration: bool = False) -> str | None:
     if given is not None:
         return _check_given(types, given, (CAMERA_INFO,), '--camera-info-topic')
     infos = [t for t, ty in types.items() if ty == CAMERA_INFO and not _is_own_output(t)]
     if not infos:
-        notes.append('no camera_info topic in the bag: no point cloud and no LiDAR anchors')
+        notes.append('no camera_info topic in the bag: intrinsics from the calibration file '
+                     '(camera_info_url)' if calibration else
+                     'no camera_info topic in the bag: no point cloud and no LiDAR anchors '
+                     '(-p camera_info_url:=FILE gives a calibration)')
         return None
     # The camera_info of a camera lives in its namespace; walk up from the image's namespace.
     namespace = camera_namespace(image)
@@ -184,6 +197,10 @@ def _choose_camera_info(types, image: str, given, notes: list[str]) -> str | Non
         namespace = posixpath.dirname(namespace) or '/'
     # Another camera's intrinsics would silently misplace every point and anchor: even the
     # bag's only camera_info is not taken from another namespace without being asked for.
+    if calibration:
+        notes.append(f"no camera_info topic in the namespace of '{image}': intrinsics from the "
+                     'calibration file (camera_info_url)')
+        return None
     raise TopicError(f"no camera_info topic in the namespace of '{image}'; candidates: "
                      f'{_candidates_text(infos)}; choose one with --camera-info-topic TOPIC')
 

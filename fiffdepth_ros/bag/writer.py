@@ -31,12 +31,15 @@ class BagWriteError(RuntimeError):
     """The output bag cannot be created; the message says why and what to do."""
 
 
-def publisher_qos(reliability: str = 'reliable', depth: int = 1) -> Qos:
-    """QoS of a normal publisher: keep last ``depth``, volatile, ``reliability``
-    ('reliable' or 'best_effort', the node's qos_output_reliability values)."""
+def publisher_qos(reliability: str = 'reliable', depth: int = 1,
+                  transient_local: bool = False) -> Qos:
+    """QoS of a normal publisher: keep last ``depth``, volatile (transient-local for a latched
+    topic), ``reliability`` ('reliable' or 'best_effort', the node's qos_output_reliability
+    values)."""
+    durability = QosDurability.TRANSIENT_LOCAL if transient_local else QosDurability.VOLATILE
     return Qos(history=QosHistory.KEEP_LAST, depth=int(depth),
                reliability=QosReliability[reliability.upper()],
-               durability=QosDurability.VOLATILE, deadline=_INFINITE, lifespan=_INFINITE,
+               durability=durability, deadline=_INFINITE, lifespan=_INFINITE,
                liveliness=QosLiveliness.AUTOMATIC, liveliness_lease_duration=_INFINITE,
                avoid_ros_namespace_conventions=False)
 
@@ -128,7 +131,11 @@ class BagWriter:
         if conn is None:
             if raw.topic in self.skipped_copies:
                 return False
-            conn = self._copy_connection(raw.connection)
+            if raw.data is None:           # a ROS 1 type with no ROS 2 equivalent
+                self.skipped_copies[raw.topic] = (f'ROS 1 type {raw.msgtype} has no ROS 2 '
+                                                  'equivalent here')
+                return False
+            conn = self._copy_connection(raw.connection, raw.topic)
             if conn is None:
                 return False
             self._copies[key] = conn
@@ -136,20 +143,22 @@ class BagWriter:
         self.counts[raw.topic] = self.counts.get(raw.topic, 0) + 1
         return True
 
-    def _copy_connection(self, src):
+    def _copy_connection(self, src, topic: str):
+        """``topic``: the input's normalised name (a leading slash, as ROS 2 records it)."""
         qos = list(getattr(src.ext, 'offered_qos_profiles', []) or [])
         fmt = getattr(src.ext, 'serialization_format', 'cdr')
         msgdef, digest = src.msgdef.data, src.digest
         if not (msgdef and digest):
-            # Older bags (sqlite3 before Iron) store neither: generate both from the typestore.
+            # Older bags (sqlite3 before Iron) and ROS 1 inputs store neither: generate both
+            # from the typestore.
             if src.msgtype not in self.typestore.types:
-                self.skipped_copies[src.topic] = (f'type {src.msgtype} has no stored definition '
-                                                  'and is unknown here')
+                self.skipped_copies[topic] = (f'type {src.msgtype} has no stored definition '
+                                              'and is unknown here')
                 return None
-            return self._writer.add_connection(src.topic, src.msgtype, typestore=self.typestore,
+            return self._writer.add_connection(topic, src.msgtype, typestore=self.typestore,
                                                serialization_format=fmt,
                                                offered_qos_profiles=qos)
-        return self._writer.add_connection(src.topic, src.msgtype, msgdef=msgdef, rihs01=digest,
+        return self._writer.add_connection(topic, src.msgtype, msgdef=msgdef, rihs01=digest,
                                            serialization_format=fmt, offered_qos_profiles=qos)
 
     def close(self) -> None:
