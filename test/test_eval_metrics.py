@@ -165,3 +165,20 @@ def test_alignment_downsample_keeps_the_reference_pixels(shape, max_res):
     gt = a * 2 + 1
     scale, shift = fit_scale_shift(a, gt, np.ones(shape, bool), max_resolution=max_res)
     assert (scale, shift) == (pytest.approx(2.0), pytest.approx(1.0))
+
+
+def test_score_arrays_is_alignment_then_metrics():
+    from fiffdepth_ros.evaluation.runner import EvaluationError, score_arrays
+    rng = np.random.default_rng(3)
+    gt = rng.uniform(1, 9, (12, 14))
+    pred = gt * rng.uniform(0.9, 1.1, gt.shape) / 5 + 0.3
+    valid = gt < 8
+    got = score_arrays(pred, gt, valid, 'depth', 1e-3, 10.0)
+    want = compute_metrics(align_scale_shift(pred, gt, valid, min_depth=1e-3, max_depth=10.0), gt, valid)
+    assert all(got[k] == pytest.approx(v) for k, v in want.items())
+    assert got['n_valid'] == int(valid.sum()) and got['scale'] == pytest.approx(5, rel=0.1)
+    bad = pred.copy()
+    bad[0, 0] = np.nan
+    valid[0, 0] = True
+    with pytest.raises(EvaluationError, match='non-finite'):
+        score_arrays(bad, gt, valid)

@@ -72,22 +72,32 @@ class FilePredictor:
 
 # ---------------------------------------------------------------------------- scoring
 
+def score_arrays(pred: np.ndarray, gt: np.ndarray, valid: np.ndarray, space: str = 'depth',
+                 min_depth: float | None = None, max_depth: float | None = None,
+                 max_resolution: int | None = None, return_aligned: bool = False):
+    """The protocol on bare arrays (the training validation's entry point): least-squares
+    alignment in ``space``, clip to the range, metrics; plus ``scale``, ``shift``, ``n_valid``."""
+    if pred.shape != gt.shape:
+        raise EvaluationError(f'prediction is {pred.shape[1]}x{pred.shape[0]} but the ground '
+                              f'truth is {gt.shape[1]}x{gt.shape[0]}')
+    if not np.isfinite(pred[valid]).all():
+        raise EvaluationError('prediction has non-finite values on valid pixels')
+    aligned, scale, shift = align_scale_shift(pred, gt, valid, space=space,
+                                              max_resolution=max_resolution, min_depth=min_depth,
+                                              max_depth=max_depth, return_params=True)
+    metrics = compute_metrics(aligned, gt, valid)
+    metrics.update(scale=scale, shift=shift, n_valid=int(np.count_nonzero(valid)))
+    return (metrics, aligned) if return_aligned else metrics
+
+
 def score_sample(pred: np.ndarray, sample: Sample, dataset: EvalDataset, space: str,
                  return_aligned: bool = False):
-    """Align one prediction to its ground truth and compute its metrics (the protocol)."""
-    if pred.shape != sample.depth.shape:
-        raise EvaluationError(f'{sample.name}: prediction is {pred.shape[1]}x{pred.shape[0]} '
-                              f'but the ground truth is {sample.depth.shape[1]}x'
-                              f'{sample.depth.shape[0]} (after the dataset crop)')
-    if not np.isfinite(pred[sample.valid]).all():
-        raise EvaluationError(f'{sample.name}: prediction has non-finite values on valid pixels')
-    aligned, scale, shift = align_scale_shift(
-        pred, sample.depth, sample.valid, space=space,
-        max_resolution=dataset.alignment_max_res,
-        min_depth=dataset.min_depth, max_depth=dataset.max_depth, return_params=True)
-    metrics = compute_metrics(aligned, sample.depth, sample.valid)
-    metrics.update(scale=scale, shift=shift, n_valid=int(np.count_nonzero(sample.valid)))
-    return (metrics, aligned) if return_aligned else metrics
+    """One benchmark sample, with its dataset's range and alignment resolution."""
+    try:
+        return score_arrays(pred, sample.depth, sample.valid, space, dataset.min_depth,
+                            dataset.max_depth, dataset.alignment_max_res, return_aligned)
+    except EvaluationError as exc:
+        raise EvaluationError(f'{sample.name}: {exc} (after the dataset crop)') from None
 
 
 @dataclass
