@@ -72,7 +72,7 @@ def test_second_start_uses_the_cache_and_never_loads_the_text_encoder(
     ckpt = resolve_checkpoint(str(own_checkpoint))
     first, computed = load_empty_embedding(ckpt, cache)
     assert computed and embedding_path(ckpt, cache).is_file()
-    assert first.shape == (1, 77, 32)
+    assert first.shape == (1, 2, 32)       # BOS, EOS: padding='do_not_pad'
 
     def refuse(*args, **kwargs):
         raise AssertionError('the text encoder/tokenizer was loaded on a cached start')
@@ -232,7 +232,7 @@ def test_hub_download_fetches_only_what_is_loaded(tiny_checkpoint, tmp_path, mon
                    'vae/diffusion_pytorch_model.safetensors']
     assert calls == [(None, False)]
     embedding, computed = load_empty_embedding(ckpt, tmp_path / 'emb')
-    assert computed and embedding.shape == (1, 77, 32)
+    assert computed and embedding.shape == (1, 2, 32)
     assert calls[-1] == (commit, False)           # the text parts of the same commit
     assert (ckpt.root / 'tokenizer' / 'vocab.json').is_file()
 

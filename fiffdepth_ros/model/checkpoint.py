@@ -1,11 +1,13 @@
-"""Finding and loading a FiffDepth checkpoint in its released diffusers layout.
+"""Finding and loading a checkpoint in its released diffusers layout.
 
-    model_index.json, unet/, vae/, text_encoder/, tokenizer/ (scheduler/ is not needed)
+    model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (configuration only;
+    the families that step a scheduler need it, see model.families)
 
 ``model`` is a local folder or a Hugging Face hub id. Hub downloads use huggingface_hub's normal
-cache (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE are honoured). Only unet/ and vae/ are fetched and
-loaded on every start; text_encoder/ and tokenizer/ only when the empty-prompt embedding is not
-cached yet (see prompt_cache).
+cache (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE are honoured). Only unet/, vae/ and scheduler/ are
+fetched and loaded on every start; text_encoder/ and tokenizer/ only when the empty-prompt
+embedding is not cached yet (see prompt_cache). In half precision the checkpoint's ``fp16``
+variant files are fetched and loaded when it has them (half the download, no rounding here).
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MODEL_PARTS = ('unet', 'vae')
+CONFIG_PARTS = ('scheduler',)     # small, configuration only; optional
+FP16 = 'fp16'
 TEXT_PARTS = ('text_encoder', 'tokenizer')
 
 
@@ -44,6 +48,12 @@ class Checkpoint:
     source: str              # what the user asked for (path or hub id)
     hub_id: str | None = None
     cache_dir: str | None = None
+    variant: str | None = None    # the weights variant fetched ('fp16') or None
+
+    @property
+    def name(self) -> str:
+        """What the user calls it: the hub id, else the folder's name (family hints)."""
+        return self.hub_id or Path(self.source).expanduser().resolve().name
 
     def part(self, name: str) -> Path:
         return self.root / name
@@ -54,8 +64,9 @@ class Checkpoint:
             return
         if self.hub_id is not None:
             # Same commit as the UNet/VAE: the snapshot folder is named by it.
-            self.root = _download(self.hub_id, self.cache_dir, MODEL_PARTS + TEXT_PARTS,
-                                  revision=self.root.name)
+            self.root = _download(self.hub_id, self.cache_dir,
+                                  MODEL_PARTS + CONFIG_PARTS + TEXT_PARTS,
+                                  revision=self.root.name, variant=self.variant)
         missing = self._missing_text_parts()    # offline, a snapshot may still lack them
         if missing:
             where = 'its Hugging Face cache snapshot' if self.hub_id else 'the folder'
@@ -89,20 +100,34 @@ _UNUSED = ['*.msgpack', '*.h5', '*.onnx', '*.onnx_data', '*.ckpt', '*.pb', '*.fp
            '*.non_ema.*', '*.ema.*']
 
 
+def has_variant(folder: Path, variant: str | None) -> bool:
+    """``folder`` holds weights of ``variant`` (diffusers' name.<variant>.safetensors/.bin)."""
+    return variant is not None and any(
+        any(folder.glob(f'*.{variant}.{ext}')) for ext in ('safetensors', 'bin'))
+
+
 def _download(hub_id: str, cache_dir: str | None, parts: tuple[str, ...],
-              revision: str | None = None) -> Path:
+              revision: str | None = None, variant: str | None = None) -> Path:
     from huggingface_hub import snapshot_download
     offline = _offline()
 
-    def fetch(ignore: list[str]) -> Path:
+    def fetch(ignore: list[str], allow: list[str] | None = None) -> Path:
         # local_files_only as well: HF_HUB_OFFLINE set after huggingface_hub was imported counts.
         return Path(snapshot_download(
             repo_id=hub_id, revision=revision, cache_dir=cache_dir, local_files_only=offline,
-            allow_patterns=['model_index.json'] + [f'{p}/*' for p in parts],
+            allow_patterns=['model_index.json'] + (allow or [f'{p}/*' for p in parts]),
             ignore_patterns=ignore))
     try:
+        if variant is not None:
+            # Half precision: the fp16 copies only (configs, tokenizer files and the variant's
+            # weights), when every weighted part has one; else the full-precision files.
+            allow = [f'{p}/{pattern}' for p in parts
+                     for pattern in ('*.json', '*.txt', f'*.{variant}.safetensors')]
+            root = fetch([], allow)
+            if all(has_variant(root / p, variant) for p in parts if p in MODEL_PARTS):
+                return root
         root = fetch(_UNUSED + ['*.bin'])          # safetensors only, when the repo has them
-        weightless = [p for p in parts if p != 'tokenizer'
+        weightless = [p for p in parts if p not in ('tokenizer',) + CONFIG_PARTS
                       and not any((root / p).glob('*.safetensors'))]
         if weightless and not offline:
             root = fetch(_UNUSED)                  # an older repo: pickled .bin weights
@@ -147,10 +172,12 @@ def _text_identity(root: Path) -> str:
     return 'local-' + h.hexdigest()[:24]
 
 
-def resolve_checkpoint(model: str, cache_dir: str | None = None) -> Checkpoint:
+def resolve_checkpoint(model: str, cache_dir: str | None = None,
+                       variant: str | None = None) -> Checkpoint:
     """Local folder or hub id -> Checkpoint with unet/ and vae/ present (ModelLoadError else).
 
-    ``cache_dir`` is the Hugging Face hub cache (default: huggingface_hub's own)."""
+    ``cache_dir`` is the Hugging Face hub cache (default: huggingface_hub's own); ``variant``
+    ('fp16' in half precision) is fetched from the hub when the repository has it."""
     if not model:
         raise ModelLoadError(f'no FiffDepth checkpoint given. {how_to_supply()}')
     path = Path(model).expanduser()
@@ -163,11 +190,11 @@ def resolve_checkpoint(model: str, cache_dir: str | None = None) -> Checkpoint:
     if not looks_like_hub_id(model):
         raise ModelLoadError(f"FiffDepth checkpoint folder '{model}' does not exist. "
                              f'{how_to_supply()}')
-    root = _download(model, cache_dir, MODEL_PARTS)
+    root = _download(model, cache_dir, MODEL_PARTS + CONFIG_PARTS, variant=variant)
     _check_layout(root, model)
     # Snapshot folders are named by commit: repo + commit identifies the whole checkpoint.
     return Checkpoint(root=root, identity=f"hub-{model.replace('/', '--')}-{root.name}",
-                      source=model, hub_id=model, cache_dir=cache_dir)
+                      source=model, hub_id=model, cache_dir=cache_dir, variant=variant)
 
 
 def _check_layout(root: Path, source: str) -> None:
@@ -186,14 +213,24 @@ def _check_layout(root: Path, source: str) -> None:
                              f'(with config.json and weights). {how_to_supply(source)}')
 
 
+def _variant_for(folder: Path, dtype) -> str | None:
+    """'fp16' when loading in half precision and the folder has fp16 files (the release's
+    half-precision loading), else None (full-precision files, cast on load)."""
+    import torch
+    return FP16 if dtype == torch.float16 and has_variant(folder, FP16) else None
+
+
 def load_unet_and_vae(checkpoint: Checkpoint, dtype=None, vae_dtype=None):
     """The UNet (in ``dtype``) and VAE (in ``vae_dtype``, default ``dtype``) of the checkpoint,
-    on the CPU (the estimator moves them)."""
+    on the CPU (the estimator moves them); fp16 variant files preferred in half precision."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     vae_dtype = dtype if vae_dtype is None else vae_dtype
+    unet_dir, vae_dir = checkpoint.part('unet'), checkpoint.part('vae')
     try:
-        unet = UNet2DConditionModel.from_pretrained(checkpoint.part('unet'), torch_dtype=dtype)
-        vae = AutoencoderKL.from_pretrained(checkpoint.part('vae'), torch_dtype=vae_dtype)
+        unet = UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=dtype,
+                                                    variant=_variant_for(unet_dir, dtype))
+        vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=vae_dtype,
+                                            variant=_variant_for(vae_dir, vae_dtype))
     except Exception as exc:    # corrupt or incomplete weights, wrong architecture
         raise ModelLoadError(f"cannot load the UNet/VAE of checkpoint '{checkpoint.source}' "
                              f'({type(exc).__name__}: {exc}). {how_to_supply(checkpoint.source)}'

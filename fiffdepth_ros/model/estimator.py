@@ -1,16 +1,24 @@
-"""FiffDepth single-pass depth inference.
+"""The inference engine of the single-step diffusion depth families (FiffDepth, E2E-FT,
+Lotus-D, Marigold; see model.families).
 
-The released procedure, stage by stage (each stage is a method, used by the benchmark too):
+Shared stages (each a method, used by the benchmark too); the family decides the marked steps:
 
-  preprocess  RGB -> resize so the longer side is processing_res (antialiased bilinear; 0 = native)
-              -> [-1, 1] -> replicate-pad to a multiple of the VAE x UNet downsampling factor
+  preprocess  RGB -> resize so the longer side is processing_res, the size being the release's
+              float product int(side * (processing_res / longer_side)) (0 = native), antialiased
+              bilinear; FiffDepth/E2E-FT round the resized image back to uint8 before
+              /255*2-1 (torchvision resizes their uint8 tensor), Lotus normalises first and
+              resizes in float [family]. No padding: diffusers' UNet takes any size; only a
+              side below the VAE's downsampling factor is replicate-padded up to it.
   encode      VAE encoder + quant_conv, latent = mean x scaling_factor (0.18215 for SD2)
-  unet        UNet(latent, timestep 0, empty-prompt embedding): one pass, no sampling loop
-  decode      latent / scaling_factor -> post_quant_conv + decoder -> mean over the 3 channels
-              -> clip to [-1, 1] -> (x + 1) / 2
-  postprocess crop the padding -> resize back to the input size -> float32 HxW in [0, 1]
+  unet        image latent -> depth latent: one UNet pass (with a scheduler step for
+              E2E-FT) [family]
+  decode      latent / scaling_factor -> post_quant_conv + decoder -> depth in [0, 1] [family]
+  postprocess crop any padding -> per-prediction normalisation [family] -> resize back to the
+              input size (bilinear antialiased, or nearest-exact for Lotus) -> float32 HxW
 
-Output: relative, affine-invariant depth (larger = farther).
+Marigold runs diffusers' own MarigoldDepthPipeline instead of these stages.
+Output: relative, affine-invariant depth (larger = farther), or disparity (larger = nearer)
+where ``output_space == 'disparity'``.
 """
 from __future__ import annotations
 
@@ -22,6 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from . import stages
+from .families import FAMILY_CHOICES, Family
+from .families.fiffdepth import FiffDepth
 
 log = logging.getLogger(__name__)
 
@@ -58,9 +68,10 @@ def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
 class Batch:
     """Preprocessed images and what postprocess needs to undo the resize and padding."""
 
-    pixels: torch.Tensor          # (B, 3, H', W') in [-1, 1], padded
+    pixels: torch.Tensor          # (B, 3, H', W') in [-1, 1]
     input_size: tuple[int, int]   # (H, W) of the original images
-    resized: tuple[int, int]      # (h, w) before padding
+    resized: tuple[int, int]      # (h, w) the model sees, before any padding
+    padded: bool = False          # a side was padded up to the VAE's minimum
 
 
 def as_rgb_uint8_or_float(image: np.ndarray) -> np.ndarray:
@@ -92,26 +103,29 @@ def _batch_key(image: np.ndarray) -> tuple:
 
 
 def target_size(height: int, width: int, processing_res: int) -> tuple[int, int]:
-    """(h, w) the model sees: longer side = processing_res (0: unchanged), aspect kept.
+    """(h, w) the model sees: longer side about processing_res (0: unchanged), aspect kept.
 
-    The shorter side is rounded down, as Marigold-style depth pipelines (``resize_max_res``)
-    do; computed in integers so that the longer side is exactly processing_res (their float
-    product sometimes gives one pixel less)."""
+    Exactly the releases' resize_max_res: a float scale factor and int() of each product, so
+    the longer side can come out one pixel short (1121 * (768 / 1121) is 767.99... in floating
+    point: 1121x640 -> 767x438) -- kept, since the weights were trained and evaluated that
+    way. Never a zero side."""
     if processing_res <= 0:
         return height, width
-    if height >= width:
-        return processing_res, max(1, width * processing_res // height)
-    return max(1, height * processing_res // width), processing_res
+    factor = min(processing_res / width, processing_res / height)
+    return max(1, int(height * factor)), max(1, int(width * factor))
 
 
 class DepthEstimator:
-    """Loaded once; ``predict`` / ``predict_batch`` per frame."""
+    """Loaded once; ``predict`` / ``predict_batch`` per frame.
+
+    ``family`` is the family's name, ``output_space`` 'depth' or 'disparity'; ``strategy`` the
+    family object that runs the steps in which the families differ."""
 
     def __init__(self, unet, vae, empty_embedding: torch.Tensor, device='cpu',
                  precision='auto', processing_res: int = 768, upcast_vae: bool = False,
-                 compile: bool = False, model_name: str = 'unnamed'):
-        self.family = 'fiffdepth'          # which single-step family's procedure runs
-        self.output_space = 'depth'        # 'depth' (larger = farther) or 'disparity'
+                 compile: bool = False, model_name: str = 'unnamed',
+                 family: Family | None = None):
+        self.strategy = family if family is not None else FiffDepth()
         self.device = resolve_device(str(device))
         self.dtype = resolve_dtype(precision, self.device)
         self.processing_res = int(processing_res)
@@ -119,26 +133,31 @@ class DepthEstimator:
         self.upcast_vae = bool(upcast_vae) and self.dtype != torch.float32
         self.unet = self._prepare_module(unet, self.dtype)
         self.vae = self._prepare_vae(vae)
-        # (post_quant_conv, decoder) in fp32 once the decode runs in fp32 on a half model.
-        self._decoder32 = self._fp32_decoder() if self.upcast_vae else None
+        self._decoder32 = self.upcast_vae      # decoder (and post_quant_conv) in fp32
+        if self.upcast_vae:
+            self._fp32_decoder()
         self.scaling_factor = float(getattr(vae.config, 'scaling_factor', None)
                                     or DEFAULT_SCALING_FACTOR)
-        self.latent_channels = int(vae.config.latent_channels)
-        vae_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        unet_factor = 2 ** (len(unet.config.down_block_types) - 1)
-        self.pad_multiple = vae_factor * unet_factor
+        # Smallest side the VAE encoder takes (each downsampling halves it); below it, pad.
+        self.min_side = 2 ** (len(vae.config.block_out_channels) - 1)
         self._embedding = empty_embedding.to(self.device, self.dtype)
         self._embeddings: dict[int, torch.Tensor] = {}      # expanded per batch size
-        self._timestep = torch.zeros((), dtype=torch.long, device=self.device)
         self._warned_overflow = False
         if compile:
             # Compiled lazily on the first frame of each size (the first call is slow).
             self.unet = torch.compile(self.unet)
             self.vae.encoder = torch.compile(self.vae.encoder)
             self.vae.decoder = torch.compile(self.vae.decoder)
-            if self._decoder32 is not None:
-                self._decoder32 = (self.vae.post_quant_conv, self.vae.decoder)
             # (An fp32 re-decode after an fp16 overflow recompiles the decoder once.)
+        self.strategy.prepare(self)
+
+    @property
+    def family(self) -> str:
+        return self.strategy.name
+
+    @property
+    def output_space(self) -> str:
+        return self.strategy.output_space
 
     def _prepare_module(self, module, dtype=None):
         """Cast (before the move: less device memory), move, eval, channels_last, SDPA."""
@@ -163,25 +182,27 @@ class DepthEstimator:
             vae.post_quant_conv.float()
         return self._prepare_module(vae)
 
-    def _fp32_decoder(self):
+    def _fp32_decoder(self) -> None:
         # In place: the half decoder is never used again, so it must not stay in GPU memory.
         self.vae.decoder.float()
         if self.vae.post_quant_conv is not None:
             self.vae.post_quant_conv.float()
-        return self.vae.post_quant_conv, self.vae.decoder
+        self._decoder32 = True
 
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, model: str, device: str = 'auto', precision: str = 'auto',
                         processing_res: int = 768, upcast_vae: bool = False,
                         compile: bool = False, cache_dir: str | None = None,
-                        hub_cache_dir: str | None = None,
-                        model_family: str = 'auto') -> 'DepthEstimator':
-        """Load a checkpoint (local folder or hub id in the released diffusers layout).
+                        hub_cache_dir: str | None = None, model_family: str = 'auto',
+                        denoising_steps: int = 0, ensemble_size: int = 1,
+                        seed: int = 0) -> 'DepthEstimator':
+        """Load a checkpoint (local folder or hub id in its released diffusers layout).
 
         device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.
         precision: 'auto' (fp16 on CUDA, fp32 on CPU), 'fp16' or 'fp32'; fp16 on the CPU is
             mapped to fp32 with a warning (half-precision CPU convolutions are slow or missing).
+            In fp16 the checkpoint's fp16 variant files are loaded when it has them.
         processing_res: longer side the model sees (0 = native size); settable later.
         upcast_vae: decode in fp32 when running fp16 (for checkpoints whose fp16 decode
             overflows; without it an overflowing frame is re-decoded in fp32 and a warning says
@@ -190,39 +211,48 @@ class DepthEstimator:
         cache_dir: where the empty-prompt embedding is cached ($FIFFDEPTH_CACHE or
             ~/.cache/fiffdepth_ros by default).
         hub_cache_dir: Hugging Face hub cache (default: huggingface_hub's own, HF_HOME).
+        model_family: 'auto' (detected from the checkpoint) or one of model.families.FAMILIES.
+        denoising_steps, ensemble_size, seed: Marigold only (0 steps = the checkpoint's
+            default).
 
-        Raises ModelLoadError (missing, incomplete or unloadable checkpoint) and ValueError
-        (bad device or precision).
+        Raises ModelLoadError (missing, incomplete, unloadable or unknown checkpoint) and
+        ValueError (bad device, precision or model_family).
         """
-        from .checkpoint import load_unet_and_vae, resolve_checkpoint
+        from .checkpoint import FP16, load_unet_and_vae, resolve_checkpoint
+        from .families import make_family, read_info
         from .prompt_cache import load_empty_embedding
         dtype = resolve_dtype(precision, resolve_device(device))   # bad arguments fail first
-        if model_family not in ('auto', 'fiffdepth'):
-            raise ValueError(f"unknown model_family '{model_family}'")
-        checkpoint = resolve_checkpoint(model, cache_dir=hub_cache_dir)
+        if model_family not in FAMILY_CHOICES:
+            raise ValueError(f"unknown model_family '{model_family}': expected one of "
+                             f"{', '.join(FAMILY_CHOICES)}")
+        checkpoint = resolve_checkpoint(model, cache_dir=hub_cache_dir,
+                                        variant=FP16 if dtype == torch.float16 else None)
+        family = make_family(read_info(checkpoint), model_family,
+                             denoising_steps=denoising_steps, ensemble_size=ensemble_size,
+                             seed=seed)
         embedding, _ = load_empty_embedding(checkpoint, cache_dir)
         vae_dtype = torch.float32 if upcast_vae else dtype
         unet, vae = load_unet_and_vae(checkpoint, dtype, vae_dtype=vae_dtype)
         return cls(unet, vae, embedding, device=device,
                    precision='fp16' if dtype == torch.float16 else 'fp32',
                    processing_res=processing_res, upcast_vae=upcast_vae, compile=compile,
-                   model_name=model)
+                   model_name=model, family=family)
 
     def describe(self) -> dict:
         precision = {torch.float16: 'fp16', torch.float32: 'fp32'}.get(self.dtype, str(self.dtype))
-        if self._decoder32 is not None and self.dtype != torch.float32:
+        if self._decoder32 and self.dtype != torch.float32:
             precision += ' (VAE decoder fp32)'
         return {'model': self.model_name, 'device': str(self.device), 'precision': precision,
-                'processing_res': self.processing_res}
+                'processing_res': self.processing_res, **self.strategy.describe()}
 
     # ------------------------------------------------------------------ stages
     def target_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) the model sees: the longer side = processing_res, aspect kept."""
+        """(h, w) the model sees: the longer side about processing_res, aspect kept."""
         return target_size(height, width, self.processing_res)
 
     @torch.inference_mode()
     def preprocess(self, images: list[np.ndarray]) -> Batch:
-        """Same-size images -> padded (B, 3, H', W') tensor in [-1, 1] on the device."""
+        """Same-size images -> (B, 3, h, w) tensor in [-1, 1] on the device."""
         arrays = [as_rgb_uint8_or_float(img) for img in images]
         size = arrays[0].shape[:2]
         if any(_batch_key(a) != _batch_key(arrays[0]) for a in arrays):
@@ -235,36 +265,50 @@ class DepthEstimator:
             # Views of message buffers (rosbags) are read-only; torch wants to own writable data.
             host = host.copy()
         x = torch.from_numpy(host).to(self.device).permute(0, 3, 1, 2)
-        if x.dtype == torch.uint8:
-            x = x.float().div_(255.0)
-        else:
-            x = x.float()
+        is_uint8 = x.dtype == torch.uint8
+        x = x.float()                      # 0..255 (uint8) or 0..1 (float): a new tensor
+        if not is_uint8:
+            x = x.clamp_(0.0, 1.0)         # inputs may stray by the validated 1e-3
         channels = x.shape[1]
         if channels == 1:
             x = x.expand(-1, 3, -1, -1)
         elif channels == 4:
-            x = x[:, :3]                       # RGBA: alpha is not part of the scene
+            x = x[:, :3]                   # RGBA: alpha is not part of the scene
         h, w = self.target_size(*size)
-        if (h, w) != tuple(size):
-            x = F.interpolate(x, size=(h, w), mode='bilinear', align_corners=False,
-                              antialias=True)
-        x = x * 2.0 - 1.0           # new tensor: x may still be a view of the caller's image
-        pad_h = (-h) % self.pad_multiple
-        pad_w = (-w) % self.pad_multiple
-        if pad_h or pad_w:
+        resize = (h, w) != tuple(size)
+        if self.strategy.input_order == 'normalise_then_resize':
+            x = x / 127.5 - 1.0 if is_uint8 else x * 2.0 - 1.0
+            if resize:
+                x = _resize(x, (h, w), 'bilinear')
+        else:
+            if resize:
+                x = _resize(x, (h, w), 'bilinear')
+                if is_uint8:               # the release resizes a uint8 tensor: rounded back
+                    x = x.round_().clamp_(0.0, 255.0)
+            x = x / 255.0 * 2.0 - 1.0 if is_uint8 else x * 2.0 - 1.0
+        pad_h, pad_w = max(0, self.min_side - h), max(0, self.min_side - w)
+        if pad_h or pad_w:                 # only below what the VAE can downsample at all
             x = F.pad(x, (0, pad_w, 0, pad_h), mode='replicate')
         x = x.to(self.dtype).contiguous(memory_format=torch.channels_last)
-        return Batch(pixels=x, input_size=tuple(size), resized=(h, w))
+        return Batch(pixels=x, input_size=tuple(size), resized=(h, w),
+                     padded=bool(pad_h or pad_w))
 
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H', W') in [-1, 1] -> scaled latent mean (B, 4, H'/8, W'/8)."""
+        """(B, 3, H', W') in [-1, 1] -> scaled latent mean (B, 4, ~H'/8, ~W'/8)."""
         return stages.encode_image(self.vae, pixels, self.scaling_factor)
+
+    def _embedding_for(self, batch: int) -> torch.Tensor:
+        emb = self._embeddings.get(batch)
+        if emb is None:
+            emb = self._embedding.expand(batch, -1, -1).contiguous()
+            self._embeddings[batch] = emb
+        return emb
 
     @torch.inference_mode()
     def run_unet(self, latent: torch.Tensor) -> torch.Tensor:
-        """One UNet evaluation at timestep 0 on the empty prompt: RGB latent -> depth latent."""
-        return stages.unet_pass(self.unet, latent, self._timestep, self._embedding)
+        """The family's UNet step: image latent -> depth latent."""
+        return self.strategy.depth_latent(self, latent)
 
     @torch.inference_mode()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
@@ -276,32 +320,37 @@ class DepthEstimator:
                 log.warning('fp16 VAE decode gave non-finite values: decoded again in fp32, and '
                             'in fp32 from now on (upcast_vae=True skips the fp16 attempt)')
                 self._warned_overflow = True
-            self._decoder32 = self._fp32_decoder()
+            self._fp32_decoder()
             image = stages.decode_latent(self.vae, latent.float(), self.scaling_factor)
-        return stages.depth_from_decoded(image.float())
+        return self.strategy.to_depth(image)
 
     @torch.inference_mode()
     def postprocess(self, depth: torch.Tensor, batch: Batch) -> list[np.ndarray]:
-        """Crop the padding, resize to the input size: float32 HxW arrays in [0, 1]."""
-        h, w = batch.resized
-        depth = depth[:, :, :h, :w]
-        if (h, w) != batch.input_size:
-            depth = F.interpolate(depth, size=batch.input_size, mode='bilinear',
-                                  align_corners=False, antialias=True)
-            depth = depth.clamp_(0.0, 1.0)     # guards [0, 1] against float rounding
+        """Crop any padding, normalise, resize to the input size: float32 HxW in [0, 1]."""
+        if batch.padded:
+            depth = depth[:, :, :batch.resized[0], :batch.resized[1]]
+        depth = self.strategy.normalise(depth)
+        # The decoded size can differ from the resized one by a few pixels (sides that are not
+        # multiples of 8): the release resizes straight to the input size, so does this.
+        if tuple(depth.shape[-2:]) != batch.input_size:
+            depth = _resize(depth, batch.input_size, self.strategy.resize_back)
+        depth = depth.clamp_(0.0, 1.0)
         out = depth[:, 0].float().cpu().numpy()
         return [np.ascontiguousarray(d) for d in out]
 
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
     def _predict_same_size(self, images: list[np.ndarray]) -> list[np.ndarray]:
+        if self.strategy.own_pipeline:
+            return self.strategy.predict(self, [_rgb(as_rgb_uint8_or_float(i)) for i in images])
         batch = self.preprocess(images)
         latent = self.encode(batch.pixels)
         depth_latent = self.run_unet(latent)
         return self.postprocess(self.decode(depth_latent), batch)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
-        """Relative depth (float32 HxW in [0, 1], larger = farther) of one image."""
+        """Relative depth (float32 HxW in [0, 1]; larger = farther, or nearer where
+        ``output_space == 'disparity'``) of one image."""
         return self._predict_same_size([image])[0]
 
     def predict_batch(self, images: list[np.ndarray], max_batch: int = 8) -> list[np.ndarray]:
@@ -318,3 +367,18 @@ class DepthEstimator:
                     out[i] = depth
         return out
 
+
+def _resize(x: torch.Tensor, size: tuple[int, int], mode: str) -> torch.Tensor:
+    """torchvision.transforms.functional.resize on a float tensor, antialias=True."""
+    if mode == 'nearest-exact':            # antialiasing does not apply to nearest
+        return F.interpolate(x, size=size, mode='nearest-exact')
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
+
+
+def _rgb(image: np.ndarray) -> np.ndarray:
+    """HxWxC (C = 1, 3, 4) -> HxWx3, for pipelines that take RGB only."""
+    if image.shape[2] == 3:
+        return image
+    if image.shape[2] == 4:
+        return image[..., :3]
+    return np.repeat(image, 3, axis=2)

@@ -23,8 +23,7 @@ def decode_latent(vae, latent: torch.Tensor, scaling_factor: float) -> torch.Ten
 
     The decoder runs in its own parameters' dtype (the estimator may keep it in fp32 beside a
     half-precision encoder)."""
-    z = latent / scaling_factor
-    z = z.to(next(vae.decoder.parameters()).dtype)
+    z = latent.to(next(vae.decoder.parameters()).dtype) / scaling_factor
     if vae.post_quant_conv is not None:   # absent in use_post_quant_conv=False VAEs
         z = vae.post_quant_conv(z)
     return vae.decoder(z)
