@@ -387,3 +387,20 @@ def test_model_output_space_selects_disparity_alignment(tmp_path):
     assert predictor.space == 'disparity'
     result = evaluate(ds, predictor, str(tmp_path / 'o'), progress=False)
     assert result.mean['abs_rel'] < 1e-4
+
+
+def test_cli_tiny_model_on_kitti_predicts_the_benchmark_crop(tmp_path, tiny_checkpoint, capsys):
+    split, _ = write_kitti(tmp_path, np.random.default_rng(1))
+    out = tmp_path / 'run'
+    assert main(['--dataset', 'kitti', '--data', str(tmp_path), '--split', str(split),
+                 '--model', str(tiny_checkpoint), '--processing-res', '32', '--device', 'cpu',
+                 '--precision', 'fp32', '--output', str(out), '--limit', '1', '--no-progress']) == 0
+    pred = np.load(out / 'prediction' / '2011_09_26/2011_09_26_drive_0002_sync/image_02/data/'
+                   'pred_0000000069.npy')
+    assert pred.shape == (352, 1216) and np.isfinite(pred).all()
+    assert 'kitti: 1 samples' in capsys.readouterr().out
+    # Without the split list KITTI's focal length is unknown: the line sampler says so.
+    code = main(['--dataset', 'kitti', '--data', str(tmp_path / 'kitti'), '--predictions',
+                 str(out / 'prediction'), '--protocol', 'anchors', '--limit', '1',
+                 '--output', str(tmp_path / 'a'), '--no-progress'])
+    assert code == 2 and 'with --split' in capsys.readouterr().err

@@ -150,7 +150,9 @@ def test_clip_to_range():
                              np.array([[True, True, False]]), min_depth=0.5, max_depth=10).max() == 10
 
 
-@pytest.mark.parametrize("shape,max_res", [((40, 60), 24), ((37, 23), 10), ((8, 8), 16)])
+# (2, 6048): ETH3D's width (4032x6048 at max 1024) without its 97 MB of rows.
+@pytest.mark.parametrize("shape,max_res", [((40, 60), 24), ((37, 23), 10), ((8, 8), 16),
+                                           ((2, 6048), 1024)])
 def test_alignment_downsample_keeps_the_reference_pixels(shape, max_res):
     a = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
     got = nearest_downsample(a, max_res)

@@ -196,6 +196,10 @@ def evaluate_anchors(dataset: EvalDataset, predictor, output_dir: str, settings,
     names = dataset.sample_names()
     key = lambda name, s: f'{name}|{s.label}'  # noqa: E731
     todo = [i for i in indices if any(key(names[i], s) not in table.done for s in settings)]
+    if any(s.sampler == 'lines16' for s in settings) and (
+            dataset.name != 'kitti' or any(len(dataset.lines[i]) < 3 for i in todo)):
+        raise EvaluationError("the lines16 anchors need KITTI's focal length from the split list "
+                              '(its third column): pass --dataset kitti with --split')
     from tqdm.auto import tqdm
     for i in tqdm(todo, desc=f'anchors {dataset.name}', disable=not progress):
         sample = dataset[i]
