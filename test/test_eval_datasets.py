@@ -404,3 +404,16 @@ def test_cli_tiny_model_on_kitti_predicts_the_benchmark_crop(tmp_path, tiny_chec
                  str(out / 'prediction'), '--protocol', 'anchors', '--limit', '1',
                  '--output', str(tmp_path / 'a'), '--no-progress'])
     assert code == 2 and 'with --split' in capsys.readouterr().err
+
+
+
+def test_cli_passes_the_model_family_on(tmp_path, tiny_checkpoint, capsys):
+    split, _ = write_scannet(tmp_path, np.random.default_rng(3))
+    args = ['--dataset', 'scannet', '--data', str(tmp_path), '--split', str(split),
+            '--model', str(tiny_checkpoint), '--processing-res', '32', '--device', 'cpu',
+            '--precision', 'fp32', '--limit', '1', '--no-progress']
+    assert main(args + ['--model-family', 'nope', '--output', str(tmp_path / 'x')]) == 2
+    assert "unknown model_family 'nope'" in capsys.readouterr().err
+    assert main(args + ['--model-family', 'fiffdepth', '--output', str(tmp_path / 'y')]) == 0
+    run = json.loads((tmp_path / 'y' / 'run.json').read_text())
+    assert run['family'] == 'fiffdepth' and run['space'] == 'depth'

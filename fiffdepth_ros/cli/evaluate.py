@@ -5,6 +5,7 @@
                    [--split FILE] [--processing-res N] [--limit N] [--output DIR]
                    [--protocol relative|anchors] [--anchors 100,500,1000|lines16]
                    [--anchor-local on|off|both] [--pictures K]
+                   [--model-family auto|fiffdepth|e2e_ft|lotus_d|lotus_d_disparity|marigold]
 
 --data: the folder of the protocol's tars (e.g. BASE/nyuv2/nyu_labeled_extracted.tar), the tar
 itself, or an extracted copy. --split: the protocol's split list (default: looked for next to the
@@ -56,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--kitti-mask', choices=('eigen', 'garg', 'none'), default='eigen')
     p.add_argument('--pictures', type=int, default=0, metavar='K',
                    help='colourised pictures of the K worst and K best samples')
+    p.add_argument('--model-family', default='auto', metavar='NAME',
+                   help="'auto' (detected from the checkpoint), fiffdepth, e2e_ft, lotus_d, "
+                        'lotus_d_disparity or marigold')
+    p.add_argument('--denoising-steps', type=int, default=0, metavar='N',
+                   help="Marigold only: steps (0 = the checkpoint's default)")
+    p.add_argument('--ensemble-size', type=int, default=1, metavar='N', help='Marigold only')
     p.add_argument('--device', default='auto')
     p.add_argument('--precision', default='auto', choices=('auto', 'fp16', 'fp32'))
     p.add_argument('--no-progress', action='store_true')
@@ -80,11 +87,15 @@ def main(argv=None) -> int:
         else:
             from ..model.estimator import DepthEstimator
             res = dataset.processing_res if args.processing_res is None else args.processing_res
-            estimator = DepthEstimator.from_pretrained(args.model, device=args.device,
-                                                       precision=args.precision,
-                                                       processing_res=res)
+            estimator = DepthEstimator.from_pretrained(
+                args.model, device=args.device, precision=args.precision, processing_res=res,
+                model_family=args.model_family, denoising_steps=args.denoising_steps,
+                ensemble_size=args.ensemble_size)
             predictor = ModelPredictor(estimator, os.path.join(output, 'prediction'))
-            settings = {'processing_res': res, 'precision': args.precision}
+            settings = {'processing_res': res, 'precision': args.precision,
+                        'family': getattr(estimator, 'family', args.model_family),
+                        'denoising_steps': args.denoising_steps,
+                        'ensemble_size': args.ensemble_size}
         if args.protocol == 'relative':
             result = evaluate(dataset, predictor, output, args.limit, args.pictures,
                               progress=not args.no_progress, settings=settings)
