@@ -164,8 +164,17 @@ class ScaleRecovery:
     # ------------------------------------------------------------------ per frame
     def process(self, relative, anchors: Anchors | None, stamp_s: float
                 ) -> tuple[np.ndarray, FitReport]:
-        cfg = self._config
         rel = _relative(relative)
+        plan = self.estimate(rel.shape, lambda rows, cols: rel[rows, cols], anchors, stamp_s)
+        return self.apply(rel, plan), plan.report
+
+    def estimate(self, shape, sample, anchors: Anchors | None, stamp_s: float) -> 'Plan':
+        """The mapping of this frame from its anchors (fit, temporal filter), without touching
+        the dense image: ``sample(rows, cols)`` reads the relative depth at anchor pixels (a
+        numpy array or a tensor on the model's device, see fiffdepth_ros.finish)."""
+        cfg = self._config
+        if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
+            raise RecoveryInputError(f'relative depth must be an HxW array, got shape {shape}')
         stamp = float(stamp_s)
         if not math.isfinite(stamp):
             raise RecoveryInputError(f'stamp must be finite seconds, got {stamp_s!r}')
@@ -174,14 +183,13 @@ class ScaleRecovery:
         state = self._state
 
         if anchors is None and not state.had_anchors:
-            depth = self._fixed(rel, report, 'no anchor source: fixed scale/shift, not metric')
-            return depth, report
+            return self._fixed_plan(report, 'no anchor source: fixed scale/shift, not metric')
 
         rows = cols = z = w = None
         if anchors is not None:
             state.had_anchors = True
             report.anchors_offered = int(anchors.offered)
-            rows, cols, z, w, dropped = _usable(anchors, rel.shape, cfg)
+            rows, cols, z, w, dropped = _usable(anchors, shape, cfg)
             if dropped:
                 notes.append(dropped)
             report.anchors_used = len(z)
@@ -189,7 +197,7 @@ class ScaleRecovery:
         filt = state.filter
         measurement = fit = None
         if rows is not None and len(z):
-            x = rel[rows, cols]
+            x = np.asarray(sample(rows, cols), np.float32)
             # A scale-only fallback keeps the last good shift, else the configured one.
             prior = filt.shift if filt.has_estimate else cfg.fixed_shift
             fit = fit_scale_shift(x, z, w, cfg.fit_options(), prior_shift=prior)
@@ -209,33 +217,57 @@ class ScaleRecovery:
         if out.note:
             notes.append(out.note)
         if out.status == 'none':
-            depth = self._fixed(rel, report, 'no usable fit: fixed scale/shift, not metric')
+            plan = self._fixed_plan(report, 'no usable fit: fixed scale/shift, not metric')
             report.detail = '; '.join(notes + [report.detail])
-            return depth, report
+            return plan
 
         report.scale, report.shift, report.metric = out.scale, out.shift, True
         report.status = 'scale-only' if (out.status == 'fitted' and fit.status == 'scale-only') \
             else out.status
-        depth = apply_fit(rel, out.scale, out.shift, cfg.fit_space)
+        report.detail = '; '.join(notes)
         # A frame whose own fit was consistent but gated by the temporal filter (the model's
         # output jumped) is still corrected locally around the held mapping; a frame whose
         # anchors disagree among themselves (no measurement) is not.
-        if cfg.local_correction and measurement is not None and len(z):
-            local = local_correction(depth, rows, cols, z, w, self.local_options)
-            depth = local.depth
-            report.local_inliers = int(np.count_nonzero(local.weights))
-        _clip_range(depth, cfg.min_depth, cfg.max_depth)
-        report.detail = '; '.join(notes)
-        return depth, report
+        local = (rows, cols, z, w) if (cfg.local_correction and measurement is not None
+                                       and len(z)) else None
+        return Plan(report, out.scale, out.shift, cfg.fit_space, cfg.min_depth, cfg.max_depth,
+                    local)
+
+    def apply(self, rel: np.ndarray, plan: 'Plan') -> np.ndarray:
+        """Metric depth (float32 HxW, NaN invalid) of ``rel`` under ``plan``."""
+        depth = apply_fit(rel, plan.scale, plan.shift, plan.space)
+        if plan.local is not None:
+            depth = self.correct_locally(depth, plan)
+        _clip_range(depth, plan.min_depth, plan.max_depth)
+        return depth
+
+    def correct_locally(self, depth: np.ndarray, plan: 'Plan') -> np.ndarray:
+        local = local_correction(depth, *plan.local, self.local_options)
+        plan.report.local_inliers = int(np.count_nonzero(local.weights))
+        return local.depth
 
     # ------------------------------------------------------------------ helpers
-    def _fixed(self, rel, report: FitReport, note: str) -> np.ndarray:
+    def _fixed_plan(self, report: FitReport, note: str) -> 'Plan':
         cfg = self._config
-        depth = apply_fit(rel, cfg.fixed_scale, cfg.fixed_shift, cfg.fit_space)
-        _clip_range(depth, cfg.min_depth, cfg.max_depth)
         report.scale, report.shift = cfg.fixed_scale, cfg.fixed_shift
         report.status, report.metric, report.detail = 'none', False, note
-        return depth
+        return Plan(report, cfg.fixed_scale, cfg.fixed_shift, cfg.fit_space, cfg.min_depth,
+                    cfg.max_depth)
+
+
+@dataclass(eq=False)
+class Plan:
+    """What a frame's dense depth is: ``apply_fit(relative, scale, shift, space)``, locally
+    corrected with the ``local`` anchors (rows, cols, z, weight) unless None, NaN outside
+    [min_depth, max_depth]. ``report`` is the frame's fit report."""
+
+    report: FitReport
+    scale: float
+    shift: float
+    space: str
+    min_depth: float
+    max_depth: float
+    local: tuple | None = None
 
 
 def _relative(relative) -> np.ndarray:
