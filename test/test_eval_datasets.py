@@ -417,3 +417,21 @@ def test_cli_passes_the_model_family_on(tmp_path, tiny_checkpoint, capsys):
     assert main(args + ['--model-family', 'fiffdepth', '--output', str(tmp_path / 'y')]) == 0
     run = json.loads((tmp_path / 'y' / 'run.json').read_text())
     assert run['family'] == 'fiffdepth' and run['space'] == 'depth'
+
+
+def test_a_run_killed_while_writing_a_row_redoes_that_sample(tmp_path):
+    split, _ = write_scannet(tmp_path, np.random.default_rng(3))
+    ds = open_dataset('scannet', str(tmp_path), str(split))
+    preds = tmp_path / 'preds'
+    for i in range(len(ds)):
+        s = ds[i]
+        (preds / s.pred_name).parent.mkdir(parents=True, exist_ok=True)
+        np.save(preds / s.pred_name, (s.depth + 1).astype(np.float32))
+    out = tmp_path / 'out'
+    whole = evaluate(ds, FilePredictor(str(preds)), str(out), progress=False)
+    csv_path = out / 'per_sample_metrics.csv'
+    text = csv_path.read_text()
+    csv_path.write_text(text[:-20])                  # the last row cut short, no newline
+    again = evaluate(ds, FilePredictor(str(preds)), str(out), progress=False)
+    assert again.mean == pytest.approx(whole.mean)
+    assert csv_path.read_text() == text

@@ -22,6 +22,7 @@ class PerSampleCSV:
         self.path, self.fields = path, list(fields)
         self.done: dict[str, dict] = {}
         if os.path.isfile(path) and os.path.getsize(path) > 0:
+            _drop_partial_last_line(path)
             with open(path, newline='') as f:
                 reader = csv.DictReader(f)
                 if reader.fieldnames != self.fields:
@@ -38,6 +39,14 @@ class PerSampleCSV:
             csv.DictWriter(f, self.fields).writerow(
                 {k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
         self.done[row['key']] = row
+
+
+def _drop_partial_last_line(path: str) -> None:
+    """A run killed while appending leaves a line without its newline: that sample is redone."""
+    with open(path, 'rb+') as f:
+        data = f.read()
+        if data and not data.endswith(b'\n'):
+            f.truncate(data.rfind(b'\n') + 1)
 
 
 def _number(text: str):
