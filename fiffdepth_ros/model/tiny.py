@@ -1,8 +1,17 @@
-"""Tiny random FiffDepth checkpoints in the released layout, and the full-size SD2 architecture.
+"""Tiny random checkpoints in each family's released layout, and the full-size SD2 architecture.
 
 No weights can be downloaded in tests, CI or the demo: these build models with the exact on-disk
 layout and module classes of a released checkpoint (so the real loading code runs), small enough
 for a CPU. Their depth is meaningless.
+
+Layouts (``family``):
+  fiffdepth  model_index FiffDepthPipeline; 4-channel UNet; no scheduler (the release has none)
+  e2e_ft     8-channel UNet; Marigold v1.0's DDIM scheduler configuration (v-prediction; the
+             release forces trailing spacing); model_index MarigoldPipeline (fine-tuned from
+             Marigold), so the folder's name (``*e2e-ft*``) tells it apart, as the hub ids do
+  lotus_d    4-channel UNet with a 4-d projection class embedding; model_index LotusDPipeline
+  marigold   8-channel UNet; model_index MarigoldDepthPipeline with its config (v1.1 style:
+             trailing DDIM, v-prediction, 1 default step)
 """
 from __future__ import annotations
 
@@ -69,12 +78,48 @@ def _write_tokenizer(folder: Path, max_length: int = 77) -> None:
         'unk_token': '<|endoftext|>', 'pad_token': '<|endoftext|>'}))
 
 
-def _model_index() -> dict:
+FAMILY_LAYOUTS = ('fiffdepth', 'e2e_ft', 'lotus_d', 'marigold')
+
+# Stable Diffusion 2's noise schedule, as Marigold's checkpoints carry it.
+_SD2_SCHEDULE = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
+                     beta_schedule='scaled_linear', clip_sample=False, set_alpha_to_one=False,
+                     steps_offset=1, prediction_type='v_prediction')
+_SCHEDULERS = {'e2e_ft': dict(_SD2_SCHEDULE, timestep_spacing='leading'),
+               'lotus_d': dict(_SD2_SCHEDULE, timestep_spacing='leading',
+                               prediction_type='sample'),
+               'marigold': dict(_SD2_SCHEDULE, timestep_spacing='trailing')}
+_PIPELINE_CLASS = {'fiffdepth': 'FiffDepthPipeline', 'e2e_ft': 'MarigoldPipeline',
+                   'lotus_d': 'LotusDPipeline', 'marigold': 'MarigoldDepthPipeline'}
+
+
+def unet_config(base: dict, family: str) -> dict:
+    """The UNet configuration of ``family`` on top of a base (TINY_UNET or SD2_UNET)."""
+    config = dict(base)
+    if family in ('e2e_ft', 'marigold'):
+        config['in_channels'] = 8                  # [image latent, depth latent]
+    elif family == 'lotus_d':
+        config.update(class_embed_type='projection', projection_class_embeddings_input_dim=4)
+    return config
+
+
+def _model_index(family: str = 'fiffdepth') -> dict:
     import diffusers
-    return {'_class_name': 'FiffDepthPipeline', '_diffusers_version': diffusers.__version__,
-            'unet': ['diffusers', 'UNet2DConditionModel'], 'vae': ['diffusers', 'AutoencoderKL'],
-            'text_encoder': ['transformers', 'CLIPTextModel'],
-            'tokenizer': ['transformers', 'CLIPTokenizer']}
+    index = {'_class_name': _PIPELINE_CLASS[family], '_diffusers_version': diffusers.__version__,
+             'unet': ['diffusers', 'UNet2DConditionModel'], 'vae': ['diffusers', 'AutoencoderKL'],
+             'text_encoder': ['transformers', 'CLIPTextModel'],
+             'tokenizer': ['transformers', 'CLIPTokenizer']}
+    if family in _SCHEDULERS:
+        index['scheduler'] = ['diffusers', 'DDIMScheduler']
+    if family == 'marigold':
+        index.update(prediction_type='depth', scale_invariant=True, shift_invariant=True,
+                     default_denoising_steps=1, default_processing_resolution=768)
+    return index
+
+
+def _write_scheduler(path: Path, family: str) -> None:
+    if family in _SCHEDULERS:
+        from diffusers import DDIMScheduler
+        DDIMScheduler(**_SCHEDULERS[family]).save_pretrained(path / 'scheduler')
 
 
 # Files a complete checkpoint of ours has (weights are checked separately: any *.safetensors).
@@ -105,25 +150,29 @@ def _write_text_parts(path: Path, hidden_size: int, num_heads: int, num_layers: 
     CLIPTextModel(text_config).save_pretrained(path / 'text_encoder')
 
 
-def build_tiny_checkpoint(path, seed: int = 0) -> Path:
-    """Write (or reuse) a tiny random checkpoint at ``path`` in the released layout.
+def build_tiny_checkpoint(path, seed: int = 0, family: str = 'fiffdepth') -> Path:
+    """Write (or reuse) a tiny random checkpoint at ``path`` in ``family``'s released layout.
 
-    A complete checkpoint already built there with the same seed is reused as it is (its
-    identity, and so the embedding cache, stays the same)."""
+    A complete checkpoint already built there with the same seed and family is reused as it is
+    (its identity, and so the embedding cache, stays the same)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    if family not in FAMILY_LAYOUTS:
+        raise ValueError(f'unknown family layout {family!r}: one of {FAMILY_LAYOUTS}')
     path = Path(path)
-    if _is_complete(path, str(seed)):
+    stamp = str(seed) if family == 'fiffdepth' else f'{family}-{seed}'
+    if _is_complete(path, stamp):
         return path
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    UNet2DConditionModel(**TINY_UNET).save_pretrained(path / 'unet')
+    UNet2DConditionModel(**unet_config(TINY_UNET, family)).save_pretrained(path / 'unet')
     AutoencoderKL(**TINY_VAE).save_pretrained(path / 'vae')
     _write_text_parts(path, hidden_size=TINY_UNET['cross_attention_dim'], num_heads=4,
                       num_layers=2, intermediate_size=64)
-    (path / 'model_index.json').write_text(json.dumps(_model_index(), indent=2))
-    (path / '.fiffdepth_tiny_seed').write_text(str(seed))   # last: marks the build complete
+    _write_scheduler(path, family)
+    (path / 'model_index.json').write_text(json.dumps(_model_index(family), indent=2))
+    (path / '.fiffdepth_tiny_seed').write_text(stamp)   # last: marks the build complete
     return path
 
 
@@ -144,28 +193,29 @@ def _random_init_(module, generator) -> None:
             buffer.zero_()
 
 
-def build_sd2_modules(seed: int = 0):
+def build_sd2_modules(seed: int = 0, family: str = 'fiffdepth'):
     """Full-size SD2 UNet (~866M parameters) and VAE (~84M) with random weights, no download.
 
     Modules are created on the meta device and materialised with a cheap uniform init: the
     default initialisation of 950M parameters takes minutes on a small CPU, for weights that are
     random anyway (a forward pass costs the same whatever the values). Returns
-    (unet, vae, empty_embedding of shape (1, 77, 1024)), fp32 on the CPU.
+    (unet, vae, empty_embedding of shape (1, 2, 1024)), fp32 on the CPU; the UNet laid out
+    for ``family`` (8 input channels for e2e_ft/marigold, a class embedding for lotus_d).
     """
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
     with torch.device('meta'):
-        unet = UNet2DConditionModel(**SD2_UNET)
+        unet = UNet2DConditionModel(**unet_config(SD2_UNET, family))
         vae = AutoencoderKL(**SD2_VAE)
     generator = torch.Generator().manual_seed(seed)
     for module in (unet, vae):
         module.to_empty(device='cpu')
         _random_init_(module, generator)
-    embedding = torch.randn(1, 77, SD2_TEXT_DIM, generator=generator) * 0.1
+    embedding = torch.randn(1, 2, SD2_TEXT_DIM, generator=generator) * 0.1
     return unet.eval(), vae.eval(), embedding
 
 
-def build_sd2_checkpoint(path, seed: int = 0, dtype=None) -> Path:
+def build_sd2_checkpoint(path, seed: int = 0, dtype=None, family: str = 'fiffdepth') -> Path:
     """Write (or reuse) a checkpoint with the full-size SD2 UNet and VAE (random weights) in the
     released layout at ``path``, for benchmarks that load through ``DepthEstimator``.
 
@@ -178,11 +228,13 @@ def build_sd2_checkpoint(path, seed: int = 0, dtype=None) -> Path:
     path = Path(path)
     dtype = torch.float16 if dtype is None else dtype
     stamp_text = f'sd2-{seed}-{str(dtype).removeprefix("torch.")}'
+    if family != 'fiffdepth':
+        stamp_text += f'-{family}'
     if _is_complete(path, stamp_text):
         return path
     path.mkdir(parents=True, exist_ok=True)
     from diffusers.utils import logging as diffusers_logging
-    unet, vae, _ = build_sd2_modules(seed)
+    unet, vae, _ = build_sd2_modules(seed, family)
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()   # .to(fp16) warns about a list of no modules
     try:
@@ -194,6 +246,7 @@ def build_sd2_checkpoint(path, seed: int = 0, dtype=None) -> Path:
     torch.manual_seed(seed)
     _write_text_parts(path, hidden_size=SD2_TEXT_DIM, num_heads=16, num_layers=1,
                       intermediate_size=4 * SD2_TEXT_DIM)
-    (path / 'model_index.json').write_text(json.dumps(_model_index(), indent=2))
+    _write_scheduler(path, family)
+    (path / 'model_index.json').write_text(json.dumps(_model_index(family), indent=2))
     (path / '.fiffdepth_tiny_seed').write_text(stamp_text)
     return path
