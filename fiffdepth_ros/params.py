@@ -83,8 +83,18 @@ class ParamSpec:
 
 _SPECS = (
     # model and inference
-    ParamSpec('model', '', 'FiffDepth checkpoint: a local folder in the released diffusers layout '
-              'or a Hugging Face hub id', read_only=True),
+    ParamSpec('model', '', 'depth checkpoint (FiffDepth, E2E-FT, Lotus-D or Marigold): a local '
+              'folder in its released diffusers layout or a Hugging Face hub id', read_only=True),
+    ParamSpec('model_family', 'auto', "which family's procedure runs the checkpoint: 'auto' "
+              '(detected from its files) or one of the families', read_only=True,
+              choices=('auto', 'fiffdepth', 'e2e_ft', 'lotus_d', 'lotus_d_disparity',
+                       'marigold')),
+    ParamSpec('denoising_steps', 0, 'Marigold only: denoising steps (0 = the checkpoint default)',
+              min=0, max=1000, read_only=True),
+    ParamSpec('ensemble_size', 1, 'Marigold only: predictions ensembled per frame (N times the '
+              'cost)', min=1, max=64, read_only=True),
+    ParamSpec('seed', 0, 'Marigold only: noise seed, the same for every frame', min=0,
+              max=999999, read_only=True),
     ParamSpec('device', 'auto', "'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or "
               "'cuda:N'", read_only=True),
     ParamSpec('precision', 'auto', "'auto' (fp16 on CUDA, fp32 on CPU), 'fp16' or 'fp32'",
@@ -130,8 +140,9 @@ _SPECS = (
     ParamSpec('lidar_child_frame', '', "static extrinsic child frame (the cloud's frame_id when "
               'empty)'),
     # scale recovery
-    ParamSpec('fit_space', 'depth', "fit scale and shift in 'depth' (FiffDepth) or 'inverse' "
-              'depth (disparity models)', choices=('depth', 'inverse')),
+    ParamSpec('fit_space', 'auto', "fit scale and shift in 'depth' or 'inverse' depth; 'auto' "
+              "follows the model (inverse for disparity models such as Lotus-D disparity)",
+              choices=('auto', 'depth', 'inverse')),
     ParamSpec('filter_responsiveness', 0.3, 'temporal filter gain per frame for scale/shift: '
               '1 = no smoothing', min=0.01, max=1.0),
     ParamSpec('local_correction', True, 'dense local correction between anchors after the global '

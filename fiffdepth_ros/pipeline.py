@@ -100,13 +100,16 @@ class PipelineConfig:
     extrinsic: StaticExtrinsic = field(
         default_factory=lambda: StaticExtrinsic(RigidTransform.identity()))
     scale: ScaleRecoveryConfig = field(default_factory=ScaleRecoveryConfig)
+    # fit_space 'auto': the pipeline sets scale.fit_space from its model's output space.
+    fit_space_follows_model: bool = False
 
     @classmethod
     def from_params(cls, p: dict[str, Any]) -> 'PipelineConfig':
         """From a validated parameter dict (see fiffdepth_ros.params)."""
         colour = (p['colorize_min'], p['colorize_max'])
         scale = ScaleRecoveryConfig(
-            fit_space=p['fit_space'], local_correction=p['local_correction'],
+            fit_space='depth' if p['fit_space'] == 'auto' else p['fit_space'],
+            local_correction=p['local_correction'],
             responsiveness=p['filter_responsiveness'], min_depth=p['min_range'],
             max_depth=p['max_range'], fixed_scale=p['fixed_scale'], fixed_shift=p['fixed_shift'])
         extrinsic = StaticExtrinsic(
@@ -121,7 +124,7 @@ class PipelineConfig:
                    fixed_scale_is_metric=p['fixed_scale_is_metric'],
                    anchors_configured=p['use_lidar'] or p['stereo_source'] != 'none',
                    publish_without_fit=p['publish_without_fit'], extrinsic=extrinsic,
-                   scale=scale)
+                   scale=scale, fit_space_follows_model=p['fit_space'] == 'auto')
 
 
 @dataclass
@@ -166,6 +169,7 @@ class DepthPipeline:
         self.estimator = estimator
         self.backend = backend
         self.extrinsic_lookup = extrinsic_lookup
+        config = self._with_model_fit_space(config)
         self._config = config
         self.scale = ScaleRecovery(config.scale)
         self.clouds = DepthCloudBuilder()
@@ -177,8 +181,19 @@ class DepthPipeline:
 
     @config.setter
     def config(self, config: PipelineConfig) -> None:
+        config = self._with_model_fit_space(config)
         self._config = config
         self.scale.config = config.scale     # a changed scale config resets the filter
+
+    def _with_model_fit_space(self, config: PipelineConfig) -> PipelineConfig:
+        """fit_space 'auto': disparity models (estimator.output_space) fit in inverse depth."""
+        if not config.fit_space_follows_model:
+            return config
+        disparity = getattr(self.estimator, 'output_space', 'depth') == 'disparity'
+        space = 'inverse' if disparity else 'depth'
+        if config.scale.fit_space == space:
+            return config
+        return replace(config, scale=replace(config.scale, fit_space=space))
 
     def update(self, **changes) -> None:
         self.config = replace(self._config, **changes)

@@ -251,3 +251,42 @@ def test_model_family_overrides_detection_but_must_fit_the_unet(models, tiny_che
         DepthEstimator.from_pretrained(str(bare), device='cpu')
     with pytest.raises(ValueError, match="unknown model_family 'dpt'"):
         DepthEstimator.from_pretrained(str(tiny_checkpoint), model_family='dpt')
+
+
+# ----------------------------------------------------------------------------- parameters
+def test_params_offer_exactly_the_families():
+    from fiffdepth_ros import params as P
+    from fiffdepth_ros.model.families import FAMILY_CHOICES
+    assert P.SPECS['model_family'].choices == FAMILY_CHOICES
+    assert P.defaults()['model_family'] == 'auto' and P.defaults()['fit_space'] == 'auto'
+
+
+class _Model:
+    def __init__(self, output_space):
+        self.output_space = output_space
+
+
+@pytest.mark.parametrize('output_space, requested, fitted', [
+    ('disparity', 'auto', 'inverse'), ('depth', 'auto', 'depth'),
+    ('disparity', 'depth', 'depth'), ('depth', 'inverse', 'inverse')])
+def test_fit_space_follows_the_model_unless_the_user_sets_it(output_space, requested, fitted):
+    from fiffdepth_ros import params as P
+    from fiffdepth_ros.pipeline import DepthPipeline, PipelineConfig
+    config = PipelineConfig.from_params(P.validate({'fit_space': requested}))
+    pipeline = DepthPipeline(_Model(output_space), config, backend=None)
+    assert pipeline.config.scale.fit_space == fitted
+    assert pipeline.scale.config.fit_space == fitted
+    pipeline.update(min_range=0.2)                    # a later parameter change keeps it
+    assert pipeline.scale.config.fit_space == fitted
+
+
+def test_the_runtime_loader_passes_the_family_parameters(models):
+    from fiffdepth_ros import params as P
+    from fiffdepth_ros.model.runtime import load_estimator
+    p = P.validate({'model': str(models['marigold']), 'device': 'cpu', 'processing_res': 32,
+                    'model_family': 'marigold', 'denoising_steps': 2, 'ensemble_size': 1,
+                    'seed': 5})
+    est = load_estimator(p)
+    assert (est.family, est.strategy.denoising_steps, est.strategy.seed) == ('marigold', 2, 5)
+    p = P.validate({'model': str(models['lotus_d_disparity']), 'device': 'cpu'})
+    assert load_estimator(p).output_space == 'disparity'

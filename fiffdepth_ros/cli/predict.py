@@ -2,9 +2,11 @@
 
     fiffdepth-predict --model PATH_OR_ID --input DIR_OR_FILE --output DIR
                       [--processing-res N] [--device cpu|cuda|auto] [--fp16|--fp32]
-                      [--batch-size N]
+                      [--batch-size N] [--model-family auto|fiffdepth|e2e_ft|lotus_d|...]
+                      [--denoising-steps N] [--ensemble-size N] [--seed N]   (Marigold)
 
-Writes per image NAME.npy (float32 relative depth at the input size, larger = farther),
+Writes per image NAME.npy (float32 relative depth at the input size, larger = farther; for
+disparity models such as Lotus-D disparity the model's disparity, larger = nearer),
 NAME_depth16.png (the same scaled to 0..65535) and NAME_color.png (colourised, near = red).
 """
 from __future__ import annotations
@@ -32,6 +34,14 @@ def parse_args(argv):
                            help='full precision')
     ap.add_argument('--batch-size', type=int, default=1,
                     help='images per forward pass (same-size images are batched)')
+    ap.add_argument('--model-family', default='auto',
+                    help="auto (detected from the checkpoint), fiffdepth, e2e_ft, lotus_d, "
+                         "lotus_d_disparity or marigold")
+    ap.add_argument('--denoising-steps', type=int, default=0,
+                    help='Marigold: denoising steps (0 = the checkpoint default)')
+    ap.add_argument('--ensemble-size', type=int, default=1,
+                    help='Marigold: predictions ensembled per image')
+    ap.add_argument('--seed', type=int, default=0, help='Marigold: noise seed')
     ap.set_defaults(precision='auto')
     args = ap.parse_args(argv)
     if args.processing_res < 0:
@@ -56,7 +66,7 @@ def output_names(images: list[Path]) -> dict[Path, str]:
     return {p: p.stem if stems.count(p.stem) == 1 else p.name.replace('.', '_') for p in images}
 
 
-def write_outputs(out_dir: Path, stem: str, depth) -> None:
+def write_outputs(out_dir: Path, stem: str, depth, disparity: bool = False) -> None:
     import cv2
     import numpy as np
 
@@ -64,8 +74,10 @@ def write_outputs(out_dir: Path, stem: str, depth) -> None:
     np.save(out_dir / f'{stem}.npy', depth.astype(np.float32))
     cv2.imwrite(str(out_dir / f'{stem}_depth16.png'),
                 np.round(np.clip(depth, 0.0, 1.0) * 65535.0).astype(np.uint16))
-    # Relative depth: larger = farther, so the colour map's near end is the small values.
-    cv2.imwrite(str(out_dir / f'{stem}_color.png'), colorize_depth(depth)[..., ::-1])
+    # Relative depth: larger = farther, so the colour map's near end is the small values
+    # (disparity, larger = nearer, is flipped for the colours only).
+    shown = 1.0 - depth if disparity else depth
+    cv2.imwrite(str(out_dir / f'{stem}_color.png'), colorize_depth(shown)[..., ::-1])
 
 
 def main(argv=None) -> int:
@@ -87,7 +99,9 @@ def main(argv=None) -> int:
     try:
         estimator = DepthEstimator.from_pretrained(
             args.model, device=args.device, precision=args.precision,
-            processing_res=args.processing_res)
+            processing_res=args.processing_res, model_family=args.model_family,
+            denoising_steps=args.denoising_steps, ensemble_size=args.ensemble_size,
+            seed=args.seed)
     except (ModelLoadError, ValueError) as exc:
         print(f'fiffdepth-predict: {exc}', file=sys.stderr)
         return 1
@@ -98,6 +112,9 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     names = output_names(images)
+    disparity = estimator.output_space == 'disparity'
+    print(f'{estimator.family} model'
+          + (': outputs are disparity (larger = nearer)' if disparity else ''), file=sys.stderr)
     failed = []
     progress = tqdm(total=len(images), unit='img', desc='fiffdepth-predict')
     for start in range(0, len(images), args.batch_size):
@@ -114,7 +131,7 @@ def main(argv=None) -> int:
             pixels.append(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
         depths = estimator.predict_batch(pixels, max_batch=args.batch_size) if pixels else []
         for path, depth in zip(chunk, depths):
-            write_outputs(args.output, names[path], depth)
+            write_outputs(args.output, names[path], depth, disparity)
             progress.update(1)
     progress.close()
     done = len(images) - len(failed)

@@ -25,13 +25,16 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(prog='fiffdepth-demo', description=__doc__.split('\n\n')[0])
     ap.add_argument('--output', type=Path, default=Path('demo_output'),
                     help='folder for the results (default: demo_output)')
-    ap.add_argument('--model', default='', help='FiffDepth checkpoint folder or hub id '
+    ap.add_argument('--model', default='', help='depth checkpoint folder or hub id (any family) '
                     '(default: build a tiny random model)')
     ap.add_argument('--frames', type=int, default=12, help='frames to stream (default 12)')
     ap.add_argument('--rate', type=float, default=4.0, help='stream rate in Hz (default 4)')
     ap.add_argument('--processing-res', type=int, default=0,
                     help='model resolution (default: 768 with --model, 256 for the tiny model)')
     ap.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
+    ap.add_argument('--model-family', default='auto',
+                    help='auto (detected from the checkpoint), fiffdepth, e2e_ft, lotus_d, '
+                         'lotus_d_disparity or marigold')
     ap.add_argument('--startup-timeout', type=float, default=300.0,
                     help='seconds to wait for the node to load its model')
     ap.add_argument('--install-prefix', default=None,
@@ -89,7 +92,8 @@ def main(argv=None) -> int:
     room = SyntheticRoom(640, 480, lidar_lines=32)
     t, q = room.camera_from_lidar.matrix[:3, 3], room.camera_from_lidar.quaternion
     params = {
-        'model': model, 'device': args.device, 'processing_res': processing_res,
+        'model': model, 'model_family': args.model_family, 'device': args.device,
+        'processing_res': processing_res,
         'use_lidar': True, 'lidar_use_tf': False,
         'lidar_translation': [float(v) for v in t], 'lidar_rotation': [float(v) for v in q],
         'lidar_parent_frame': 'camera_optical', 'lidar_child_frame': 'lidar',

@@ -32,8 +32,11 @@ def load_estimator(p: dict[str, Any]):
     from ..params import ParameterError
     from .estimator import DepthEstimator
     if not p['model']:
-        raise ParameterError("parameter 'model' is empty: set it to a FiffDepth checkpoint "
-                             'folder or Hugging Face hub id (see the README)')
+        raise ParameterError("parameter 'model' is empty: set it to a depth checkpoint "
+                             '(FiffDepth, E2E-FT, Lotus-D or Marigold) folder or Hugging Face '
+                             'hub id (see the README)')
     return DepthEstimator.from_pretrained(
         p['model'], device=p['device'], precision=p['precision'],
-        processing_res=p['processing_res'], upcast_vae=p['upcast_vae'], compile=p['compile'])
+        processing_res=p['processing_res'], upcast_vae=p['upcast_vae'], compile=p['compile'],
+        model_family=p['model_family'], denoising_steps=p['denoising_steps'],
+        ensemble_size=p['ensemble_size'], seed=p['seed'])
