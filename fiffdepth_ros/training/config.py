@@ -130,6 +130,8 @@ def load_config(path=None, overrides=()) -> dict:
 
 def validate(cfg: dict) -> None:
     train, method = cfg['train'], cfg['method']
+    if train['mixed_precision'] is False:      # YAML 1.1 reads a bare `no` as false
+        train['mixed_precision'] = 'no'
     if train['mixed_precision'] not in ('no', 'fp16', 'bf16'):
         raise ConfigError("train.mixed_precision must be 'no', 'fp16' or 'bf16'")
     for key in ('max_steps', 'gradient_accumulation_steps', 'checkpoint_every', 'log_every'):

@@ -89,6 +89,7 @@ class Trainer:
             project_config=ProjectConfiguration(project_dir=str(self.output_dir),
                                                 logging_dir=str(self.output_dir / 'logs')))
         set_seed(int(tcfg['seed']))
+        self.history: list[dict] = []      # every logged record, also kept in memory
         self._load_models()
 
     # ------------------------------------------------------------------ setup
@@ -271,6 +272,7 @@ class Trainer:
                 if acc.device.type == 'cuda':
                     logs['memory/max_allocated_gib'] = torch.cuda.max_memory_allocated() / 2**30
                 acc.log(logs, step=step)
+                self.history.append({'step': step, **logs})
                 bar.set_postfix(loss=f"{logs['loss/loss']:.4f}", lr=f"{logs['lr']:.2e}")
                 sums, n_logged, t_last = {}, 0, now
             if step % int(self.cfg['validation']['every']) == 0 or step == max_steps:
@@ -278,6 +280,7 @@ class Trainer:
                     results = self.validate()
                     if results:
                         acc.log(results, step=step)
+                        self.history.append({'step': step, **results})
                         log.info('step %d validation: %s', step, results)
                 acc.wait_for_everyone()
             if step % int(tcfg['checkpoint_every']) == 0 or step == max_steps:
