@@ -327,6 +327,12 @@ class DepthEstimator:
     @torch.inference_mode()
     def postprocess(self, depth: torch.Tensor, batch: Batch) -> list[np.ndarray]:
         """Crop any padding, normalise, resize to the input size: float32 HxW in [0, 1]."""
+        out = self.postprocess_on_device(depth, batch)[:, 0].float().cpu().numpy()
+        return [np.ascontiguousarray(d) for d in out]
+
+    @torch.inference_mode()
+    def postprocess_on_device(self, depth: torch.Tensor, batch: Batch) -> torch.Tensor:
+        """As postprocess, but (B, 1, H, W) on the model's device (no copy, no sync)."""
         if batch.padded:
             depth = depth[:, :, :batch.resized[0], :batch.resized[1]]
         depth = self.strategy.normalise(depth)
@@ -334,9 +340,7 @@ class DepthEstimator:
         # multiples of 8): the release resizes straight to the input size, so does this.
         if tuple(depth.shape[-2:]) != batch.input_size:
             depth = _resize(depth, batch.input_size, self.strategy.resize_back)
-        depth = depth.clamp_(0.0, 1.0)
-        out = depth[:, 0].float().cpu().numpy()
-        return [np.ascontiguousarray(d) for d in out]
+        return depth.clamp_(0.0, 1.0)
 
     # ------------------------------------------------------------------ prediction
     @torch.inference_mode()
@@ -352,6 +356,16 @@ class DepthEstimator:
         """Relative depth (float32 HxW in [0, 1]; larger = farther, or nearer where
         ``output_space == 'disparity'``) of one image."""
         return self._predict_same_size([image])[0]
+
+    @torch.inference_mode()
+    def predict_on_device(self, image: np.ndarray) -> torch.Tensor:
+        """As predict, but a float32 (H, W) tensor left on the model's device, for finishing
+        there (fiffdepth_ros.finish); families with their own pipeline come back from the host."""
+        if self.strategy.own_pipeline:
+            return torch.from_numpy(self.predict(image)).to(self.device)
+        batch = self.preprocess([image])
+        depth = self.decode(self.run_unet(self.encode(batch.pixels)))
+        return self.postprocess_on_device(depth, batch)[0, 0].float()
 
     def predict_batch(self, images: list[np.ndarray], max_batch: int = 8) -> list[np.ndarray]:
         """Several images, in order; images of one size (and format) share batches of at most
