@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 import threading
 import time
@@ -30,6 +31,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 
 from .. import params as P
 from ..conversions.backends import RclpyBackend, stamp_to_ns
+from ..conversions.camera_info import read_calibration
 from ..model.runtime import load_estimator, set_cpu_threads
 from ..pipeline import DepthPipeline, FrameError, PipelineConfig, enabled_outputs
 from ..sync import FrameAssembler
@@ -117,25 +119,35 @@ class DepthNode(Node):
         self._finisher: HandOff | None = None            # finish + publish (back stage)
         # Guards the FrameAssembler; notified when a companion message arrives.
         self._companions = threading.Condition()
+        # Frames whose metric outputs the pipeline withheld (anchors configured, no fit).
+        self.withheld = 0
+        self._last_withheld = ''
 
     # ------------------------------------------------------------------ set-up
     def start(self, estimator) -> None:
         p = self.params
         self.estimator = estimator
-        self.assembler = FrameAssembler(p['max_anchor_age'], use_lidar=p['use_lidar'],
-                                        use_stereo=p['stereo_source'] != 'none')
+        backend = RclpyBackend()
+        calibration = read_calibration(p['camera_info_url']) if p['camera_info_url'] else None
+        self.assembler = FrameAssembler(
+            p['max_anchor_age'], use_lidar=p['use_lidar'],
+            use_stereo=p['stereo_source'] != 'none',
+            calibration=None if calibration is None else
+            (lambda image: calibration.camera_info(backend.copy_header(image.header), backend)),
+            calibration_name=calibration.source if calibration else '')
         config = PipelineConfig.from_params(p)
         resolver = ExtrinsicResolver(self, config.extrinsic, p['lidar_use_tf']) \
             if p['use_lidar'] else None
         if resolver is not None and resolver.tf_error:
             self.get_logger().info(resolver.tf_error)
-        self.pipeline = DepthPipeline(estimator, config, RclpyBackend(), resolver)
+        self.pipeline = DepthPipeline(estimator, config, backend, resolver)
 
         companion_qos = profile(p['qos_reliability'], 5)
         self._image_subscription = None
-        self._resubscribe = False
+        self._info_subscription = None
+        self._resubscribe = self._resubscribe_info = False
         self._subscribe_images()
-        self.create_subscription(CameraInfo, 'camera_info', self._on_camera_info, companion_qos)
+        self._subscribe_camera_info()
         if p['use_lidar']:
             self.create_subscription(PointCloud2, 'lidar/points', self._on_lidar, companion_qos)
         if p['stereo_source'] == 'depth':
@@ -153,7 +165,7 @@ class DepthNode(Node):
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
         self.create_timer(p['diagnostics_period'], self._publish_diagnostics)
         self.create_timer(0.5, self._resubscribe_if_needed)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._parameters_callback = self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._finisher = HandOff(self._process, overlapped=p['overlap_stages'],
                                  on_error=self._on_finish_error)
@@ -188,6 +200,26 @@ class DepthNode(Node):
             msg_type, topic, self._on_image, profile(p['qos_reliability'], 1),
             event_callbacks=events)
 
+    def _subscribe_camera_info(self) -> None:
+        """(Re)create the camera_info subscription: durability BEST_AVAILABLE receives a
+        camera_info that a driver published once, latched (transient-local), and still matches
+        volatile drivers. Chosen at creation from the publishers known then, like reliability:
+        a publisher that turns out incompatible re-creates it."""
+        try:
+            from rclpy.event_handler import SubscriptionEventCallbacks
+        except ImportError:                                   # Humble
+            from rclpy.qos_event import SubscriptionEventCallbacks
+        events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_info_qos)
+        if self._info_subscription is not None:
+            self.destroy_subscription(self._info_subscription)
+        self._info_subscription = self.create_subscription(
+            CameraInfo, 'camera_info', self._on_camera_info,
+            profile(self.params['qos_reliability'], 5, durability='best_available'),
+            event_callbacks=events)
+
+    def _on_incompatible_info_qos(self, event) -> None:
+        self._resubscribe_info = True
+
     def _on_incompatible_qos(self, event) -> None:
         if self.params['qos_reliability'] == 'best_available':
             self._resubscribe = True
@@ -202,6 +234,11 @@ class DepthNode(Node):
             self.get_logger().info('image publisher with other QoS appeared: re-subscribing '
                                    'with best_available to match it')
             self._subscribe_images()
+        if self._resubscribe_info:
+            self._resubscribe_info = False
+            self.get_logger().info('camera_info publisher with other QoS appeared: '
+                                   're-subscribing to match it')
+            self._subscribe_camera_info()
 
     def stop(self, timeout_s: float = 0.3) -> None:
         self._stop.set()
@@ -332,6 +369,7 @@ class DepthNode(Node):
             return
         for note in result.notes:
             self.warn(note)
+        self._count_withheld(result)
         t_publish = time.perf_counter()
         for name, out_msg in result.messages.items():
             self.publishers_by_output[name].publish(out_msg)
@@ -361,15 +399,29 @@ class DepthNode(Node):
         self.warn(f'finishing failed: {exc!r}', key='finish-' + type(exc).__name__)
 
     # ------------------------------------------------------------------ diagnostics
+    def _count_withheld(self, result) -> None:
+        """A frame without a scale fit while anchors are configured: nothing went out on the
+        metric topics (fiffdepth_ros.pipeline); say so in /diagnostics."""
+        self._last_withheld = result.withheld
+        if result.withheld:
+            self.withheld += 1
+            self.warn(f'metric outputs withheld: {result.withheld}', key='withheld')
+
     def _publish_diagnostics(self) -> None:
         summary = self.stats.summary()
         info = self.estimator.describe()
         summary.update({k: str(v) for k, v in info.items()})
+        summary['withheld frames (no scale fit)'] = str(self.withheld)
+        summary['camera_info fallbacks'] = str(self.assembler.camera_info_fallbacks)
         status = DiagnosticStatus(name=f'{self.get_fully_qualified_name()}: depth estimation',
                                   hardware_id=str(info.get('device', '')))
         report = self.stats.last_report
         if self.stats.processed == 0:
             status.level, status.message = DiagnosticStatus.WARN, 'no frame processed yet'
+        elif self._last_withheld:
+            status.level = DiagnosticStatus.WARN
+            status.message = (f'metric outputs withheld ({self.withheld} frames so far): '
+                              f'{self._last_withheld}')
         elif not self.stats.last_metric:
             status.level = DiagnosticStatus.WARN
             status.message = 'publishing relative depth (no metric anchors / fixed scale)'
@@ -407,8 +459,34 @@ def _release_cuda_memory() -> None:
         pass
 
 
+class _QuietSignals:
+    """Ctrl-C reaches a node under ``ros2 launch`` twice (the terminal's process group and
+    launch's forwarded SIGINT). The first SIGINT / SIGTERM stops the node (KeyboardInterrupt;
+    rclpy's own handler also shuts the context down, which ends spin); later ones are ignored,
+    so they cannot interrupt the shutdown with a traceback. Installed before rclpy.init, whose
+    handlers chain to these."""
+
+    def __init__(self):
+        self.count = 0
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self.count += 1
+        if self.count == 1:
+            raise KeyboardInterrupt
+
+    def stopping(self) -> None:
+        """From here on every signal is ignored (the node is shutting down anyway)."""
+        self.count = max(self.count, 1)
+
+
 def main(args=None, fast_exit: bool = True) -> int:
-    rclpy.init(args=args)
+    signals = _QuietSignals()
+    try:
+        rclpy.init(args=args)
+    except KeyboardInterrupt:
+        return 0
     node = None
     code = 0
     try:
@@ -429,6 +507,7 @@ def main(args=None, fast_exit: bool = True) -> int:
             print(f'[depth_node] cannot start: {message}', file=sys.stderr)
         code = 1
     finally:
+        signals.stopping()
         if node is not None:
             node.stop()
             node.destroy_node()
