@@ -28,6 +28,7 @@ setup(
     entry_points={
         'console_scripts': [
             'depth_node = fiffdepth_ros.ros.depth_node:main',
+            'depth_lifecycle_node = fiffdepth_ros.ros.lifecycle_node:main',
             'process_bag = fiffdepth_ros.bag.process_bag:main',
             'fiffdepth-predict = fiffdepth_ros.cli.predict:main',
             'fiffdepth-align = fiffdepth_ros.cli.align:main',

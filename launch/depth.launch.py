@@ -2,13 +2,16 @@
 
     ros2 launch fiffdepth_ros depth.launch.py image:=/camera/image_rect \
         camera_info:=/camera/camera_info lidar:=/lidar/points model:=/path/to/fiffdepth
+
+managed:=true starts the lifecycle (managed) node instead, for a lifecycle manager such as
+Navigation 2's: it waits unconfigured; configure loads the model, activate publishes.
 """
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, SetEnvironmentVariable
-from launch.conditions import IfCondition, UnlessCondition
+from launch.conditions import IfCondition
 from launch.substitutions import (EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution,
                                   PythonExpression)
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
 from launch_ros.substitutions import FindPackageShare
 
 ARGUMENTS = [
@@ -24,6 +27,9 @@ ARGUMENTS = [
     ('model', '', 'FiffDepth checkpoint folder or hub id (empty = the params_file value)'),
     ('device', 'auto', 'auto (CUDA when available), cpu, cuda or cuda:N'),
     ('use_sim_time', 'false', 'use /clock, e.g. when replaying a bag'),
+    ('managed', 'false', 'true: a lifecycle (managed) node, brought up by a lifecycle manager '
+                         '(configure loads the model, activate publishes, deactivate stops, '
+                         'cleanup frees the GPU)'),
     # Large images and clouds need larger Fast DDS buffers (see the file); a profile already
     # set in the environment is kept.
     ('dds_profile', EnvironmentVariable(
@@ -36,6 +42,18 @@ ARGUMENTS = [
 
 def _is_set(name):
     return PythonExpression(["'", LaunchConfiguration(name), "' != ''"])
+
+
+def _not(condition):
+    return PythonExpression(["not ('", condition, "'.lower() == 'true')"])
+
+
+def _is(condition, value):
+    return PythonExpression(["'", condition, "'.lower() == '", value, "'"])
+
+
+def _all(a, b):
+    return PythonExpression(["'", a, "'.lower() == 'true' and '", b, "'.lower() == 'true'"])
 
 
 def _topic_or(name, default):
@@ -53,7 +71,7 @@ def generate_launch_description():
     }
     image = LaunchConfiguration('image')
     common = dict(
-        package='fiffdepth_ros', executable='depth_node', name='depth_node',
+        package='fiffdepth_ros', name='depth_node',
         namespace=LaunchConfiguration('namespace'), output='screen', emulate_tty=True,
         remappings=[
             ('image', image),
@@ -63,15 +81,22 @@ def generate_launch_description():
             ('stereo/depth', _topic_or('stereo_depth', 'stereo/depth')),
         ])
     params_file = LaunchConfiguration('params_file')
+    managed = LaunchConfiguration('managed')
+    # The model argument overrides the params file only when it is given.
+    with_model = [params_file, dict(overrides, model=LaunchConfiguration('model'))]
+    nodes = []
+    for parameters, model_given in ((with_model, 'true'), ([params_file, overrides], 'false')):
+        nodes.append(Node(executable='depth_node', parameters=parameters,
+                          condition=IfCondition(_all(_not(managed), _is(_is_set('model'),
+                                                                          model_given))),
+                          **common))
+        nodes.append(LifecycleNode(executable='depth_lifecycle_node', parameters=parameters,
+                                   condition=IfCondition(_all(managed, _is(_is_set('model'),
+                                                                           model_given))),
+                                   **common))
     return LaunchDescription(
         [DeclareLaunchArgument(name, default_value=default, description=text)
          for name, default, text in ARGUMENTS]
-        + [
-            SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
-                                   LaunchConfiguration('dds_profile')),
-            # The model argument overrides the params file only when it is given.
-            Node(parameters=[params_file, dict(overrides, model=LaunchConfiguration('model'))],
-                 condition=IfCondition(_is_set('model')), **common),
-            Node(parameters=[params_file, overrides],
-                 condition=UnlessCondition(_is_set('model')), **common),
-        ])
+        + [SetEnvironmentVariable('FASTDDS_DEFAULT_PROFILES_FILE',
+                                  LaunchConfiguration('dds_profile'))]
+        + nodes)

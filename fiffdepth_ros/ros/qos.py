@@ -18,7 +18,21 @@ def reliability_policy(name: str) -> ReliabilityPolicy:
                      'best_effort')
 
 
-def profile(reliability: str, depth: int) -> QoSProfile:
+def durability_policy(name: str) -> DurabilityPolicy:
+    """'best_available' (Jazzy and newer) is transient-local towards publishers that all offer
+    it, so a camera_info published once, latched, still arrives; volatile otherwise. Older
+    distros get VOLATILE (a transient-local subscription would refuse volatile drivers)."""
+    if name == 'best_available':
+        return getattr(DurabilityPolicy, 'BEST_AVAILABLE', DurabilityPolicy.VOLATILE)
+    if name == 'transient_local':
+        return DurabilityPolicy.TRANSIENT_LOCAL
+    if name == 'volatile':
+        return DurabilityPolicy.VOLATILE
+    raise ValueError(f"unknown durability '{name}': expected best_available, transient_local "
+                     'or volatile')
+
+
+def profile(reliability: str, depth: int, durability: str = 'volatile') -> QoSProfile:
     return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
                       reliability=reliability_policy(reliability),
-                      durability=DurabilityPolicy.VOLATILE)
+                      durability=durability_policy(durability))
