@@ -3,8 +3,9 @@
 The teacher is a transformers ``DepthAnythingForDepthEstimation`` (Depth Anything V2 Large in the
 paper). Images are resized as its image processor does (aspect kept, the shorter side to
 ``input_size``, both sides multiples of 14), normalised with the processor's mean/std, batched by
-size; the affine-invariant disparity is stored as fp16 at the teacher's resolution, one file per
-image id (see data/real_images.py). Existing files are skipped, so an interrupted run resumes.
+size; the affine-invariant disparity is stored as fp16 at the teacher's resolution, scaled to a
+peak of 1 (see to_stored), one file per image id (see data/real_images.py). Existing files
+are skipped, so an interrupted run resumes.
 """
 from __future__ import annotations
 
@@ -39,6 +40,14 @@ def teacher_size(height: int, width: int, input_size: int = 518, multiple: int =
         return max(value, int(np.ceil(input_size / multiple)) * multiple
                    if side == min(height, width) else multiple)
     return fit(height), fit(width)
+
+
+def to_stored(disparity: np.ndarray) -> np.ndarray:
+    """fp16, divided by its largest magnitude: the prediction is affine-invariant (training
+    normalises it per image anyway), and fp16 would flush a teacher's very small outputs to 0
+    or overflow very large ones."""
+    peak = float(np.abs(disparity).max())
+    return (disparity / peak if peak > 0 else disparity).astype(np.float16)
 
 
 def load_teacher(source: str, device, dtype):
@@ -95,7 +104,8 @@ def run_pseudolabel(teacher: str, images, out_dir, batch_size: int = 8, input_si
     dev = resolve_device(device)
     dtype = torch.float16 if dev.type == 'cuda' else torch.float32
     manifest = {'format': CACHE_FORMAT, 'teacher': str(teacher), 'input_size': int(input_size),
-                'images': str(images), 'output': 'affine-invariant disparity, fp16'}
+                'images': str(images),
+                'output': 'affine-invariant disparity / its per-image peak, fp16'}
     if cache.manifest_path.is_file():
         old = cache.manifest()
         if old.get('teacher') != manifest['teacher'] or old.get('input_size') != input_size:
@@ -120,7 +130,7 @@ def run_pseudolabel(teacher: str, images, out_dir, batch_size: int = 8, input_si
         x = ((x - mean_t) / std_t).to(dtype)
         pred = model(pixel_values=x).predicted_depth.float().cpu().numpy()
         for (index, _), disparity in zip(items, pred):
-            _save_atomic(cache.label_path(real.ids[index]), disparity.astype(np.float16))
+            _save_atomic(cache.label_path(real.ids[index]), to_stored(disparity))
             counts['labelled'] += 1
 
     loader = torch.utils.data.DataLoader(_Decoded(real, todo, input_size), batch_size=None,
