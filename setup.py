@@ -34,6 +34,8 @@ setup(
             'fiffdepth-align = fiffdepth_ros.cli.align:main',
             'fiffdepth-eval = fiffdepth_ros.cli.evaluate:main',
             'fiffdepth-demo = fiffdepth_ros.demo.run_demo:main',
+            'fiffdepth-train = fiffdepth_ros.cli.train:main',
+            'fiffdepth-pseudolabel = fiffdepth_ros.cli.pseudolabel:main',
         ],
     },
 )
