@@ -116,6 +116,17 @@ def _model_index(family: str = 'fiffdepth') -> dict:
     return index
 
 
+def family_layout(family: str) -> tuple[dict, dict | None]:
+    """(model_index, scheduler config or None) of ``family``'s layout, without writing files
+    (the benchmark builds SD2-size modules in memory)."""
+    config = None
+    if family in _SCHEDULERS:
+        from diffusers import DDIMScheduler
+        config = dict(DDIMScheduler(**_SCHEDULERS[family]).config)
+        config['_class_name'] = 'DDIMScheduler'
+    return _model_index(family), config
+
+
 def _write_scheduler(path: Path, family: str) -> None:
     if family in _SCHEDULERS:
         from diffusers import DDIMScheduler
