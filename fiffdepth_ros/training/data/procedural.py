@@ -56,6 +56,7 @@ Disk layout written by ``write_frames`` (and the CLI), one folder per split::
 from __future__ import annotations
 
 import argparse
+import colorsys
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,22 @@ def _streams(seed: int, domain: str):
 # ----------------------------------------------------------------------------- primitives
 # Rays are (3, N) arrays (components in rows: fast dot products); origins are (3,) or (3, N).
 def _dot(a, b):
+    """Row-wise dot product; a constant 3-vector against (3, N) rows skips its zero components
+    (most planes and axes are axis-aligned). May return a row of ``b`` itself: read only."""
+    if getattr(a, 'ndim', 0) == 1 and getattr(b, 'ndim', 0) == 2:
+        return _const_dot(a, b)
+    if getattr(b, 'ndim', 0) == 1 and getattr(a, 'ndim', 0) == 2:
+        return _const_dot(b, a)
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _const_dot(v, rows):
+    out = None
+    for i in range(3):
+        if v[i] != 0.0:
+            term = rows[i] if v[i] == 1.0 else rows[i] * v[i]
+            out = term if out is None else out + term
+    return np.zeros(rows.shape[1]) if out is None else out
 
 
 class Plane:
@@ -217,21 +233,20 @@ class Cylinder:
         self.e2 = np.cross(self.a, self.e1)
 
     def intersect(self, o, d):
-        a = self.a
+        # Everything from per-ray dot products: with oc = o - c, the axial parts oa = a.oc,
+        # da = a.d and the radial quadratic |oc + t d|^2 - (oa + t da)^2 = r^2.
         oc = o - (self.c if o.ndim == 1 else self.c[:, None])
-        oa, da = _dot(a, oc), _dot(a, d)
-        op = oc - a * oa if oc.ndim == 1 else oc - a[:, None] * oa
-        op = op[:, None] if op.ndim == 1 else op
-        dp = d - a[:, None] * da
-        A, B = _dot(dp, dp), _dot(dp, op)
-        disc = B * B - A * (_dot(op, op) - self.r * self.r)
+        oa, da = _dot(self.a, oc), _dot(self.a, d)
+        dd, d_oc = _dot(d, d), _dot(d, oc)
+        oc2 = _dot(oc, oc)
+        A, B = dd - da * da, d_oc - da * oa
+        disc = B * B - A * (oc2 - oa * oa - self.r * self.r)
         with np.errstate(divide='ignore', invalid='ignore'):
             t_side = (-B - np.sqrt(disc)) / A
             side_ok = (disc >= 0) & (t_side > _EPS) & (np.abs(oa + t_side * da) <= self.hl)
             t_side = np.where(side_ok, t_side, np.inf)
-            tc1, tc2 = (self.hl - oa) / da, (-self.hl - oa) / da
-            t_cap = np.fmin(tc1, tc2)       # a ray from outside enters through the nearer cap
-            rad2 = _dot(op + dp * t_cap, op + dp * t_cap)
+            t_cap = np.fmin((self.hl - oa) / da, (-self.hl - oa) / da)  # the nearer cap
+            rad2 = oc2 + t_cap * (2 * d_oc + t_cap * dd) - self.hl * self.hl
             cap_ok = (t_cap > _EPS) & (rad2 <= self.r * self.r)
         return np.fmin(t_side, np.where(cap_ok, t_cap, np.inf))
 
@@ -656,21 +671,23 @@ def _segment_distance2(p1, d1, p2, d2):
     return _dot(gap, gap)
 
 
-def _shadowed(scene: Scene, origins, to_light, lit, h, w):
+def _shadowed(scene: Scene, origins, lit, h, w):
     """Whether the segment from each lit pixel's surface point (origins, (3, N)) towards the
-    light (parameter 1 at a lamp, unbounded for the sun) is blocked by an object.
+    light (parameter 1 at a lamp, unbounded for the sun) is blocked by an object; (N,) bool.
 
     Culled per 16x16 pixel tile: every shadow ray of a tile stays within the tile's bounding
     radius of the tile centre's ray (parallel rays for the sun, rays converging on the lamp),
-    so an object whose bounding sphere is farther than both radii from that ray is skipped."""
-    blocked = np.zeros(origins.shape[1], bool)
+    so an object whose bounding capsule is farther than both radii from that ray is skipped."""
     centre, radius, tile_of = _tile_bounds(origins, lit, h, w)
+    lit_idx = np.flatnonzero(lit)
+    points, tiles = origins[:, lit_idx], tile_of[lit_idx]
     if scene.light_is_point:
-        seg, s_max, t_max = scene.light[:, None] - centre, 1.0, 1.0
+        seg, t_max = scene.light[:, None] - centre, 1.0
+        to_light = scene.light[:, None] - points
     else:
-        seg, s_max, t_max = np.broadcast_to(scene.light[:, None], centre.shape), np.inf, np.inf
-    if not np.isfinite(s_max):
-        seg = seg * 1e4                               # the sun's rays: 10 km is far enough
+        seg, t_max = np.broadcast_to(scene.light[:, None] * 1e4, centre.shape), np.inf
+        to_light = scene.light[:, None]                # one direction for all rays
+    blocked = np.zeros(lit_idx.size, bool)
     for prim in scene.objects:
         start, axis, cap_radius = prim.capsule
         with np.errstate(invalid='ignore', divide='ignore'):
@@ -678,25 +695,20 @@ def _shadowed(scene: Scene, origins, to_light, lit, h, w):
             candidate = gap2 <= (cap_radius + radius) ** 2              # NaN: empty tile
         if not candidate.any():
             continue
-        idx = np.flatnonzero(candidate[tile_of] & lit & ~blocked)
+        idx = np.flatnonzero(candidate[tiles] & ~blocked)
         if idx.size:
-            t = prim.intersect(origins[:, idx], to_light[:, idx])
+            d = to_light if to_light.shape[1] == 1 else to_light[:, idx]
+            t = prim.intersect(points[:, idx], d)
             blocked[idx[t < t_max]] = True
-    return blocked
+    out = np.zeros(origins.shape[1], bool)
+    out[lit_idx] = blocked
+    return out
 
 
 # -------------------------------------------------------------------------------- textures
 def _hsv_to_rgb(h, s, v):
-    """Vectorised HSV (all in [0, 1]) to linear-ish RGB in [0, 1]."""
-    h = np.asarray(h) * 6.0
-    c = v * s
-    x = c * (1 - np.abs(np.mod(h, 2) - 1))
-    z = np.zeros_like(c)
-    sector = np.floor(h).astype(int) % 6
-    rgb = np.select([sector[..., None] == k for k in range(6)],
-                    [np.stack(p, -1) for p in ((c, x, z), (x, c, z), (z, c, x), (z, x, c),
-                                              (x, z, c), (c, z, x))])
-    return rgb + (v - c)[..., None]
+    """HSV colours (arrays of equal length, all in [0, 1]) -> (n, 3) RGB in [0, 1]."""
+    return np.array([colorsys.hsv_to_rgb(*hsv) for hsv in zip(h, s, v)])
 
 
 _FREQ = np.hypot(np.fft.fftfreq(_TILE)[:, None], np.fft.fftfreq(_TILE)[None, :])
@@ -794,36 +806,39 @@ def _texture_tile(rng, domain):
         c1 = np.clip(base * rng.uniform(0.9, 1.1, 3), 0, 1)
         c2 = np.clip(c1 * rng.uniform(0.55, 0.9), 0, 1)
         detail = rng.uniform(0.05, 0.25)
-    field = _pattern(rng, name)
-    tile = c1 + (c2 - c1) * field[..., None]
+    field = _pattern(rng, name).astype(np.float32)
     if detail:
-        tile = tile * (1.0 - detail + 2 * detail * _spectral_noise(rng, 1.2)[..., None])
+        # Material grain: a second noise modulates brightness.
+        grain = (1.0 - detail + 2 * detail * _spectral_noise(rng, 1.2)).astype(np.float32)
+        tile = (c1.astype(np.float32) + (c2 - c1).astype(np.float32) * field[..., None]) \
+            * grain[..., None]
+    else:
+        tile = c1.astype(np.float32) + (c2 - c1).astype(np.float32) * field[..., None]
     return np.clip(tile, 0.0, 1.0)
 
 
+_BORDER = 6                     # wrap border of each atlas tile: room for the coarse level's blur
+
+
 def _atlas(rng, domain, count):
-    """Tiles for ``count`` materials in one image, each with a one-texel wrap border so that
-    bilinear sampling inside a tile is seamless. Returns the atlas, a blurred copy (a coarser
-    mip level against moire on far and grazing surfaces), the tiles' mean colours and the
-    tiles' origins in the atlas."""
+    """Tiles for ``count`` materials in one image, each inside a wrap border, so that bilinear
+    sampling and one blur of the whole atlas stay seamless within a tile. Returns the atlas, its
+    blurred copy (a coarser mip level against moire on far and grazing surfaces), the tiles'
+    mean colours and the tiles' first texel in the atlas."""
     per_row = 8
     rows = -(-count // per_row)
-    size = _TILE + 2
+    size = _TILE + 2 * _BORDER
     atlas = np.zeros((rows * size, per_row * size, 3), np.float32)
-    coarse = np.zeros_like(atlas)
     means = np.zeros((count, 3), np.float32)
     origins = np.zeros((count, 2), np.float32)
-    pad = 6
+    pad = ((_BORDER, _BORDER), (_BORDER, _BORDER), (0, 0))
     for k in range(count):
         r, c = divmod(k, per_row)
         tile = _texture_tile(rng, domain).astype(np.float32)
-        blurred = cv2.GaussianBlur(np.pad(tile, ((pad, pad), (pad, pad), (0, 0)), 'wrap'),
-                                   (0, 0), 2.0)[pad - 1:-pad + 1, pad - 1:-pad + 1]
-        atlas[r * size:(r + 1) * size, c * size:(c + 1) * size] = np.pad(
-            tile, ((1, 1), (1, 1), (0, 0)), 'wrap')
-        coarse[r * size:(r + 1) * size, c * size:(c + 1) * size] = blurred
+        atlas[r * size:(r + 1) * size, c * size:(c + 1) * size] = np.pad(tile, pad, 'wrap')
         means[k] = tile.mean(axis=(0, 1))
-        origins[k] = (c * size + 1, r * size + 1)
+        origins[k] = (c * size + _BORDER, r * size + _BORDER)
+    coarse = cv2.GaussianBlur(atlas, (2 * _BORDER + 1, 2 * _BORDER + 1), 2.0)
     return atlas, coarse, means, origins
 
 
@@ -854,28 +869,26 @@ def _sky(dirs, domain, rng):
     return horizon * (1 - k) + zenith * k
 
 
-def _shade(scene, camera, dirs, t, ids, domain, rng):
-    """Linear radiance (N, 3): textured albedo x (ambient + light x Lambert x shadow)."""
-    h, w = camera.height, camera.width
-    prims = scene.primitives
-    ids = ids.reshape(-1)
-    hit = ids >= 0
-    points = camera.position[:, None] + dirs * np.where(hit, t.reshape(-1), 0.0)
+def _surfaces(prims, points, ids):
+    """Normals (3, N) and surface coordinates u, v (metres) of every pixel's hit point."""
     normals = np.zeros_like(points)
     u, v = np.zeros(ids.size), np.zeros(ids.size)
-    order = np.argsort(ids, kind='stable')
-    bounds = np.searchsorted(ids[order], np.arange(-1, len(prims) + 1))
-    for k in range(len(prims)):
-        sel = order[bounds[k + 1]:bounds[k + 2]]
-        if sel.size:
-            normals[:, sel], u[sel], v[sel] = prims[k].surface(points[:, sel])
+    present = np.flatnonzero(np.bincount(ids + 1, minlength=len(prims) + 1)[1:])
+    for k in present:
+        sel = np.flatnonzero(ids == k)
+        normals[:, sel], u[sel], v[sel] = prims[k].surface(points[:, sel])
+    return normals, u, v
 
-    # Textures: one atlas tile per material, sampled in surface coordinates (metres).
+
+def _albedo(scene, camera, dirs, t, ids, hit, normals, u, v, domain, rng):
+    """Textured surface colour (N, 3): one atlas tile per material, sampled in surface
+    coordinates, faded to coarser levels where a pixel covers many texels (no moire)."""
+    h, w = camera.height, camera.width
     materials = scene.materials()
     n_mat = int(materials.max()) + 1
     atlas, coarse, means, origins = _atlas(rng, domain, n_mat)
     texels_per_metre = (_TILE / rng.uniform(0.25, 2.5, n_mat))[materials]
-    phase = rng.uniform(0, _TILE, (len(prims), 2))
+    phase = rng.uniform(0, _TILE, (len(materials), 2))
     safe = np.where(hit, ids, 0)
     mat, scale = materials[safe], texels_per_metre[safe]
     map_x = (np.mod(u * scale + phase[safe, 0], _TILE) + origins[mat, 0]).astype(np.float32)
@@ -884,36 +897,45 @@ def _shade(scene, camera, dirs, t, ids, domain, rng):
     fine = cv2.remap(atlas, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     blurred = cv2.remap(coarse, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     # Texels per pixel: distance / (f cos(incidence)) in metres, times texels per metre.
-    d_len2 = _dot(dirs, dirs)
-    cos_dist = np.abs(_dot(normals, dirs)) / np.where(hit, t.reshape(-1), 1.0)
-    footprint = scale * d_len2 / (camera.K[0, 0] * np.maximum(cos_dist, 1e-9))
+    cos_over_t = np.abs(_dot(normals, dirs)) / np.where(hit, t, 1.0)
+    footprint = scale * _dot(dirs, dirs) / (camera.K[0, 0] * np.maximum(cos_over_t, 1e-9))
     to_coarse = np.clip((footprint - 1.0) / 3.0, 0, 1).astype(np.float32)[:, None]
     to_mean = np.clip((footprint - 4.0) / 12.0, 0, 1).astype(np.float32)[:, None]
-    albedo = fine.reshape(-1, 3) * (1 - to_coarse) + blurred.reshape(-1, 3) * to_coarse
-    albedo = albedo * (1 - to_mean) + means[mat] * to_mean
+    fine, blurred = fine.reshape(-1, 3), blurred.reshape(-1, 3)
+    albedo = fine + (blurred - fine) * to_coarse
+    return albedo + (means[mat] - albedo) * to_mean
 
+
+def _shade(scene, camera, dirs, t, ids, domain, rng):
+    """Linear radiance (N, 3): textured albedo x (ambient + light x Lambert x shadow)."""
+    prims = scene.primitives
+    ids, t = ids.reshape(-1), t.reshape(-1)
+    hit = ids >= 0
+    points = camera.position[:, None] + dirs * np.where(hit, t, 0.0)
+    normals, u, v = _surfaces(prims, points, ids)
+    albedo = _albedo(scene, camera, dirs, t, ids, hit, normals, u, v, domain, rng)
     if scene.light_is_point:
         to_light = scene.light[:, None] - points
         dist2 = _dot(to_light, to_light)
         lambert = _dot(normals, to_light) / np.sqrt(np.maximum(dist2, 1e-12))
         falloff = 1.0 / (1.0 + dist2 / rng.uniform(4.0, 25.0))
     else:
-        to_light = np.broadcast_to(scene.light[:, None], points.shape)
-        lambert = _dot(normals, to_light)
+        lambert = _dot(scene.light, normals)
         falloff = 1.0
     lit = hit & (lambert > 0)
     shadow = np.zeros(ids.size, bool)
     if scene.objects and lit.any():
-        shadow = _shadowed(scene, points + normals * 1e-4, to_light, lit, h, w)
+        shadow = _shadowed(scene, points + normals * 1e-4, lit, camera.height, camera.width)
     if domain == 'synthetic':
         ambient, strength, shadow_dark = rng.uniform(0.2, 0.45), rng.uniform(0.7, 1.1), 1.0
-        light_col = np.ones(3)
+        light_col = np.ones(3, np.float32)
     else:
         ambient, strength = rng.uniform(0.12, 0.4), rng.uniform(0.7, 1.3)
         shadow_dark = rng.uniform(0.5, 0.85)          # indirect light fills real shadows
-        light_col = np.array([1.0, rng.uniform(0.85, 1.0), rng.uniform(0.65, 0.95)])
-    direct = np.where(lit, lambert, 0.0) * falloff * strength * (1 - shadow_dark * shadow)
-    radiance = albedo * (ambient + direct[:, None] * light_col)
+        light_col = np.array([1.0, rng.uniform(0.85, 1.0), rng.uniform(0.65, 0.95)], np.float32)
+    direct = (np.where(lit, lambert, 0.0) * falloff * strength
+              * (1 - shadow_dark * shadow)).astype(np.float32)
+    radiance = albedo * (np.float32(ambient) + direct[:, None] * light_col)
     if not hit.all():
         radiance[~hit] = _sky(dirs[:, ~hit], domain, rng)
     return radiance
