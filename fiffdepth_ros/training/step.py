@@ -83,43 +83,66 @@ def trajectory_sample(x0, d0_target, noise, t, alphas_cumprod, gamma: float,
     return b_t, target
 
 
+def feed_forward_terms(unet, embedding, inputs: StepInputs, settings: MethodSettings):
+    """Use 1: d0 = U(x0, 0) against the synthetic GT latent -> ({mae_t0, gm_t0}, d0)."""
+    dtype = next(unet.parameters()).dtype
+    d0 = unet_pass(unet, inputs.syn_latent.to(dtype), 0, embedding)
+    mae, gm = depth_terms(d0, inputs.syn_target, inputs.syn_mask, settings.gm_scales)
+    return {'mae_t0': mae, 'gm_t0': gm}, d0
+
+
+def trajectory_terms(unet, embedding, alphas_cumprod, inputs: StepInputs,
+                     settings: MethodSettings):
+    """Use 3: U(b_t, t) against the v target -> ({traj}, prediction)."""
+    dtype = next(unet.parameters()).dtype
+    b_t, v_target = trajectory_sample(inputs.syn_latent, inputs.syn_target, inputs.traj_noise,
+                                      inputs.traj_t, alphas_cumprod, settings.gamma,
+                                      settings.prediction_type)
+    v_pred = unet_pass(unet, b_t.to(dtype), inputs.traj_t, embedding)
+    return {'traj': trajectory_loss(v_pred, v_target)}, v_pred
+
+
+def filter_terms(unet, embedding, inputs: StepInputs, settings: MethodSettings):
+    """Use 2: d_-1 = U(U(x0_real, 0), -1) against the pseudo-label latent (no detach: the
+    gradient reaches d0_real) -> ({mae_t-1, gm_t-1}, d0_real, d_filter)."""
+    dtype = next(unet.parameters()).dtype
+    d0_real = unet_pass(unet, inputs.real_latent.to(dtype), 0, embedding)
+    d_filter = unet_pass(unet, d0_real, FILTER_TIMESTEP, embedding)
+    mae, gm = depth_terms(d_filter, inputs.real_target, inputs.real_mask, settings.gm_scales)
+    return {'mae_t-1': mae, 'gm_t-1': gm}, d0_real, d_filter
+
+
+def weighted_total(terms: dict, settings: MethodSettings) -> torch.Tensor:
+    """sum over t in {0, -1} of [w_mae L_MAE + w_gm L_GM] + w_traj L_traj (present terms)."""
+    total = None
+    for key, value in terms.items():
+        weight = {'mae': settings.w_mae, 'gm': settings.w_gm,
+                  'traj': settings.w_traj}[key.split('_')[0]]
+        total = weight * value if total is None else total + weight * value
+    if total is None:
+        raise ValueError('empty step: neither synthetic nor real samples')
+    return total
+
+
 def fiffdepth_loss(unet, embedding: torch.Tensor, alphas_cumprod: torch.Tensor,
                    inputs: StepInputs, settings: MethodSettings):
     """(terms, outputs): terms are the scalar losses ('loss' the weighted total; 'mae_t0',
     'gm_t0', 'mae_t-1', 'gm_t-1', 'traj' as present); outputs the predictions (for tests and
     logging). Pure: no randomness, no global state."""
-    dtype = next(unet.parameters()).dtype
     terms: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
-    total = None
-
-    def add(value):
-        nonlocal total
-        total = value if total is None else total + value
-
     if inputs.syn_latent is not None:
-        d0 = unet_pass(unet, inputs.syn_latent.to(dtype), 0, embedding)
-        mae, gm = depth_terms(d0, inputs.syn_target, inputs.syn_mask, settings.gm_scales)
-        terms['mae_t0'], terms['gm_t0'] = mae, gm
-        add(settings.w_mae * mae + settings.w_gm * gm)
-        outputs['d0'] = d0
+        part, outputs['d0'] = feed_forward_terms(unet, embedding, inputs, settings)
+        terms.update(part)
         if settings.w_traj:
-            b_t, v_target = trajectory_sample(inputs.syn_latent, inputs.syn_target,
-                                              inputs.traj_noise, inputs.traj_t, alphas_cumprod,
-                                              settings.gamma, settings.prediction_type)
-            v_pred = unet_pass(unet, b_t.to(dtype), inputs.traj_t, embedding)
-            terms['traj'] = trajectory_loss(v_pred, v_target)
-            add(settings.w_traj * terms['traj'])
+            part, outputs['v'] = trajectory_terms(unet, embedding, alphas_cumprod, inputs,
+                                                  settings)
+            terms.update(part)
     if inputs.real_latent is not None:
-        d0_real = unet_pass(unet, inputs.real_latent.to(dtype), 0, embedding)
-        d_filter = unet_pass(unet, d0_real, FILTER_TIMESTEP, embedding)
-        mae, gm = depth_terms(d_filter, inputs.real_target, inputs.real_mask, settings.gm_scales)
-        terms['mae_t-1'], terms['gm_t-1'] = mae, gm
-        add(settings.w_mae * mae + settings.w_gm * gm)
-        outputs['d0_real'], outputs['d_filter'] = d0_real, d_filter
-    if total is None:
-        raise ValueError('empty step: neither synthetic nor real samples')
-    terms['loss'] = total
+        part, outputs['d0_real'], outputs['d_filter'] = filter_terms(unet, embedding, inputs,
+                                                                     settings)
+        terms.update(part)
+    terms['loss'] = weighted_total(terms, settings)
     return terms, outputs
 
 
