@@ -121,6 +121,11 @@ def test_depth_alignment_equals_direct_least_squares():
     assert (s, t) == (pytest.approx(scale, rel=1e-9), pytest.approx(shift, rel=1e-9))
     assert np.allclose(aligned[valid], np.maximum(pred[valid] * scale + shift, 1e-6), rtol=1e-5)
     assert abs(s - 3.0) < 0.1 and abs(t - 2.0) < 0.3
+    design = np.stack([pred[valid], np.ones(valid.sum())], 1)
+    assert np.allclose(np.linalg.lstsq(design, gt[valid], rcond=None)[0], [s, t], rtol=1e-9)
+    # A constant prediction carries no scale: the aligned map is the mean of the target.
+    flat = align_scale_shift(np.full_like(gt, 0.7), gt, valid)
+    assert np.allclose(flat[valid], gt[valid].mean(), rtol=1e-6)
 
 
 def test_disparity_alignment_inverts_correctly():
