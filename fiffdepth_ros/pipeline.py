@@ -19,7 +19,7 @@ from .conversions.backends import MessageBackend, stamp_to_ns
 from .conversions.colorize import colorize_depth
 from .conversions.depth_image import depth_to_image_msg, rgb_to_image_msg
 from .conversions.images import image_msg_to_depth, image_msg_to_float, message_to_rgb
-from .conversions.pointcloud import DepthCloudBuilder, pointcloud_to_xyz
+from .conversions.pointcloud import DepthCloudBuilder, _xyz_fields, pointcloud_to_xyz
 from .geometry.camera_model import CameraInfoError, CameraModel
 from .geometry.transforms import RigidTransform
 from .scale.anchors import Anchors, depth_image_anchors, disparity_anchors, lidar_anchors
@@ -136,6 +136,7 @@ class PreparedFrame:
     camera: CameraModel | None
     notes: list[str]
     timings: dict[str, float]
+    ready: Any = None          # CUDA event: the relative depth on the device is complete
 
 
 @dataclass
@@ -161,12 +162,41 @@ def _withheld_reason(report: FitReport, notes: list[str]) -> str:
     return f'no scale fit and no held estimate ({why})'
 
 
+def _device_finisher(estimator, finish_device):
+    """A DeviceFinisher for ``finish_device`` ('auto': the model's device if it is CUDA), or
+    None for the numpy path."""
+    if finish_device in (None, 'numpy'):
+        return None
+    if finish_device == 'auto':
+        device = getattr(estimator, 'device', None)
+        if device is None or getattr(device, 'type', str(device)) != 'cuda':
+            return None
+        finish_device = device
+    from .finish.device import DeviceFinisher     # torch only where it is used
+    return DeviceFinisher(finish_device)
+
+
+def _predict_on_device(estimator, frame: PreparedFrame):
+    import torch
+    if hasattr(estimator, 'predict_on_device'):
+        relative = estimator.predict_on_device(frame.rgb)
+    else:
+        relative = torch.from_numpy(np.ascontiguousarray(estimator.predict(frame.rgb)))
+    if relative.device.type == 'cuda':
+        frame.ready = torch.cuda.Event()
+        frame.ready.record(torch.cuda.current_stream(relative.device))
+    return relative
+
+
 class DepthPipeline:
     """Turns matched input messages into output messages; holds the per-stream state."""
 
     def __init__(self, estimator, config: PipelineConfig, backend: MessageBackend,
-                 extrinsic_lookup: ExtrinsicLookup | None = None):
+                 extrinsic_lookup: ExtrinsicLookup | None = None, finish_device='auto'):
         self.estimator = estimator
+        # Per-pixel finishing in torch on this device (fiffdepth_ros.finish), or None: numpy.
+        # 'auto': on the model's device when that is CUDA; None / 'numpy': numpy always.
+        self.finisher = _device_finisher(estimator, finish_device)
         self.backend = backend
         self.extrinsic_lookup = extrinsic_lookup
         config = self._with_model_fit_space(config)
@@ -221,7 +251,11 @@ class DepthPipeline:
 
     def predict(self, frames: list[PreparedFrame]) -> list[np.ndarray]:
         t0 = time.perf_counter()
-        if len(frames) == 1:
+        if len(frames) == 1 and self.finisher is not None:
+            # The relative depth stays on the device; an event marks when it is ready, so
+            # finishing (another thread, another CUDA stream) waits for this frame only.
+            out = [_predict_on_device(self.estimator, frames[0])]
+        elif len(frames) == 1:
             out = [self.estimator.predict(frames[0].rgb)]
         else:
             out = self.estimator.predict_batch([f.rgb for f in frames])
@@ -236,7 +270,7 @@ class DepthPipeline:
         cfg = self._config
         t0 = time.perf_counter()
         anchors = self._anchors(frame, relative.shape)
-        depth, report = self.scale.process(relative, anchors, frame.stamp_ns * 1e-9)
+        depth, report = self._recover(frame, relative, anchors)
         metric = bool(report.metric or cfg.fixed_scale_is_metric)
         withheld = ''
         if cfg.anchors_configured and not metric and not cfg.publish_without_fit:
@@ -245,7 +279,7 @@ class DepthPipeline:
             withheld = _withheld_reason(report, frame.notes)
             outputs -= set(METRIC_OUTPUTS)
         t1 = time.perf_counter()
-        messages = self._messages(frame, depth, relative, outputs)
+        messages, depth, relative = self._build(frame, depth, relative, outputs)
         t2 = time.perf_counter()
         timings = dict(frame.timings, scale=(t1 - t0) * 1e3, convert=(t2 - t1) * 1e3)
         return FrameResult(header=frame.header, stamp_ns=frame.stamp_ns, messages=messages,
@@ -310,8 +344,64 @@ class DepthPipeline:
         except LookupError as exc:
             notes.append(f'LiDAR anchors ignored: {exc}')
             return None
+        if self.finisher is not None:
+            with self.finisher.stream():
+                return self.finisher.lidar_anchors(points, transform, frame.camera,
+                                                   min_depth=self._config.min_range,
+                                                   max_depth=self._config.max_range)
         return lidar_anchors(points, transform, frame.camera, min_depth=self._config.min_range,
                              max_depth=self._config.max_range)
+
+    def _recover(self, frame: PreparedFrame, relative, anchors):
+        """Metric depth and fit report: numpy, or a tensor on the finishing device."""
+        stamp_s = frame.stamp_ns * 1e-9
+        if self.finisher is None:
+            return self.scale.process(relative, anchors, stamp_s)
+        with self.finisher.stream():
+            relative = self.finisher.relative_on_device(relative, frame.ready)
+            return self.finisher.recover(self.scale, relative, anchors, stamp_s)
+
+    def _build(self, frame: PreparedFrame, depth, relative, outputs: set[str]):
+        """(messages, depth, relative) with host arrays; on the device path the bytes of every
+        message come to the host in one copy (relative stays on the device unless asked for)."""
+        if self.finisher is None:
+            return self._messages(frame, depth, relative, outputs), depth, relative
+        cfg = self._config
+        camera = frame.camera
+        with_cloud = 'points' in outputs and cfg.cloud_type != 'none' and camera is not None
+        with self.finisher.stream():
+            asked = (self.finisher.relative_on_device(relative, frame.ready)
+                     if 'relative' in outputs else None)
+            host = self.finisher.to_host(
+                depth, asked,
+                depth16='depth' in outputs and cfg.output_encoding == '16UC1', camera=camera,
+                rgb=frame.rgb if cfg.cloud_type == 'xyzrgb' else None,
+                cloud=dict(min_range=cfg.min_range, max_range=cfg.max_range,
+                           stride=cfg.cloud_stride, organized=cfg.cloud_organized)
+                if with_cloud else None)
+        backend = self.backend
+        header = backend.copy_header(frame.header)
+        h, w = host.depth.shape
+        msgs: dict[str, Any] = {}
+        if 'depth' in outputs:
+            msgs['depth'] = (backend.image(header, h, w, '16UC1', w * 2, host.depth16)
+                             if host.depth16 is not None
+                             else depth_to_image_msg(host.depth, header, backend, '32FC1'))
+        if host.relative is not None:
+            msgs['relative'] = depth_to_image_msg(host.relative, header, backend, '32FC1')
+        if 'colorized' in outputs:
+            lo, hi = cfg.colorize_range or (None, None)
+            msgs['colorized'] = rgb_to_image_msg(colorize_depth(host.depth, lo, hi), header,
+                                                 backend)
+        if camera is not None and 'camera_info' in outputs:
+            msgs['camera_info'] = self._camera_info(frame.inputs.camera_info, header)
+        if host.points is not None:
+            ch, cw, step, dense = host.cloud_layout
+            msgs['points'] = backend.point_cloud2(
+                header, ch, cw, _xyz_fields(backend, cfg.cloud_type == 'xyzrgb'), step,
+                step * cw, host.points, is_dense=dense)
+        rel = host.relative if host.relative is not None else relative
+        return msgs, host.depth, rel
 
     def _stereo_anchors(self, msg, shape: tuple[int, int]) -> Anchors:
         step = self._config.stereo_grid_step
