@@ -48,10 +48,18 @@ Disk layout written by ``write_frames`` (and the CLI), one folder per split::
     OUT/depth/<seed>.png     16-bit PNG, millimetres, 0 = invalid   (depth_format='png16')
     OUT/depth/<seed>.npy     float32 metres, inf/NaN = invalid       (depth_format='npy')
     OUT/frames.txt           one line per frame: "rgb/<seed>.png depth/<seed>.png fx fy cx cy"
+                             ("rgb/<seed>.png fx fy cx cy" with depth_format='none')
     OUT/meta.json            generator version, domain, size, seeds, depth format
 
+This is the trainer's ``rgbd_folder`` layout (data/rgbd_folder.py reads the first two columns of
+each line; 16-bit PNG millimetres with 0 = none, the default depth_scale 0.001): a synthetic
+split trains with ``{kind: rgbd_folder, dir: OUT, filenames: OUT/frames.txt}``. For the
+real-like domain write images only (``--depth-format none``: its ground truth must never reach
+training) and give ``OUT/rgb`` to ``data.real.images`` and to ``fiffdepth-pseudolabel``.
+
     python -m fiffdepth_ros.training.data.procedural --out DIR --count N \\
-        --domain synthetic|real --seed-start S [--width 256 --height 192]
+        --domain synthetic|real --seed-start S [--width 256 --height 192] \\
+        [--depth-format png16|npy|none] [--held-out]
 """
 from __future__ import annotations
 
@@ -1000,7 +1008,7 @@ def render_frame(seed: int, domain: str = 'synthetic', width: int = 256,
 
 
 # -------------------------------------------------------------------------------- writing
-DEPTH_FORMATS = ('png16', 'npy')
+DEPTH_FORMATS = ('png16', 'npy', 'none')        # none: images only (the real-like domain)
 LIST_FILE = 'frames.txt'
 
 
@@ -1024,12 +1032,15 @@ def write_frame(out_dir, frame: ProceduralFrame, depth_format: str = 'png16') ->
         depth_rel = f'depth/{name}.npy'
         np.save(out_dir / depth_rel, np.where(frame.valid, frame.depth, np.inf).astype(np.float32))
         ok = True
+    elif depth_format == 'none':
+        depth_rel, ok = None, True
     else:
         raise ValueError(f'depth_format must be one of {DEPTH_FORMATS}')
     if not ok:
         raise OSError(f'cannot write {out_dir / depth_rel}')
     fx, fy, cx, cy = frame.K[0, 0], frame.K[1, 1], frame.K[0, 2], frame.K[1, 2]
-    return f'{rgb_rel} {depth_rel} {fx:.6f} {fy:.6f} {cx:.6f} {cy:.6f}'
+    paths = rgb_rel if depth_rel is None else f'{rgb_rel} {depth_rel}'
+    return f'{paths} {fx:.6f} {fy:.6f} {cx:.6f} {cy:.6f}'
 
 
 def write_frames(out_dir, seeds, domain: str = 'synthetic', width: int = 256, height: int = 192,
@@ -1039,7 +1050,8 @@ def write_frames(out_dir, seeds, domain: str = 'synthetic', width: int = 256, he
         raise ValueError(f'depth_format must be one of {DEPTH_FORMATS}')
     out_dir = Path(out_dir)
     (out_dir / 'rgb').mkdir(parents=True, exist_ok=True)
-    (out_dir / 'depth').mkdir(parents=True, exist_ok=True)
+    if depth_format != 'none':
+        (out_dir / 'depth').mkdir(parents=True, exist_ok=True)
     seeds = list(seeds)
     iterator = seeds
     if progress:
@@ -1052,24 +1064,28 @@ def write_frames(out_dir, seeds, domain: str = 'synthetic', width: int = 256, he
     (out_dir / 'meta.json').write_text(json.dumps({
         'generator': 'fiffdepth_ros.training.data.procedural', 'version': GENERATOR_VERSION,
         'domain': domain, 'width': width, 'height': height, 'depth_format': depth_format,
-        'depth_unit': 'mm' if depth_format == 'png16' else 'm',
+        'depth_unit': {'png16': 'mm', 'npy': 'm', 'none': None}[depth_format],
         'seeds': [seeds[0], seeds[-1]] if seeds else [], 'count': len(seeds)}, indent=2))
     return list_path
 
 
 def read_frames(list_path):
     """Read back a folder written by ``write_frames``: yields (rgb, depth in metres with inf
-    for invalid, K) per list line."""
+    for invalid, or None for an images-only folder, K) per list line."""
     list_path = Path(list_path)
     root = list_path.parent
     for line in list_path.read_text().splitlines():
         if not line.strip():
             continue
-        rgb_rel, depth_rel, fx, fy, cx, cy = line.split()
+        fields = line.split()
+        rgb_rel, depth_rel = fields[0], (fields[1] if len(fields) == 6 else None)
+        fx, fy, cx, cy = fields[-4:]
         bgr = cv2.imread(str(root / rgb_rel), cv2.IMREAD_COLOR)
         if bgr is None:
             raise OSError(f'cannot read {root / rgb_rel}')
-        if depth_rel.endswith('.npy'):
+        if depth_rel is None:
+            depth = None
+        elif depth_rel.endswith('.npy'):
             depth = np.load(root / depth_rel)
         else:
             mm = cv2.imread(str(root / depth_rel), cv2.IMREAD_UNCHANGED)
