@@ -290,3 +290,21 @@ def test_the_runtime_loader_passes_the_family_parameters(models):
     assert (est.family, est.strategy.denoising_steps, est.strategy.seed) == ('marigold', 2, 5)
     p = P.validate({'model': str(models['lotus_d_disparity']), 'device': 'cpu'})
     assert load_estimator(p).output_space == 'disparity'
+
+
+def test_fiffdepth_predict_runs_any_family_and_says_disparity(models, tmp_path, capsys):
+    import cv2
+
+    from fiffdepth_ros.cli.predict import main
+    rgb = rng.integers(0, 256, (30, 44, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / 'a.png'), rgb[..., ::-1])
+    code = main(['--model', str(models['lotus_d_disparity']), '--input', str(tmp_path / 'a.png'),
+                 '--output', str(tmp_path / 'out'), '--processing-res', '32', '--device', 'cpu'])
+    assert code == 0 and 'disparity (larger = nearer)' in capsys.readouterr().err
+    est = DepthEstimator.from_pretrained(str(models['lotus_d_disparity']), device='cpu',
+                                         processing_res=32)
+    np.testing.assert_allclose(np.load(tmp_path / 'out' / 'a.npy'), est.predict(rgb), atol=1e-6)
+    code = main(['--model', str(models['e2e_ft']), '--input', str(tmp_path / 'a.png'),
+                 '--output', str(tmp_path / 'out2'), '--processing-res', '32', '--device', 'cpu',
+                 '--model-family', 'fiffdepth'])
+    assert code == 1 and 'fiffdepth needs a UNet with 4 input channels' in capsys.readouterr().err

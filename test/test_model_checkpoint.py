@@ -242,3 +242,71 @@ def test_hub_download_fetches_only_what_is_loaded(tiny_checkpoint, tmp_path, mon
     assert calls == [(None, False), (None, False)]
     assert (legacy.root / 'unet' / 'diffusion_pytorch_model.bin').is_file()
     assert not (legacy.root / 'unet' / 'diffusion_pytorch_model.non_ema.bin').exists()
+
+
+def test_an_embedding_cached_with_77_tokens_is_never_reused(own_checkpoint, tmp_path):
+    from safetensors.torch import save_file
+    ckpt = resolve_checkpoint(str(own_checkpoint))
+    cache = tmp_path / 'cache'
+    stale = cache / 'empty_prompt' / f'{ckpt.identity}-max_length.safetensors'  # older name
+    stale.parent.mkdir(parents=True)
+    save_file({'embedding': torch.ones(1, 77, 32)}, str(stale))
+    embedding, computed = load_empty_embedding(ckpt, cache)
+    assert computed and embedding.shape == (1, 2, 32)
+    assert embedding_path(ckpt, cache) != stale and stale.is_file()
+
+
+def _save_fp16_variant(folder: Path, module) -> None:
+    module.to(torch.float16).save_pretrained(folder, variant='fp16')
+
+
+def test_half_precision_loads_the_fp16_variant_files(own_checkpoint):
+    """The variant is what is loaded: its weights are made to differ from the full ones."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from fiffdepth_ros.model.checkpoint import load_unet_and_vae
+    unet = UNet2DConditionModel.from_pretrained(own_checkpoint / 'unet')
+    with torch.no_grad():
+        unet.conv_in.weight.add_(1.0)
+    _save_fp16_variant(own_checkpoint / 'unet', unet)
+    _save_fp16_variant(own_checkpoint / 'vae',
+                       AutoencoderKL.from_pretrained(own_checkpoint / 'vae'))
+    ckpt = resolve_checkpoint(str(own_checkpoint))
+    half_unet, half_vae = load_unet_and_vae(ckpt, torch.float16)
+    assert torch.equal(half_unet.conv_in.weight, unet.conv_in.weight.half())
+    assert half_vae.dtype == torch.float16
+    full_unet, _ = load_unet_and_vae(ckpt, torch.float32)      # fp32: the full files
+    assert not torch.allclose(full_unet.conv_in.weight, unet.conv_in.weight.float())
+    # upcast_vae: the VAE in fp32 from the full-precision files, the UNet from the variant.
+    half_unet, vae32 = load_unet_and_vae(ckpt, torch.float16, vae_dtype=torch.float32)
+    full_vae = AutoencoderKL.from_pretrained(own_checkpoint / 'vae')
+    assert vae32.dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(vae32.parameters(), full_vae.parameters()))
+
+
+def test_hub_download_in_half_precision_fetches_only_the_fp16_files(tiny_checkpoint, tmp_path,
+                                                                    monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+    from huggingface_hub.utils import filter_repo_objects
+    monkeypatch.delenv('HF_HUB_OFFLINE', raising=False)
+    monkeypatch.setattr(constants, 'HF_HUB_OFFLINE', False)
+    files = [str(p.relative_to(tiny_checkpoint)) for p in tiny_checkpoint.rglob('*')
+             if p.is_file() and not p.name.startswith('.')]
+    files += ['unet/diffusion_pytorch_model.fp16.safetensors',
+              'vae/diffusion_pytorch_model.fp16.safetensors',
+              'scheduler/scheduler_config.json']
+
+    def fake_snapshot_download(repo_id, *, allow_patterns=None, ignore_patterns=None, **kwargs):
+        snapshot = tmp_path / 'hub' / 'snapshots' / ('c' * 40)
+        for name in filter_repo_objects(files, allow_patterns=allow_patterns,
+                                        ignore_patterns=ignore_patterns):
+            (snapshot / name).parent.mkdir(parents=True, exist_ok=True)
+            (snapshot / name).write_bytes(b'{}' if name.endswith('.json') else b'w')
+        return str(snapshot)
+    monkeypatch.setattr(huggingface_hub, 'snapshot_download', fake_snapshot_download)
+    ckpt = resolve_checkpoint('acme/half', variant='fp16')
+    got = sorted(str(p.relative_to(ckpt.root)) for p in ckpt.root.rglob('*') if p.is_file())
+    assert got == ['model_index.json', 'scheduler/scheduler_config.json', 'unet/config.json',
+                   'unet/diffusion_pytorch_model.fp16.safetensors', 'vae/config.json',
+                   'vae/diffusion_pytorch_model.fp16.safetensors']
