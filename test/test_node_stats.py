@@ -77,3 +77,12 @@ def test_counters_are_safe_from_several_threads():
     stats.mode = 'overlapped'
     s = stats.summary()
     assert s['critical path overhead median (ms)'] == '4.0' and s['worker'] == 'overlapped'
+
+
+def test_publish_cost_is_reported_against_message_size():
+    stats = NodeStats()
+    for ms in (2.0, 4.0, 3.0):
+        stats.add_publish('points', 9_830_400, ms)
+    stats.add_publish('depth', 1_228_800, 0.5)
+    text = stats.summary()['publish medians (data size, ms)']
+    assert text == 'points 9.83 MB 3.00 ms, depth 1.23 MB 0.50 ms'

@@ -146,6 +146,7 @@ class DepthNode(Node):
         self._image_subscription = None
         self._info_subscription = None
         self._resubscribe = self._resubscribe_info = False
+        self._camera_info_heard = False
         self._subscribe_images()
         self._subscribe_camera_info()
         if p['use_lidar']:
@@ -169,6 +170,12 @@ class DepthNode(Node):
 
         self._finisher = HandOff(self._process, overlapped=p['overlap_stages'],
                                  on_error=self._on_finish_error)
+        if self._finisher.overlapped:
+            # Two busy Python threads: a thread coming back from a GIL-free torch/numpy call
+            # waits up to the switch interval for the GIL (5 ms by default) while the other
+            # runs Python. The model makes hundreds of such calls per frame, so the default
+            # interval stretched the forward pass several times; 0.5 ms keeps it near its own.
+            sys.setswitchinterval(min(sys.getswitchinterval(), 0.0005))
         self.stats.mode = self._finisher.mode
         self._worker = threading.Thread(target=self._work, name='fiffdepth-inference',
                                         daemon=True)
@@ -200,11 +207,13 @@ class DepthNode(Node):
             msg_type, topic, self._on_image, profile(p['qos_reliability'], 1),
             event_callbacks=events)
 
-    def _subscribe_camera_info(self) -> None:
-        """(Re)create the camera_info subscription: durability BEST_AVAILABLE receives a
-        camera_info that a driver published once, latched (transient-local), and still matches
-        volatile drivers. Chosen at creation from the publishers known then, like reliability:
-        a publisher that turns out incompatible re-creates it."""
+    def _subscribe_camera_info(self, latched: bool = False) -> None:
+        """(Re)create the camera_info subscription. Volatile matches every driver, but misses a
+        camera_info published once, latched, before it matched: so when every camera_info
+        publisher is transient-local and none has been heard yet, it is re-created
+        transient-local (``_resubscribe_if_needed``), which receives the latched message. A
+        volatile driver appearing later is incompatible with that: back to volatile."""
+        self._info_latched = latched
         try:
             from rclpy.event_handler import SubscriptionEventCallbacks
         except ImportError:                                   # Humble
@@ -214,11 +223,21 @@ class DepthNode(Node):
             self.destroy_subscription(self._info_subscription)
         self._info_subscription = self.create_subscription(
             CameraInfo, 'camera_info', self._on_camera_info,
-            profile(self.params['qos_reliability'], 5, durability='best_available'),
+            profile(self.params['qos_reliability'], 5,
+                    durability='transient_local' if latched else 'volatile'),
             event_callbacks=events)
 
     def _on_incompatible_info_qos(self, event) -> None:
         self._resubscribe_info = True
+
+    def _camera_info_is_latched_only(self) -> bool:
+        """Every camera_info publisher offers transient-local and nothing arrived yet."""
+        if self._info_latched or self._camera_info_heard:
+            return False
+        from rclpy.qos import DurabilityPolicy
+        infos = self.get_publishers_info_by_topic(self.resolve_topic_name('camera_info'))
+        return bool(infos) and all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
+                                   for i in infos)
 
     def _on_incompatible_qos(self, event) -> None:
         if self.params['qos_reliability'] == 'best_available':
@@ -237,8 +256,12 @@ class DepthNode(Node):
         if self._resubscribe_info:
             self._resubscribe_info = False
             self.get_logger().info('camera_info publisher with other QoS appeared: '
-                                   're-subscribing to match it')
-            self._subscribe_camera_info()
+                                   're-subscribing (volatile) to match it')
+            self._subscribe_camera_info(latched=False)
+        elif self._camera_info_is_latched_only():
+            self.get_logger().info('camera_info is published latched (transient-local): '
+                                   're-subscribing transient-local to receive it')
+            self._subscribe_camera_info(latched=True)
 
     def stop(self, timeout_s: float = 0.3) -> None:
         self._stop.set()
@@ -258,6 +281,7 @@ class DepthNode(Node):
             self.stats.count('dropped')
 
     def _on_camera_info(self, msg) -> None:
+        self._camera_info_heard = True
         with self._companions:
             self.assembler.add_camera_info(msg)
             self._companions.notify_all()
@@ -372,7 +396,11 @@ class DepthNode(Node):
         self._count_withheld(result)
         t_publish = time.perf_counter()
         for name, out_msg in result.messages.items():
+            t0 = time.perf_counter()
             self.publishers_by_output[name].publish(out_msg)
+            # Publish cost against message size (serialisation and transport copy).
+            self.stats.add_publish(name, len(getattr(out_msg, 'data', b'')),
+                                   (time.perf_counter() - t0) * 1e3)
         done = time.perf_counter()
         result.timings.update(wait=work.waited_ms, publish=(done - t_publish) * 1e3)
         now_ns = self.get_clock().now().nanoseconds

@@ -98,6 +98,9 @@ class NodeStats:
         self.critical_ms: deque[float] = deque(maxlen=window)       # what delays the next inference
         # Where the overhead goes: stage name -> recent milliseconds.
         self.stage_ms: dict[str, deque[float]] = {}
+        # Publish cost per output against its size: output -> recent ms, last data bytes.
+        self.publish_ms: dict[str, deque[float]] = {}
+        self.publish_bytes: dict[str, int] = {}
         self._window = window
         self._lock = threading.Lock()
         self.received = 0
@@ -119,6 +122,11 @@ class NodeStats:
             for name, ms in timings.items():
                 self.stage_ms.setdefault(name, deque(maxlen=self._window)).append(ms)
 
+    def add_publish(self, output: str, nbytes: int, ms: float) -> None:
+        with self._lock:
+            self.publish_bytes[output] = nbytes
+            self.publish_ms.setdefault(output, deque(maxlen=self._window)).append(ms)
+
     def summary(self) -> dict[str, str]:
         def med(values):
             return f'{np.median(values):.1f}' if len(values) else 'n/a'
@@ -127,6 +135,9 @@ class NodeStats:
             stages = {name: list(v) for name, v in self.stage_ms.items() if v}
             inference, overhead = list(self.inference_ms), list(self.overhead_ms)
             critical = list(self.critical_ms)
+            publish = ', '.join(f'{name} {self.publish_bytes.get(name, 0) / 1e6:.2f} MB '
+                                f'{np.median(v):.2f} ms' for name, v in self.publish_ms.items()
+                                if v) or 'n/a'
         lat = self.latency_ms.percentiles((50, 99, 100))
         node_lat = self.node_latency_ms.percentiles((50, 99, 100))
         na = ('n/a', 'n/a', 'n/a')
@@ -148,6 +159,7 @@ class NodeStats:
             'critical path overhead median (ms)': med(critical),
             'stage medians (ms)': ', '.join(f'{name} {np.median(v):.1f}'
                                             for name, v in stages.items()) or 'n/a',
+            'publish medians (data size, ms)': publish,
             'frames received': str(self.received),
             'frames processed': str(self.processed),
             'frames dropped': str(self.dropped),
