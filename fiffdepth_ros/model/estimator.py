@@ -130,7 +130,9 @@ class DepthEstimator:
         self.dtype = resolve_dtype(precision, self.device)
         self.processing_res = int(processing_res)
         self.model_name = model_name
-        self.upcast_vae = bool(upcast_vae) and self.dtype != torch.float32
+        # A family running its own pipeline (Marigold) decodes in the VAE's one dtype.
+        self.upcast_vae = (bool(upcast_vae) and self.dtype != torch.float32
+                           and not self.strategy.own_pipeline)
         self.unet = self._prepare_module(unet, self.dtype)
         self.vae = self._prepare_vae(vae)
         self._decoder32 = self.upcast_vae      # decoder (and post_quant_conv) in fp32
