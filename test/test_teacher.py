@@ -128,6 +128,17 @@ def test_train_teacher_writes_a_loadable_model_with_provenance(tmp_path):
                         preset='test', progress=False)
 
 
+def test_cli_trains_and_saves(tmp_path, capsys):
+    out = tmp_path / 'cli'
+    assert T.main(['--out', str(out), '--steps', '2', '--batch-size', '1', '--input-size', '28',
+                   '--preset', 'test', '--workers', '0', '--val-frames', '1']) == 0
+    assert (out / 'model.safetensors').is_file() and (out / 'preprocessor_config.json').is_file()
+    assert json.loads(capsys.readouterr().out)['steps'] == 2
+    frames = T.SyntheticTeacherFrames(0, 3, 28)
+    a, b = frames[1], frames[4]                        # same seed, the second lap mirrored
+    assert torch.equal(a[0].flip(-1), b[0]) and torch.equal(a[1].flip(-1), b[1])
+
+
 def test_pseudolabel_tool_runs_the_teacher_like_depth_anything(tmp_path):
     """fiffdepth-pseudolabel loads the folder and stores what the teacher predicts on the
     real-like domain (which the teacher never trained on)."""

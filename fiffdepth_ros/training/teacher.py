@@ -116,14 +116,15 @@ def teacher_frame(seed: int, input_size: int, render_hw=(192, 256), flip: bool =
 
 
 class SyntheticTeacherFrames(torch.utils.data.Dataset):
-    """Index k -> the frame of training seed ``seed_start + k % pool`` (flipped on odd laps)."""
+    """Index k -> the frame of training seed ``seed_start + k % pool``, mirrored on odd laps.
+    Indexed by the global sample counter, so indices past ``len`` wrap around the pool."""
 
     def __init__(self, seed_start: int, pool: int, input_size: int, render_hw=(192, 256)):
         self.seeds = procedural.training_seeds(seed_start, pool)
         self.input_size, self.render_hw = int(input_size), tuple(render_hw)
 
     def __len__(self):
-        return 1 << 30                     # indexed by the global sample counter
+        return len(self.seeds)
 
     def __getitem__(self, k):
         lap, i = divmod(int(k), len(self.seeds))
