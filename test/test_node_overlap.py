@@ -116,3 +116,17 @@ def _eventually(predicate, timeout=5.0):
             return True
         time.sleep(0.01)
     return predicate()
+
+
+def test_wait_free_returns_once_the_back_stage_took_the_waiting_frame():
+    release = threading.Event()
+    stage = HandOff(lambda item: release.wait(5.0))
+    stage.hand_off(1)
+    assert _eventually(lambda: stage._busy)
+    assert stage.wait_free(timeout=0.1)            # 1 is being finished, the slot is free
+    stage.hand_off(2)
+    assert stage.wait_free(timeout=0.2) is False   # 2 waits behind 1
+    release.set()
+    assert stage.wait_free(timeout=5.0)
+    stage.close(timeout=1.0)
+    assert HandOff(lambda item: None, overlapped=False).wait_free(timeout=0.0)

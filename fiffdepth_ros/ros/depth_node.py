@@ -207,13 +207,14 @@ class DepthNode(Node):
             msg_type, topic, self._on_image, profile(p['qos_reliability'], 1),
             event_callbacks=events)
 
-    def _subscribe_camera_info(self, latched: bool = False) -> None:
-        """(Re)create the camera_info subscription. Volatile matches every driver, but misses a
-        camera_info published once, latched, before it matched: so when every camera_info
-        publisher is transient-local and none has been heard yet, it is re-created
-        transient-local (``_resubscribe_if_needed``), which receives the latched message. A
-        volatile driver appearing later is incompatible with that: back to volatile."""
-        self._info_latched = latched
+    def _subscribe_camera_info(self, latched: bool | None = None) -> None:
+        """(Re)create the camera_info subscription so that a camera_info published once,
+        latched (transient-local), is received. At start durability BEST_AVAILABLE: it settles
+        on transient-local when no publisher is known yet or all offer it, so a latched driver
+        is heard from the first frame. A volatile driver is then incompatible (it logs that
+        once): ``latched=False`` re-creates the subscription volatile. When later every
+        publisher is transient-local and nothing was heard, ``latched=True`` (from
+        ``_resubscribe_if_needed``) gets the latched message after all."""
         try:
             from rclpy.event_handler import SubscriptionEventCallbacks
         except ImportError:                                   # Humble
@@ -224,20 +225,27 @@ class DepthNode(Node):
         self._info_subscription = self.create_subscription(
             CameraInfo, 'camera_info', self._on_camera_info,
             profile(self.params['qos_reliability'], 5,
-                    durability='transient_local' if latched else 'volatile'),
+                    durability={None: 'best_available', True: 'transient_local',
+                                False: 'volatile'}[latched]),
             event_callbacks=events)
 
     def _on_incompatible_info_qos(self, event) -> None:
         self._resubscribe_info = True
 
     def _camera_info_is_latched_only(self) -> bool:
-        """Every camera_info publisher offers transient-local and nothing arrived yet."""
-        if self._info_latched or self._camera_info_heard:
+        """Every camera_info publisher offers transient-local, nothing arrived yet and our
+        subscription is volatile (as the graph reports it: BEST_AVAILABLE resolves there)."""
+        if self._camera_info_heard:
             return False
         from rclpy.qos import DurabilityPolicy
-        infos = self.get_publishers_info_by_topic(self.resolve_topic_name('camera_info'))
-        return bool(infos) and all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL
-                                   for i in infos)
+        latched = DurabilityPolicy.TRANSIENT_LOCAL
+        topic = self.resolve_topic_name('camera_info')
+        publishers = self.get_publishers_info_by_topic(topic)
+        if not publishers or any(i.qos_profile.durability != latched for i in publishers):
+            return False
+        ours = [i for i in self.get_subscriptions_info_by_topic(topic)
+                if (i.node_name, i.node_namespace) == (self.get_name(), self.get_namespace())]
+        return bool(ours) and all(i.qos_profile.durability != latched for i in ours)
 
     def _on_incompatible_qos(self, event) -> None:
         if self.params['qos_reliability'] == 'best_available':
@@ -321,6 +329,9 @@ class DepthNode(Node):
         """Front stage, on the inference thread: the newest image -> companions, decode, model.
         The result goes to the back stage (``_process``) through the hand-off."""
         while not self._stop.is_set():
+            # Start the model only when its result can be handed off at once: the frame it
+            # takes then is the newest, and none waits behind a full hand-off.
+            self._finisher.wait_free()
             item = self._images.take()
             if item is None:                    # closed: the node stops
                 return

@@ -10,7 +10,9 @@ No ROS in here (the node plugs its stages in; tests drive it with plain callable
 Frames are dropped only before the model (LatestOnly replaces a pending input): once the
 model has spent time on a frame it is finished. The hand-off holds one frame; the front thread
 waits when the back stage is still busy with the previous one, which pushes back on the input
-slot instead of dropping finished model work. Torch, numpy, OpenCV and the DDS serialisation
+slot instead of dropping finished model work; the front takes its next input only once the
+slot is free (``wait_free``), so the model starts on the newest input, not one that will
+wait behind a full slot. Torch, numpy, OpenCV and the DDS serialisation
 release the GIL in their heavy parts, so the two threads overlap on two cores (and a GPU model
 overlaps with CPU finishing on one).
 
@@ -104,14 +106,23 @@ class HandOff:
             self._cond.notify_all()
         return time.perf_counter() - t0
 
+    def wait_free(self, timeout: float | None = None) -> bool:
+        """Until the slot is empty (the back stage may still be finishing a frame). Taking
+        the next input only then keeps at most one finished-by-the-model frame waiting, so the
+        input the model starts on is the newest one. False on timeout or when closed."""
+        return self._wait(lambda: self._has_item, timeout)
+
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Until nothing is waiting or being finished (e.g. before a configuration change, so
         that no frame sees half of it). False on timeout or when closed."""
+        return self._wait(lambda: self._has_item or self._busy, timeout)
+
+    def _wait(self, pending: Callable[[], bool], timeout: float | None) -> bool:
         if not self.overlapped:
             return True
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            while (self._has_item or self._busy) and not self._closed:
+            while pending() and not self._closed:
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
                     return False
