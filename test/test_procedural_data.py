@@ -246,7 +246,8 @@ def test_written_frames_round_trip(tmp_path, depth_format):
         expected_valid = ref.valid & (ref.depth <= 65.535 if depth_format == 'png16' else True)
         assert np.array_equal(np.isfinite(depth), expected_valid)
         ok = np.isfinite(depth)
-        tol = 0.0 if depth_format == 'npy' else 0.0005 + 1e-5      # half a millimetre, float32 rounding
+        # PNG: half a millimetre of rounding plus float32 rounding; npy: exact.
+        tol = 0.0 if depth_format == 'npy' else 0.0005 + 1e-5
         assert np.abs(depth[ok] - ref.depth[ok]).max() <= tol
     if depth_format == 'png16':
         mm = cv2.imread(str(tmp_path / 'depth' / '00000003.png'), cv2.IMREAD_UNCHANGED)

@@ -97,11 +97,13 @@ def normalise_images(rgb_uint8: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------- data
-def teacher_frame(seed: int, input_size: int, render_hw=(192, 256), flip: bool = False):
-    """One synthetic frame as the teacher sees it: (uint8 RGB (3, h, w), disparity (h, w),
-    mask (h, w)). Rendered at ``render_hw`` and resized exactly as fiffdepth-pseudolabel resizes
-    real images; the exact depth is resampled with nearest neighbours (never blends edges)."""
-    frame = procedural.render_frame(seed, 'synthetic', render_hw[1], render_hw[0])
+def teacher_frame(seed: int, input_size: int, render_hw=(192, 256), flip: bool = False,
+                  domain: str = 'synthetic'):
+    """One frame as the teacher sees it: (uint8 RGB (3, h, w), disparity (h, w), mask (h, w)).
+    Rendered at ``render_hw`` and resized exactly as fiffdepth-pseudolabel resizes real images;
+    the exact depth is resampled with nearest neighbours (never blends edges). Training only
+    asks for the synthetic domain; the real-like one is for measuring the transfer."""
+    frame = procedural.render_frame(seed, domain, render_hw[1], render_hw[0])
     h, w = teacher_size(render_hw[0], render_hw[1], input_size)
     rgb = cv2.resize(frame.rgb, (w, h), interpolation=cv2.INTER_CUBIC)
     depth = cv2.resize(frame.depth, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
@@ -192,13 +194,15 @@ def predict_disparity(model, rgb_uint8: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(model, seeds, input_size: int, render_hw=(192, 256), max_depth: float = 80.0):
+def evaluate(model, seeds, input_size: int, render_hw=(192, 256), max_depth: float = 80.0,
+             domain: str = 'synthetic'):
     """AbsRel and delta1 of depth from the disparity aligned to the truth by least squares (the
-    usual protocol for disparity models), and the SSI loss, on ``seeds`` (held-out ones)."""
+    usual protocol for disparity models), and the SSI loss, on ``seeds`` (held-out ones) of
+    ``domain``."""
     model.eval()
     absrel, delta1, losses = [], [], []
     for seed in seeds:
-        rgb, disp, mask = teacher_frame(seed, input_size, render_hw)
+        rgb, disp, mask = teacher_frame(seed, input_size, render_hw, domain=domain)
         pred = predict_disparity(model, rgb[None])[0]
         losses.append(float(ssi_loss(pred[None], disp[None], mask[None])))
         depth = torch.where(disp > 0, 1.0 / disp.clamp_min(1e-12), torch.inf)
@@ -262,8 +266,9 @@ def train_teacher(out_dir, steps: int = 2000, batch_size: int = 8, input_size: i
     if bar is not None:
         bar.close()
     seconds = time.time() - started
-    metrics = evaluate(model, procedural.held_out_seeds(val_frames), input_size, render_hw) \
-        if val_frames else {}
+    held_out = procedural.held_out_seeds(val_frames)
+    metrics = {domain: evaluate(model, held_out, input_size, render_hw, domain=domain)
+               for domain in procedural.DOMAINS} if val_frames else {}
     provenance = {
         'what': 'stand-in for Depth Anything V2: DepthAnythingForDepthEstimation trained on '
                 'procedural synthetic frames (exact depth) only',
@@ -274,9 +279,9 @@ def train_teacher(out_dir, steps: int = 2000, batch_size: int = 8, input_size: i
         'generator_version': procedural.GENERATOR_VERSION,
         'parameters': sum(p.numel() for p in model.parameters()),
         'train_seconds': round(seconds, 1), 'loss_history': history,
-        'held_out': {'seeds': [procedural.HELD_OUT_SEEDS.start,
-                               procedural.HELD_OUT_SEEDS.start + val_frames - 1],
-                     **metrics} if val_frames else None,
+        # Held-out seeds of both domains; the real-like truth is read for scoring only.
+        'held_out': {'seeds': [held_out.start, held_out.stop - 1], **metrics}
+        if val_frames else None,
         'torch': torch.__version__}
     save_teacher(model, out_dir, input_size, provenance)
     return provenance

@@ -590,6 +590,9 @@ def sample_scene(rng) -> Scene:
 
 
 # ------------------------------------------------------------------------------ ray casting
+_CUBE_CORNERS = np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1)
+
+
 def _screen_rect(prim, camera: Camera):
     """Pixel rectangle (r0, r1, c0, c1) that holds the primitive's image, or None when the
     bounding sphere is behind the camera. The projected corners of the cube around the
@@ -598,7 +601,7 @@ def _screen_rect(prim, camera: Camera):
     rad = prim.radius
     if centre[2] + rad < _EPS:
         return None
-    corners = centre[:, None] + rad * np.array(np.meshgrid([-1, 1], [-1, 1], [-1, 1])).reshape(3, -1)
+    corners = centre[:, None] + rad * _CUBE_CORNERS
     if corners[2].min() < 1e-3:
         return 0, camera.height, 0, camera.width
     uv = camera.K @ (corners / corners[2])
@@ -673,7 +676,8 @@ def _segment_distance2(p1, d1, p2, d2):
         s = np.where(denom > 1e-12, np.clip((b * f - c * e) / np.where(denom > 1e-12, denom, 1),
                                             0.0, 1.0), 0.0)
         u = (b * s + f) / e
-        s = np.where(u < 0, np.clip(-c / a, 0.0, 1.0), np.where(u > 1, np.clip((b - c) / a, 0, 1), s))
+        s = np.where(u < 0, np.clip(-c / a, 0.0, 1.0),
+                     np.where(u > 1, np.clip((b - c) / a, 0.0, 1.0), s))
         u = np.clip(u, 0.0, 1.0)
     gap = r + d1 * s - d2[:, None] * u
     return _dot(gap, gap)
