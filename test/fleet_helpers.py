@@ -52,6 +52,31 @@ def warm_prompt_cache(model) -> None:
     load_empty_embedding(resolve_checkpoint(str(model)))
 
 
+class ReusedModel:
+    """Patches process_bag's model loading to load each checkpoint once per test module: the
+    reference runs stay the real command line, without a model load each (seconds here)."""
+
+    def __init__(self):
+        import pytest
+        from fiffdepth_ros.bag import process_bag
+        from fiffdepth_ros.model import runtime
+        self.patch = pytest.MonkeyPatch()
+        self.loaded = {}
+        real = runtime.load_estimator
+
+        def load(p):
+            key = tuple(p[k] for k in ('model', 'device', 'precision', 'processing_res',
+                                       'upcast_vae', 'compile'))
+            if key not in self.loaded:
+                self.loaded[key] = real(p)
+            return self.loaded[key]
+        self.patch.setattr(process_bag, 'load_estimator', load)
+        self.patch.setattr(runtime, 'load_estimator', load)
+
+    def undo(self) -> None:
+        self.patch.undo()
+
+
 def sequential_reference(input_path: Path, output: Path, model, params: Path) -> int:
     """The single-bag command line: what the fleet must reproduce message for message."""
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from fleet_helpers import (COMMON, contents, make_recordings, sequential_reference,
+from fleet_helpers import (COMMON, ReusedModel, contents, make_recordings, sequential_reference,
                            warm_prompt_cache)
 from fiffdepth_ros import params as P
 from fiffdepth_ros.bag.chunks import ChunkOutput, ReplayEstimator, chunk_windows, predict_chunk
@@ -28,12 +28,14 @@ def recordings(tmp_path_factory, tiny_checkpoint):
     root = tmp_path_factory.mktemp('fleet_local')
     info = make_recordings(root / 'in')
     warm_prompt_cache(tiny_checkpoint)
+    model = ReusedModel()
     refs = {}
     for name, path in (('a', 'a'), ('b', 'b'), ('long', 'long')):
         assert sequential_reference(root / 'in' / path, root / 'ref' / name, tiny_checkpoint,
                                     info['params']) == 0
         refs[name] = contents(root / 'ref' / name)
-    return dict(root=root, refs=refs, model=tiny_checkpoint, **info)
+    yield dict(root=root, refs=refs, model=tiny_checkpoint, **info)
+    model.undo()
 
 
 def argv(rec, *inputs, out='out'):
@@ -163,15 +165,9 @@ def test_an_interrupted_bag_never_gets_its_final_name(recordings, tiny_checkpoin
     assert 2 <= len(images) < 24
 
 
-_ESTIMATORS = {}
-
-
 def _estimator(params):
-    from fiffdepth_ros.model.runtime import load_estimator
-    key = params['model']
-    if key not in _ESTIMATORS:
-        _ESTIMATORS[key] = load_estimator(params)
-    return _ESTIMATORS[key]
+    from fiffdepth_ros.model import runtime
+    return runtime.load_estimator(params)          # loaded once (ReusedModel)
 
 
 # ---------------------------------------------------------------------- chunks (no Ray)

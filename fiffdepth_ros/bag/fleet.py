@@ -342,7 +342,8 @@ def run_fleet(jobs: list[BagJob], args, params: dict, options: FleetOptions,
               stop: threading.Event | None = None, fleet: Fleet | None = None) -> FleetResult:
     """Process ``jobs`` on Ray; outcomes in the jobs' order. ``bar``: a FleetBar. ``stop``
     set (or Ctrl-C): running bags stop and stay partial, the rest are not started. ``fleet``:
-    actors to use (made with the same params); by default this call makes and ends its own."""
+    actors to use (made with the same params; ``options`` then only sets chunking and task
+    retries); by default this call makes and ends its own."""
     ray = require_ray()
     t0 = time.perf_counter()
     outcomes: dict[str, BagOutcome] = {}
@@ -360,7 +361,7 @@ def run_fleet(jobs: list[BagJob], args, params: dict, options: FleetOptions,
             fleet = fleet or Fleet(ray, params, options, args.threads, log)
             result.actors = fleet.size
             ray.get(fleet.progress.reset.remote())
-            _drive(ray, fleet, todo, args, params, outcomes, log, bar, on_progress,
+            _drive(ray, fleet, options, todo, args, params, outcomes, log, bar, on_progress,
                    stop or threading.Event())
             try:
                 result.actor_memory = fleet.memory()
@@ -376,9 +377,9 @@ def run_fleet(jobs: list[BagJob], args, params: dict, options: FleetOptions,
     return result
 
 
-def _drive(ray, fleet: Fleet, todo, args, params, outcomes, log, bar, on_progress,
-           stop: threading.Event) -> None:
-    remotes, options, n = _remotes(ray), fleet.options, fleet.size
+def _drive(ray, fleet: Fleet, options: FleetOptions, todo, args, params, outcomes, log, bar,
+           on_progress, stop: threading.Event) -> None:
+    remotes, n = _remotes(ray), fleet.size
     actors, progress = fleet.actors, fleet.progress
     free = deque(actors)
     inflight: dict = {}              # ref -> (job, actor or None)
@@ -415,7 +416,10 @@ def _drive(ray, fleet: Fleet, todo, args, params, outcomes, log, bar, on_progres
                         finishers -= 1
                     else:
                         free.append(actor)
-                snap = ray.get(progress.snapshot.remote())
+                try:
+                    snap = ray.get(progress.snapshot.remote(), timeout=30)
+                except ray.exceptions.RayError:      # display only: the work goes on
+                    continue
                 if bar is not None:
                     bags = snap['bags']
                     bar.set_state(sum(b['frames'] for b in bags.values()),

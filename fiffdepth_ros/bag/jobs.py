@@ -136,6 +136,7 @@ def run_job(job: BagJob, args, params: dict[str, Any], estimator=None, *,
     outcome = BagOutcome(job.name, str(job.input), str(job.output), FAILED)
     link = _Linked(stop)
     try:
+        job.output.parent.mkdir(parents=True, exist_ok=True)
         check_output(job.output, args.overwrite, job.input)
         partial = _fresh_partial(job)
         bag_args = job_args(args, job, partial)
