@@ -20,6 +20,8 @@ setup(
     # does not resolve install_requires, and torch must stay the robot's own build.
     package_data={package_name: ['resources/*.xml']},
     install_requires=['setuptools'],
+    # process_bags --ray (fleet-scale bag processing); also requirements-fleet.txt.
+    extras_require={'fleet': ['ray>=2.9']},
     zip_safe=True,
     maintainer='fiffdepth_ros maintainers',
     maintainer_email='maintainers@fiffdepth-ros.dev',
@@ -30,6 +32,7 @@ setup(
             'depth_node = fiffdepth_ros.ros.depth_node:main',
             'depth_lifecycle_node = fiffdepth_ros.ros.lifecycle_node:main',
             'process_bag = fiffdepth_ros.bag.process_bag:main',
+            'process_bags = fiffdepth_ros.bag.process_bags:main',
             'fiffdepth-predict = fiffdepth_ros.cli.predict:main',
             'fiffdepth-align = fiffdepth_ros.cli.align:main',
             'fiffdepth-eval = fiffdepth_ros.cli.evaluate:main',
