@@ -357,7 +357,7 @@ def _clear_of(camera_pos, prim, clearance) -> bool:
 class _Builder:
     """Collects objects, dropping any that would swallow the camera or sit right on its lens."""
 
-    def __init__(self, camera_pos, clearance=0.25):
+    def __init__(self, camera_pos, clearance=0.5):
         self.camera_pos, self.clearance, self.objects, self.groups = camera_pos, clearance, [], []
 
     def add(self, *prims) -> bool:
@@ -440,19 +440,31 @@ def _room_planes(size):
             Plane([-1, 0, 0], -lx), Plane([0, 1, 0], 0.0), Plane([0, -1, 0], -ly)]
 
 
+def _free_distance(pos, yaw, size):
+    """Horizontal distance from ``pos`` along heading ``yaw`` to the wall of the room box."""
+    f = np.array([np.cos(yaw), np.sin(yaw)])
+    with np.errstate(divide='ignore'):
+        steps = np.where(f > 0, (size[:2] - pos[:2]) / f, np.where(f < 0, -pos[:2] / f, np.inf))
+    return float(steps.min())
+
+
 def _indoor_camera(rng, size, along_x=False):
     lx, ly, lz = size
     margin = 0.45
-    if along_x:
-        pos = np.array([rng.uniform(margin, min(3.0, lx / 3)), rng.uniform(margin, ly - margin),
-                        rng.uniform(0.3, min(1.9, lz - 0.4))])
-        yaw = rng.uniform(-0.45, 0.45)
-    else:
-        pos = np.array([rng.uniform(margin, lx - margin), rng.uniform(margin, ly - margin),
-                        rng.uniform(0.3, min(1.9, lz - 0.4))])
-        # Look roughly towards the room's far side, so most of the room is in view.
-        centre = np.array([lx / 2, ly / 2])
-        yaw = np.arctan2(*(centre - pos[:2])[::-1]) + rng.uniform(-1.2, 1.2)
+    for _ in range(8):                    # mostly not staring into a wall from close up
+        if along_x:
+            pos = np.array([rng.uniform(margin, min(3.0, lx / 3)),
+                            rng.uniform(margin, ly - margin),
+                            rng.uniform(0.3, min(1.9, lz - 0.4))])
+            yaw = rng.uniform(-0.45, 0.45)
+        else:
+            pos = np.array([rng.uniform(margin, lx - margin), rng.uniform(margin, ly - margin),
+                            rng.uniform(0.3, min(1.9, lz - 0.4))])
+            # Look roughly towards the room's far side, so most of the room is in view.
+            centre = np.array([lx / 2, ly / 2])
+            yaw = np.arctan2(*(centre - pos[:2])[::-1]) + rng.uniform(-1.2, 1.2)
+        if _free_distance(pos, yaw, size) > 1.5:
+            break
     return pos, (yaw, np.radians(rng.uniform(-30, 12)), np.radians(rng.uniform(-6, 6)))
 
 
@@ -532,7 +544,7 @@ def _outdoor_scene(rng) -> Scene:
     pos = np.array([0.0, 0.0, rng.uniform(0.3, 2.2)])
     yaw = rng.uniform(-np.pi, np.pi)
     angles = (yaw, np.radians(rng.uniform(-25, 8)), np.radians(rng.uniform(-5, 5)))
-    b = _Builder(pos, clearance=0.4)
+    b = _Builder(pos, clearance=0.6)
 
     def spot(near, far, spread=0.8):
         return _spot_in_view(rng, pos, yaw, near, far, spread, -1e9, 1e9)
@@ -804,6 +816,27 @@ def _pattern(rng, name):
     return np.zeros((_TILE, _TILE))
 
 
+_PATTERN_VARIANTS = 16
+_pattern_bank_cache: dict = {}
+
+
+def _pattern_field(rng, name):
+    """A periodic pattern for one tile: one of a bank of variants of each pattern (made once
+    from a fixed seed, like the noise bank), rolled, and transposed half of the time. Drawing
+    fresh patterns per surface cost most of a frame's time; the variety is in the variants,
+    the shifts and the colours."""
+    if name == 'plain':
+        return np.zeros((_TILE, _TILE), np.float32)
+    if not _pattern_bank_cache:
+        bank_rng = np.random.Generator(np.random.PCG64(20260102))
+        for kind in sorted(set(_SYNTHETIC_PATTERNS + _REAL_PATTERNS) - {'plain'}):
+            _pattern_bank_cache[kind] = np.stack(
+                [_pattern(bank_rng, kind) for _ in range(_PATTERN_VARIANTS)]).astype(np.float32)
+    field = _pattern_bank_cache[name][rng.integers(_PATTERN_VARIANTS)]
+    field = np.roll(field, tuple(rng.integers(0, _TILE, 2)), axis=(0, 1))
+    return field.T if rng.random() < 0.5 else field
+
+
 def _texture_tile(rng, domain):
     """One RGB tile (linear, [0, 1]) for one surface, drawn from the domain's look."""
     if domain == 'synthetic':
@@ -818,7 +851,7 @@ def _texture_tile(rng, domain):
         c1 = np.clip(base * rng.uniform(0.9, 1.1, 3), 0, 1)
         c2 = np.clip(c1 * rng.uniform(0.55, 0.9), 0, 1)
         detail = rng.uniform(0.05, 0.25)
-    field = _pattern(rng, name).astype(np.float32)
+    field = _pattern_field(rng, name)
     if detail:
         # Material grain: a second noise modulates brightness.
         grain = (1.0 - detail + 2 * detail * _spectral_noise(rng, 1.2)).astype(np.float32)
@@ -843,12 +876,12 @@ def _atlas(rng, domain, count):
     atlas = np.zeros((rows * size, per_row * size, 3), np.float32)
     means = np.zeros((count, 3), np.float32)
     origins = np.zeros((count, 2), np.float32)
-    pad = ((_BORDER, _BORDER), (_BORDER, _BORDER), (0, 0))
+    wrap = np.arange(-_BORDER, _TILE + _BORDER) % _TILE       # padded index -> tile index
     for k in range(count):
         r, c = divmod(k, per_row)
-        tile = _texture_tile(rng, domain).astype(np.float32)
-        atlas[r * size:(r + 1) * size, c * size:(c + 1) * size] = np.pad(tile, pad, 'wrap')
-        means[k] = tile.mean(axis=(0, 1))
+        tile = _texture_tile(rng, domain)
+        atlas[r * size:(r + 1) * size, c * size:(c + 1) * size] = tile.take(wrap, 0).take(wrap, 1)
+        means[k] = cv2.mean(tile)[:3]
         origins[k] = (c * size + _BORDER, r * size + _BORDER)
     coarse = cv2.GaussianBlur(atlas, (2 * _BORDER + 1, 2 * _BORDER + 1), 2.0)
     return atlas, coarse, means, origins
