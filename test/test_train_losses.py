@@ -114,6 +114,11 @@ def test_pseudo_label_conversions_order_and_range():
          + 1) / 2
     ref = 1.0 / (u * (1 - 1 / 20.0) + 1 / 20.0)
     torch.testing.assert_close(targets.disparity_to_depth_inverse(disparity), ref)
+    # reciprocal: 1 / disparity (shift taken as 0), so a zero-shift disparity gives the
+    # depth target itself
+    exact = targets.pseudo_label_to_normalized(3.0 / depth, 'reciprocal', max_depth_ratio=100)
+    torch.testing.assert_close(exact, targets.quantile_normalize(
+        depth, torch.ones_like(depth, dtype=torch.bool)), atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match='unknown pseudo-label conversion'):
         targets.pseudo_label_to_normalized(disparity, 'bogus')
 

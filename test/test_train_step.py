@@ -122,7 +122,7 @@ def test_one_step_lowers_the_loss_on_its_batch(alphas):
     opt.step()
     with torch.no_grad():
         after, _ = fiffdepth_loss(net, EMB, alphas, inputs, MethodSettings())
-    assert float(after['loss']) < float(before['loss'])
+    assert float(after['loss']) < float(before['loss'].detach())
 
 
 def test_per_sample_draws_do_not_depend_on_the_batch_split():

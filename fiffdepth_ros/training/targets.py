@@ -44,6 +44,15 @@ def disparity_to_depth_inverse(disparity: torch.Tensor, quantile: float = 0.02,
     return 1.0 / (unit * (1.0 - floor) + floor)
 
 
+def disparity_to_depth_reciprocal(disparity: torch.Tensor, max_depth_ratio: float = 20.0,
+                                  **_) -> torch.Tensor:
+    """Affine-invariant disparity -> ``1 / disparity``, taking the teacher's shift as zero;
+    disparity is clamped at ``peak / max_depth_ratio`` (at most that far/near ratio). Exact
+    when the shift is zero, biased when it is not."""
+    peak = disparity.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1, 1)
+    return 1.0 / torch.maximum(disparity, peak / float(max_depth_ratio))
+
+
 def disparity_to_depth_negate(disparity: torch.Tensor, **_) -> torch.Tensor:
     """Affine-invariant disparity -> ``-disparity``: ordered like depth, no inversion (the
     target is then linear in disparity: near structure is stretched, far compressed)."""
@@ -52,6 +61,7 @@ def disparity_to_depth_negate(disparity: torch.Tensor, **_) -> torch.Tensor:
 
 PSEUDO_LABEL_CONVERSIONS = {
     'inverse': disparity_to_depth_inverse,
+    'reciprocal': disparity_to_depth_reciprocal,
     'negate': disparity_to_depth_negate,
 }
 
