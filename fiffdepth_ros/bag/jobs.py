@@ -47,6 +47,7 @@ class BagOutcome:
     error: str = ''
     warning: str = ''            # e.g. a damaged tail: the output holds what came before it
     chunks: int = 0              # >0: processed as this many time chunks
+    model_s: float = 0.0         # of wall_s, inside the model (a chunked bag: the replay)
 
 
 def output_complete(job: BagJob) -> bool:
@@ -153,6 +154,7 @@ def run_job(job: BagJob, args, params: dict[str, Any], estimator=None, *,
             stats = processor.run()
         outcome.frames, outcome.metric_frames = stats.processed, stats.metric_frames
         outcome.skipped = stats.skipped_total
+        outcome.model_s = stats.model_s
         outcome.warning = stats.read_error or ''
         failure = getattr(model, 'failure', None)       # a replay that fell out of step
         if failure:
