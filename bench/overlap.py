@@ -12,7 +12,9 @@ or everything on one thread (sequential). Two models:
   output computed beforehand.
 
 Printed per model and layout: frames per second, the model's time per frame, the finishing
-time per frame, the critical-path overhead (what delays the next model call) and the ratios.
+time per frame, the critical-path overhead (what delays the next model call), the CPU cores the
+process kept busy (CPU time / wall time: above 1 only if the stages really ran in parallel) and
+the ratios.
 Both layouts run interleaved in rounds (this VM's speed drifts), medians over the rounds.
 
     python bench/overlap.py [--frames 60] [--rounds 3] [--model-ms 40] [--processing-res 128]
@@ -65,6 +67,7 @@ def run(pipeline, inputs, overlapped: bool) -> dict:
 
     stage = HandOff(back, overlapped=overlapped)
     model_ms = []
+    cpu0 = _cpu_seconds()
     t_start = time.perf_counter()
     for inp in inputs:
         stage.wait_free()
@@ -76,9 +79,16 @@ def run(pipeline, inputs, overlapped: bool) -> dict:
         critical.append((time.perf_counter() - t0) * 1e3 - frame.timings['inference'])
     stage.wait_idle()
     wall = time.perf_counter() - t_start
+    cores = (_cpu_seconds() - cpu0) / wall
     stage.close()
     return {'fps': len(inputs) / wall, 'model': np.median(model_ms),
-            'finish': np.median(finish_ms), 'critical': np.median(critical)}
+            'finish': np.median(finish_ms), 'critical': np.median(critical), 'cores': cores}
+
+
+def _cpu_seconds() -> float:
+    import resource
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def main():
@@ -134,7 +144,7 @@ def main():
           f'xyzrgb cloud + rclpy serialisation; {args.frames} frames x {args.rounds} rounds; '
           f'CPU cores {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f}')
     print(f'{"model":<10} {"layout":<11} {"frames/s":>9} {"model ms":>9} {"finish ms":>10} '
-          f'{"critical ms":>12}')
+          f'{"critical ms":>12} {"cores used":>11}')
     for name in models:
         fps = {}
         for layout in ('sequential', 'overlapped'):
@@ -142,7 +152,7 @@ def main():
             med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
             fps[layout] = med['fps']
             print(f'{name:<10} {layout:<11} {med["fps"]:>9.1f} {med["model"]:>9.1f} '
-                  f'{med["finish"]:>10.1f} {med["critical"]:>12.1f}')
+                  f'{med["finish"]:>10.1f} {med["critical"]:>12.1f} {med["cores"]:>11.2f}')
         print(f'{name:<10} overlapped / sequential frames/s: '
               f'{fps["overlapped"] / fps["sequential"]:.2f}x')
 
