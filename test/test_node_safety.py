@@ -166,6 +166,43 @@ def test_single_latched_camera_info_serves_ten_seconds_of_images(
         driver.destroy_node()
 
 
+def test_latched_camera_info_missed_by_a_volatile_subscription_is_fetched(
+        tmp_path, tiny_checkpoint, install_prefix, rclpy_context):
+    """A volatile camera_info publisher is there when the node subscribes (so it settles on
+    volatile) beside a latched driver that published before: once only latched publishers are
+    left and nothing was heard, the node re-subscribes transient-local and gets the message."""
+    from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+    from sensor_msgs.msg import CameraInfo
+    backend = RclpyBackend()
+    client = StreamClient(namespace=ns('relatch'), node_name='relatch_client')
+    latched = client.node.create_publisher(CameraInfo, 'camera_info', QoSProfile(
+        depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL,
+        reliability=ReliabilityPolicy.RELIABLE))
+    t0 = 1_700_003_000 * 10**9
+    latched.publish(backend.camera_info(backend.header(t0, 'camera_optical'),
+                                        **ROOM.camera_info_fields()))
+    node = node_process(tmp_path, tiny_checkpoint, install_prefix, 'relatch').start()
+    try:
+        assert node.wait_for_log('ready:', 120), node.log()
+        assert client.wait_for_node(30), node.log()
+        time.sleep(1.0)
+        assert 're-subscribing transient-local' not in node.log()
+        client.node.destroy_publisher(client.info_pub)           # only the latched one left
+        assert node.wait_for_log('re-subscribing transient-local', 20), node.log()
+        stamp = t0 + 2 * 10**9
+        rgb = ROOM.render().rgb
+        for i in range(20):
+            client.image_pub.publish(rgb_to_image_msg(rgb, backend.header(
+                stamp + i * MS, 'camera_optical'), backend))
+            if client.wait_until(lambda: bool(stamps_of(client, 'camera_info')), 0.5):
+                break
+        assert stamps_of(client, 'camera_info'), node.log()
+        assert 'using its latest camera_info' in node.log()
+    finally:
+        client.close()
+        node.stop()
+
+
 def test_two_sigints_50ms_apart_exit_0_without_traceback_within_1s(
         tmp_path, tiny_checkpoint, install_prefix):
     node = node_process(tmp_path, tiny_checkpoint, install_prefix, 'sigint').start()

@@ -1,6 +1,8 @@
 """Offline processing of rosbag2 recordings with the node's pipeline (``process_bag``).
 
-reader      open a bag (folder or .mcap/.db3 file), list topics, raw messages in time order
+reader      open a bag (folder, .mcap/.db3 file or ROS 1 .bag files), list topics (names
+            normalised to a leading slash), raw ROS 2 messages in time order
+ros1        ROS 1 .bag input through rosbags' AnyReader, converted to ROS 2 types
 topics      which topics feed the pipeline; where the outputs go
 frames      raw messages -> matched frames in bag order (look-ahead for late companions)
 tf_static   camera <- LiDAR extrinsic from the bag's /tf_static or the static parameters
