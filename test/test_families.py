@@ -308,3 +308,16 @@ def test_fiffdepth_predict_runs_any_family_and_says_disparity(models, tmp_path, 
                  '--output', str(tmp_path / 'out2'), '--processing-res', '32', '--device', 'cpu',
                  '--model-family', 'fiffdepth'])
     assert code == 1 and 'fiffdepth needs a UNet with 4 input channels' in capsys.readouterr().err
+
+
+def test_a_lotus_checkpoint_named_neither_way_is_taken_as_depth_with_a_warning(models,
+                                                                               tmp_path,
+                                                                               caplog):
+    import logging
+
+    from fiffdepth_ros.model.checkpoint import resolve_checkpoint
+    from fiffdepth_ros.model.families import detect_family, read_info
+    renamed = _copy(models['lotus_d_disparity'], tmp_path / 'lotus')
+    with caplog.at_level(logging.WARNING):
+        assert detect_family(read_info(resolve_checkpoint(str(renamed)))) == 'lotus_d'
+    assert 'model_family: lotus_d_disparity' in caplog.text

@@ -14,6 +14,7 @@ mismatch is one clear error instead of a channel-count RuntimeError deep inside 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from ..checkpoint import Checkpoint, ModelLoadError
@@ -26,6 +27,7 @@ from .marigold import Marigold
 FAMILIES: dict[str, type[Family]] = {cls.name: cls for cls in
                                      (FiffDepth, E2EFT, LotusD, LotusDDisparity, Marigold)}
 FAMILY_CHOICES = ('auto',) + tuple(FAMILIES)
+log = logging.getLogger(__name__)
 
 # model_index.json _class_name values seen for each family's checkpoints.
 PIPELINE_CLASSES = {
@@ -98,11 +100,21 @@ def detect_family(info: CheckpointInfo) -> str:
     elif (channels == 4 and embed == 'projection'
           and info.unet_config.get('projection_class_embeddings_input_dim') == 4):
         family = 'lotus_d_disparity' if 'disparity' in hints else 'lotus_d'
+        if family == 'lotus_d' and 'lotus-depth-d-v1' not in info.name.lower():
+            # Depth and disparity checkpoints have identical files: a renamed disparity one
+            # would be taken for depth (larger = farther) and fitted in the wrong space.
+            log.warning("checkpoint '%s' is Lotus-D; its files cannot tell depth from "
+                        "disparity and its name says neither 'disparity' nor "
+                        "'lotus-depth-d-v1': taken as depth. Set model_family: "
+                        'lotus_d_disparity if it predicts disparity.', info.name)
     elif channels == 8 and embed is None:
         if by_class == 'e2e_ft' or 'e2e_ft' in hints:
             family = 'e2e_ft'
         elif by_class == 'marigold' or info.scheduler_class == 'LCMScheduler':
             family = 'marigold'
+            log.info("checkpoint '%s': an 8-channel %s without 'e2e-ft' in its name: run as "
+                     'Marigold (set model_family: e2e_ft for an E2E-FT checkpoint)', info.name,
+                     info.pipeline_class or 'UNet')
         else:
             raise _layout_error(info, 'an 8-channel UNet is E2E-FT or Marigold, and neither '
                                       'the pipeline class nor the name tells which')
