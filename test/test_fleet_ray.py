@@ -33,13 +33,6 @@ def setup(tmp_path_factory, tiny_checkpoint):
         frames=SLOW_FRAMES, width=96, height=72, lidar_lines=8, lidar_columns=256,
         distinct_scenes=2), 'sqlite3')
     warm_prompt_cache(tiny_checkpoint)          # every run (and actor) loads the cached one
-    model = ReusedModel()
-    refs = {}
-    for name in ('a', 'b', 'long', 'slow'):
-        assert sequential_reference(root / 'in' / name, root / 'ref' / name, tiny_checkpoint,
-                                    info['params']) == 0
-        refs[name] = contents(root / 'ref' / name)
-    model.undo()
     argv = ['-o', str(root / 'out'), '--model', str(tiny_checkpoint), '--params',
             str(info['params'])] + COMMON
     args = build_parser().parse_args(['unused'] + argv)
@@ -49,6 +42,15 @@ def setup(tmp_path_factory, tiny_checkpoint):
     os.environ.setdefault('RAY_memory_monitor_refresh_ms', '0')
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     fleet = Fleet(ray, params, FleetOptions(workers=2, retries=2), threads=1)
+    # The actors load the model while the references run here.
+    model = ReusedModel()
+    refs = {}
+    for name in ('a', 'b', 'long', 'slow'):
+        assert sequential_reference(root / 'in' / name, root / 'ref' / name, tiny_checkpoint,
+                                    info['params']) == 0
+        refs[name] = contents(root / 'ref' / name)
+    model.undo()
+    fleet.wait_ready()
     yield dict(root=root, refs=refs, argv=argv, args=args, params=params, fleet=fleet)
     fleet.close()
     ray.shutdown()

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -157,16 +158,30 @@ def _set_threads(estimator, threads: int) -> None:
 class ModelActorImpl:
     """Holds one loaded model; runs whole bags and chunks' model work."""
 
-    def __init__(self, params: dict, threads: int, progress):
+    def __init__(self, params: dict, threads: int, progress_name: str):
         import ray
         from ..model.runtime import load_estimator
         self.ray = ray
         self.params = params
-        self.progress = progress
-        self.estimator = load_estimator(params)
+        # Found by name: a handle among the constructor's arguments would pin them in the
+        # object store for restarts.
+        self.progress = ray.get_actor(progress_name)
+        self.estimator, self.error = None, ''
+        try:
+            self.estimator = load_estimator(params)
+        except Exception as exc:       # reported once by Fleet.wait_ready, not retried
+            self.error = f'{type(exc).__name__}: {exc}'.split('\n')[0][:300]
+            return
         _set_threads(self.estimator, threads)
 
+    def ready(self) -> str:
+        """'' once the model is loaded, else why it could not be."""
+        return self.error
+
     def run_bag(self, job: BagJob, args) -> BagOutcome:
+        if self.error:
+            return BagOutcome(job.name, str(job.input), str(job.output), FAILED,
+                              error=f'model not loaded: {self.error}')
         watch = _StopWatch(self.ray, self.progress)
         report = _RemoteProgress(self.ray, self.progress, job.name)
         try:
@@ -313,12 +328,21 @@ class Fleet:
         remotes = _remotes(ray)
         self.size, cpus, gpus = _actor_shape(ray, options)
         self.threads = threads or max(1, int(cpus))
-        self.progress = remotes['progress'].remote()
+        name = f'fiffdepth_progress_{os.getpid()}_{uuid.uuid4().hex[:8]}'
+        self.progress = remotes['progress'].options(name=name).remote()
         self.actors = [remotes['actor'].options(
             num_cpus=cpus, num_gpus=gpus, max_restarts=options.retries,
-            max_task_retries=options.retries).remote(params, self.threads, self.progress)
+            max_task_retries=options.retries).remote(params, self.threads, name)
             for _ in range(self.size)]
         log(f'{self.size} model actor(s), {cpus:g} CPU and {gpus:g} GPU each')
+
+    def wait_ready(self, timeout_s: float | None = None) -> None:
+        """Until every actor has loaded the model; FleetUnavailable with the reason if the
+        model cannot be loaded there (the same error for every bag otherwise)."""
+        errors = self.ray.get([a.ready.remote() for a in self.actors], timeout=timeout_s)
+        if any(errors):
+            raise FleetUnavailable('the model cannot be loaded on the Ray workers: '
+                                   + next(e for e in errors if e))
 
     def memory(self, timeout_s: float = 60) -> list[dict]:
         return self.ray.get([a.memory.remote() for a in self.actors], timeout=timeout_s)
@@ -358,7 +382,9 @@ def run_fleet(jobs: list[BagJob], args, params: dict, options: FleetOptions,
         started = fleet is None and connect(ray, options, log)
         own = fleet is None
         try:
-            fleet = fleet or Fleet(ray, params, options, args.threads, log)
+            if fleet is None:
+                fleet = Fleet(ray, params, options, args.threads, log)
+                fleet.wait_ready()
             result.actors = fleet.size
             ray.get(fleet.progress.reset.remote())
             _drive(ray, fleet, options, todo, args, params, outcomes, log, bar, on_progress,
@@ -372,7 +398,9 @@ def run_fleet(jobs: list[BagJob], args, params: dict, options: FleetOptions,
                 fleet.close()
             if started:
                 ray.shutdown()
-    result.outcomes = [outcomes[j.name] for j in jobs]
+    # A job whose result a Ctrl-C cut off counts as interrupted (its output is not final).
+    result.outcomes = [outcomes.get(j.name) or BagOutcome(j.name, str(j.input), str(j.output),
+                                                          INTERRUPTED) for j in jobs]
     result.wall_s = time.perf_counter() - t0
     return result
 
