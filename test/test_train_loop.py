@@ -64,8 +64,12 @@ def _cfg(ws, ckpt, out, **train):
 
 
 def _trainer(cfg):
+    from accelerate.state import AcceleratorState, GradientState
     from fiffdepth_ros.training.config import load_config
     from fiffdepth_ros.training.loop import Trainer
+    # accelerate keeps one process-wide state; each run here is a fresh "process"
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
     path = Path(cfg['output_dir']).parent / (Path(cfg['output_dir']).name + '.yaml')
     path.write_text(yaml.safe_dump(cfg))
     return Trainer(load_config(path))
@@ -92,6 +96,24 @@ def test_tiny_run_overfits_and_logs_every_term(workspace, tmp_path):
     assert {'loss/loss', 'loss/mae_t0', 'loss/gm_t0', 'loss/mae_t-1', 'loss/gm_t-1',
             'loss/traj', 'lr', 'throughput/images_per_s'} <= tags
     assert [e.step for e in events.Scalars('loss/traj')] == [4, 8, 12, 16, 20, 24]
+
+
+def test_bf16_accumulation_and_loader_workers(workspace, tmp_path):
+    """Mixed precision, gradient accumulation and DataLoader worker processes together."""
+    ws, ckpt = workspace
+    cfg = _cfg(ws, ckpt, tmp_path / 'bf16', max_steps=1, mixed_precision='bf16',
+               gradient_accumulation_steps=2, checkpoint_every=1,
+               lr_schedule={'name': 'constant', 'warmup_steps': 0})
+    cfg['data']['num_workers'] = 1
+    trainer = _trainer(cfg)
+    assert trainer.vae.dtype == torch.bfloat16
+    trainer.train()
+    record = trainer.history[-1]
+    assert np.isfinite(record['loss/loss']) and record['loss/loss'] > 0
+    live = _weights(tmp_path / 'bf16' / 'checkpoints' / 'step-0000001' / 'model.safetensors')
+    start = _weights(ckpt / 'unet' / 'diffusion_pytorch_model.safetensors')
+    assert live['conv_in.weight'].dtype == torch.float32          # fp32 master weights
+    assert not torch.equal(live['conv_in.weight'], start['conv_in.weight'])
 
 
 def test_resume_continues_bit_identically(workspace, tmp_path):
@@ -125,8 +147,10 @@ def test_two_processes_give_the_update_of_one_with_the_combined_batch(workspace,
     common = dict(max_steps=1, checkpoint_every=1, optimizer=sgd, max_grad_norm=0.0,
                   lr_schedule={'name': 'constant', 'warmup_steps': 0})
     one = _cfg(ws, ckpt, tmp_path / 'one', **common)
+    one['model']['gradient_checkpointing'] = True      # DDP with re-computed activations too
     _trainer(one).train()
     two = _cfg(ws, ckpt, tmp_path / 'two', batch_size_synthetic=1, batch_size_real=1, **common)
+    two['model']['gradient_checkpointing'] = True
     (tmp_path / 'two.yaml').write_text(yaml.safe_dump(two))
     env = dict(os.environ, ACCELERATE_USE_CPU='true', OMP_NUM_THREADS='1',
                PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))

@@ -25,6 +25,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     from ..training.config import ConfigError, load_config
     from ..training.data.common import DataError
+    from ..model.checkpoint import ModelLoadError
     from ..training.init_checkpoint import InitCheckpointError
     try:
         cfg = load_config(args.config, args.overrides)
@@ -40,7 +41,7 @@ def main(argv=None) -> int:
             return 0
         from ..training.loop import train
         out = train(cfg, resume=args.resume)
-    except (ConfigError, DataError, InitCheckpointError) as exc:
+    except (ConfigError, DataError, InitCheckpointError, ModelLoadError) as exc:
         print(f'fiffdepth-train: error: {exc}', file=sys.stderr)
         return 2
     print(f'fiffdepth-train: model written to {out}')

@@ -47,10 +47,13 @@ def resolve_init_checkpoint(source: str) -> Path:
     if not path.is_dir():
         raise InitCheckpointError(f"initial checkpoint '{source}' is not a folder")
     missing = [p for p in PARTS if not (path / p).is_dir()]
+    if not (path / 'model_index.json').is_file():
+        missing.insert(0, 'model_index.json')
     if missing:
         raise InitCheckpointError(
             f"initial checkpoint '{source}' is not in the Stable Diffusion 2 layout: it lacks "
-            f"{', '.join(p + '/' for p in missing)} (training needs {', '.join(PARTS)})")
+            f"{', '.join(p if p.endswith('.json') else p + '/' for p in missing)} (training "
+            f"needs model_index.json, {', '.join(p + '/' for p in PARTS)})")
     unet = _read_json(path / 'unet' / 'config.json', source)
     if unet.get('in_channels') != 4 or unet.get('out_channels') != 4:
         raise InitCheckpointError(
