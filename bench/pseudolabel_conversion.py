@@ -100,7 +100,8 @@ def main():
     for key, cells in table.items():
         print(f'| {key} | ' + ' | '.join(f'{a:.3f} / {d:.3f}' for a, d in cells) + ' |')
     print(f'\nlargest AbsRel change when the teacher\'s shift varies over {SHIFTS} x median '
-          f'disparity: {shift_effect:.2e} for inverse and negate (they normalise the disparity first)')
+          f'disparity: {shift_effect:.2e} for inverse and negate (they normalise the disparity '
+          f'first)')
 
 
 if __name__ == '__main__':

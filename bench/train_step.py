@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fiffdepth_ros.model.tiny import SD2_TEXT_DIM, build_sd2_modules  # noqa: E402
 from fiffdepth_ros.training.config import DEFAULTS  # noqa: E402
-from fiffdepth_ros.training.step import (MethodSettings, build_inputs, feed_forward_terms,  # noqa: E402
-                                         filter_terms, trajectory_terms, weighted_total)
+from fiffdepth_ros.training.step import (  # noqa: E402
+    MethodSettings, build_inputs, feed_forward_terms, filter_terms, trajectory_terms,
+    weighted_total)
 
 PHASES = ('VAE: inputs and targets', 'use 1: t=0 synthetic', 'use 2: t=0 -> t=-1 real',
           'use 3: trajectory', 'optimiser step')

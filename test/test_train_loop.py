@@ -82,20 +82,20 @@ def _weights(path):
 
 def test_tiny_run_overfits_and_logs_every_term(workspace, tmp_path):
     ws, ckpt = workspace
-    cfg = _cfg(ws, ckpt, tmp_path / 'run', max_steps=24, checkpoint_every=100, log_every=4,
+    cfg = _cfg(ws, ckpt, tmp_path / 'run', max_steps=16, checkpoint_every=100, log_every=4,
                lr_schedule={'name': 'constant', 'warmup_steps': 0})
     trainer = _trainer(cfg)
     trainer.train()
     losses = [h['loss/loss'] for h in trainer.history if 'loss/loss' in h]
-    assert len(losses) == 6
-    assert losses[-1] < losses[0] / 2.5, losses          # measured: 1.20 -> 0.28 over 24 steps
+    assert len(losses) == 4
+    assert losses[-1] < losses[0] / 2.5, losses          # measured: 1.20 -> 0.32 over 16 steps
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     events = EventAccumulator(str(next((tmp_path / 'run' / 'logs').rglob('events.*')).parent))
     events.Reload()
     tags = set(events.Tags()['scalars'])
     assert {'loss/loss', 'loss/mae_t0', 'loss/gm_t0', 'loss/mae_t-1', 'loss/gm_t-1',
             'loss/traj', 'lr', 'throughput/images_per_s'} <= tags
-    assert [e.step for e in events.Scalars('loss/traj')] == [4, 8, 12, 16, 20, 24]
+    assert [e.step for e in events.Scalars('loss/traj')] == [4, 8, 12, 16]
 
 
 def test_bf16_accumulation_and_loader_workers(workspace, tmp_path):
@@ -128,7 +128,8 @@ def test_resume_continues_bit_identically(workspace, tmp_path):
     cfg_b['train']['max_steps'] = 4
     resumed = _trainer(cfg_b)
     resumed.train(resume='latest')
-    for rel in ('checkpoints/step-0000004/model.safetensors', 'model/unet/diffusion_pytorch_model.safetensors'):
+    for rel in ('checkpoints/step-0000004/model.safetensors',
+                'model/unet/diffusion_pytorch_model.safetensors'):
         a, b = _weights(tmp_path / 'straight' / rel), _weights(tmp_path / 'stopped' / rel)
         assert a.keys() == b.keys()
         assert all(torch.equal(a[k], b[k]) for k in a), rel
@@ -281,8 +282,9 @@ def test_clear_errors_before_any_model_loads(workspace, tmp_path, capsys):
 
 def test_config_base_files_and_overrides(tmp_path):
     from fiffdepth_ros.training.config import ConfigError, load_config
-    (tmp_path / 'base.yaml').write_text('train: {max_steps: 11, seed: 3}\nmethod: {gamma: 0.3}\n'
-                                        'data: {synthetic: [{kind: hypersim}], real: {images: r}}\n')
+    (tmp_path / 'base.yaml').write_text(
+        'train: {max_steps: 11, seed: 3}\nmethod: {gamma: 0.3}\n'
+        'data: {synthetic: [{kind: hypersim}], real: {images: r}}\n')
     (tmp_path / 'main.yaml').write_text('base_config: [base.yaml]\ntrain: {max_steps: 12}\n')
     cfg = load_config(tmp_path / 'main.yaml', ['method.weights.traj=0.0', 'train.seed=9'])
     assert cfg['train']['max_steps'] == 12 and cfg['train']['seed'] == 9

@@ -31,7 +31,8 @@ def test_pseudolabel_shards_batched_resumable_and_exact(tmp_path, capsys):
             '--no-progress']
     assert main(args) == 0
     assert '6 labelled, 0 already done, 6 images' in capsys.readouterr().out
-    files = sorted(p.relative_to(out / 'labels').as_posix() for p in (out / 'labels').rglob('*.npy'))
+    files = sorted(p.relative_to(out / 'labels').as_posix()
+                   for p in (out / 'labels').rglob('*.npy'))
     assert files == ['00000/000000000.npy', '00000/000000001.npy', '00000/000000002.npy',
                      '00001/000010003.npy', '00001/000010004.npy', '00001/000010005.npy']
     label = np.load(out / 'labels' / '00001' / '000010004.npy')

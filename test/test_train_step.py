@@ -104,7 +104,8 @@ def test_filter_branch_sends_gradient_into_the_t0_prediction(unet, alphas):
     d0 = unet_pass(unet, inputs.real_latent, 0, EMB).detach()
     mae, gm = depth_terms(unet_pass(unet, d0, -1, EMB), inputs.real_target, inputs.real_mask)
     (mae + 0.5 * gm).backward()
-    assert float((mae + 0.5 * gm).detach()) == pytest.approx(float(terms['loss'].detach()), rel=1e-5)
+    detached_path = float((mae + 0.5 * gm).detach())
+    assert detached_path == pytest.approx(float(terms['loss'].detach()), rel=1e-5)
     conv_in = list(unet.parameters())[0]
     assert not torch.allclose(conv_in.grad, with_path[0])
     unet.zero_grad()

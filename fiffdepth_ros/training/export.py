@@ -3,9 +3,9 @@ of yunpeng1998/FiffDepth and this package's ``DepthEstimator.from_pretrained`` l
 
     model_index.json (_class_name: DirectPipeline), unet/, vae/, text_encoder/, tokenizer/
 
-The frozen parts are copied from the initial checkpoint unchanged; scheduler/ is copied too (not
-listed in model_index.json, which DirectPipeline does not take), so the export is again an SD2-layout
-checkpoint that training can start from.
+The frozen parts are copied from the initial checkpoint unchanged; scheduler/ is copied
+too (not listed in model_index.json: DirectPipeline does not take one), so the export is again an
+SD2-layout checkpoint that training can start from.
 """
 from __future__ import annotations
 

@@ -62,7 +62,8 @@ def resolve_init_checkpoint(source: str) -> Path:
             f'(8-channel Marigold-style UNets do not fit)')
     if unet.get('class_embed_type') or unet.get('num_class_embeds'):
         raise InitCheckpointError(f"initial checkpoint '{source}': its UNet has a class "
-                                  f'embedding (a Lotus-style model); FiffDepth needs a plain SD2 UNet')
+                                  f'embedding (a Lotus-style model); FiffDepth needs a plain '
+                                  f'SD2 UNet')
     _read_json(path / 'scheduler' / 'scheduler_config.json', source)
     _read_json(path / 'vae' / 'config.json', source)
     if not any((path / 'unet').glob('*.safetensors')) and not any((path / 'unet').glob('*.bin')):

@@ -2,8 +2,8 @@
 
 The teacher is a transformers ``DepthAnythingForDepthEstimation`` (Depth Anything V2 Large in the
 paper). Images are resized as its image processor does for images larger than the input (aspect
-kept, the shorter side to ``input_size``, both sides multiples of 14; bicubic), normalised with the processor's mean/std, batched by
-size; the affine-invariant disparity is stored as fp16 at the teacher's resolution, scaled to a
+kept, the shorter side to ``input_size``, both sides multiples of 14; bicubic), normalised with
+the processor's mean/std, batched by size; the affine-invariant disparity is stored as fp16 at the teacher's resolution, scaled to a
 peak of 1 (see to_stored), one file per image id (see data/real_images.py). Existing files
 are skipped, so an interrupted run resumes.
 """
