@@ -35,6 +35,9 @@ def main(argv=None) -> int:
             synthetic, _, real = build_training_data(
                 cfg['data'], need_synthetic=int(cfg['train']['batch_size_synthetic']) > 0,
                 need_real=int(cfg['train']['batch_size_real']) > 0)
+            from ..training.data.factory import build_synthetic
+            for spec in cfg['validation']['datasets']:
+                build_synthetic(spec, cfg['data']['root'], cfg['data']['split_root']).check_files()
             root = resolve_init_checkpoint(cfg['model']['init'])
             print(f'fiffdepth-train: ok: {sum(len(d) for d in synthetic)} synthetic samples, '
                   f'{len(real) if real else 0} real images, initial checkpoint {root}')
