@@ -30,7 +30,7 @@ from fiffdepth_ros.demo.harness import NodeProcess, StreamClient, isolated_ros_e
 from fiffdepth_ros.demo.scene import SyntheticRoom  # noqa: E402
 from fiffdepth_ros.model.tiny import build_tiny_checkpoint  # noqa: E402
 
-MODES = {'sequential': False, 'overlapped': True}
+MODES = {'sequential': 'off', 'overlapped': 'on'}
 
 
 def bare_predict_ms(model: Path, frames, processing_res: int) -> float:

@@ -105,9 +105,10 @@ _SPECS = (
               read_only=True),
     ParamSpec('compile', False, 'torch.compile the UNet and VAE (slow first frame)',
               read_only=True),
-    ParamSpec('overlap_stages', True, 'finish and publish a frame on a second thread while the '
-              'model works on the next one (false: one thread does everything in turn)',
-              read_only=True),
+    ParamSpec('overlap_stages', 'auto', "'on': finish and publish a frame on a second thread "
+              "while the model works on the next one; 'off': one thread does everything in "
+              "turn; 'auto': 'on' when the model runs on CUDA (on a CPU both stages compete for "
+              "the same cores)", choices=('auto', 'on', 'off'), read_only=True),
     # inputs
     ParamSpec('image_transport', 'raw', "'raw' subscribes to 'image', 'compressed' to "
               "'image/compressed'", choices=('raw', 'compressed'), read_only=True),

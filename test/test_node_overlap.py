@@ -130,3 +130,15 @@ def test_wait_free_returns_once_the_back_stage_took_the_waiting_frame():
     assert stage.wait_free(timeout=5.0)
     stage.close(timeout=1.0)
     assert HandOff(lambda item: None, overlapped=False).wait_free(timeout=0.0)
+
+
+def test_overlap_stages_auto_overlaps_for_cuda_models_only():
+    from types import SimpleNamespace as NS
+
+    import torch
+
+    from fiffdepth_ros.ros.depth_node import _overlap
+    cpu, cuda = NS(device=torch.device('cpu')), NS(device=torch.device('cuda', 0))
+    assert _overlap('auto', cuda) and not _overlap('auto', cpu)
+    assert _overlap('on', cpu) and not _overlap('off', cuda)
+    assert not _overlap('auto', object())          # no device attribute: the safe layout

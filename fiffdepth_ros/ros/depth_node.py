@@ -168,7 +168,8 @@ class DepthNode(Node):
         self.create_timer(0.5, self._resubscribe_if_needed)
         self._parameters_callback = self.add_on_set_parameters_callback(self._on_set_parameters)
 
-        self._finisher = HandOff(self._process, overlapped=p['overlap_stages'],
+        self._finisher = HandOff(self._process, overlapped=_overlap(p['overlap_stages'],
+                                                                    estimator),
                                  on_error=self._on_finish_error)
         if self._finisher.overlapped:
             # Two busy Python threads: a thread coming back from a GIL-free torch/numpy call
@@ -472,6 +473,17 @@ class DepthNode(Node):
         array = DiagnosticArray(status=[status])
         array.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_pub.publish(array)
+
+
+def _overlap(choice: str, estimator) -> bool:
+    """overlap_stages: 'auto' overlaps when the model runs on CUDA. Measured on a 2-core CPU
+    (bench/node_latency.py, bench/overlap.py): with a CPU model the two stages share the same
+    cores, the forward pass doubles, the rate stays and the latency grows; with a model that
+    holds no CPU the rate rises 1.6-2.1x."""
+    if choice in ('on', 'off'):
+        return choice == 'on'
+    device = getattr(estimator, 'device', None)
+    return getattr(device, 'type', str(device)) == 'cuda'
 
 
 def _is_out_of_memory(exc: Exception) -> bool:
