@@ -10,6 +10,9 @@ runner      read / infer / finish / write stages in threads around the shared De
 writer      the output bag (MCAP or sqlite3), copies of input topics
 summary     counts, skips, anchors, scale and time of a run
 process_bag the command line
+process_bags many recordings: inputs (paths, folders, globs, @lists), jobs (.partial outputs
+            renamed when complete), chunks (time chunks replayed into one sequential run),
+            fleet (Ray actors holding the model; optional), fleet_report (bar and table)
 synthetic   synthetic recordings with known metric truth (tests, benchmark)
 
 Only ``rosbags`` is needed: no ROS installation, no rclpy.
