@@ -31,16 +31,18 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.check:
             from ..training.data.factory import build_training_data
-            from ..training.init_checkpoint import resolve_init_checkpoint
+            from ..training.stages import get_stage
             synthetic, _, real = build_training_data(
                 cfg['data'], need_synthetic=int(cfg['train']['batch_size_synthetic']) > 0,
                 need_real=int(cfg['train']['batch_size_real']) > 0)
             from ..training.data.factory import build_synthetic
             for spec in cfg['validation']['datasets']:
                 build_synthetic(spec, cfg['data']['root'], cfg['data']['split_root']).check_files()
-            root = resolve_init_checkpoint(cfg['model']['init'])
-            print(f'fiffdepth-train: ok: {sum(len(d) for d in synthetic)} synthetic samples, '
-                  f'{len(real) if real else 0} real images, initial checkpoint {root}')
+            root = get_stage(cfg['stage']).init_root(cfg)
+            print(f"fiffdepth-train: ok: stage {cfg['stage']}, "
+                  f'{sum(len(d) for d in synthetic)} synthetic samples, '
+                  f'{len(real) if real else 0} real images, initial checkpoint '
+                  f"{root or 'none (from scratch)'}")
             return 0
         from ..training.loop import train
         out = train(cfg, resume=args.resume)

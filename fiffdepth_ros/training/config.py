@@ -15,9 +15,13 @@ import yaml
 # The paper's settings where it gives them (FiffDepth, ICCV 2025), Marigold's / E2E-FT's training
 # conventions where it does not (optimiser, schedule, batch size, resolutions, data mixing).
 DEFAULTS: dict = {
+    'stage': 'fiffdepth',                  # autoencoder | generator | fiffdepth (training/stages/)
     'output_dir': 'runs/fiffdepth',
     'model': {
-        'init': 'stabilityai/stable-diffusion-2',   # any SD2-layout checkpoint (e.g. E2E-FT)
+        'init': 'stabilityai/stable-diffusion-2',   # any SD2-layout checkpoint (e.g. E2E-FT);
+                                                    # not read by stage: autoencoder
+        'architecture': {},                # stage autoencoder: {vae, unet, text_encoder} options
+                                           # over stages/autoencoder.py's NANO_ARCHITECTURE
         'gradient_checkpointing': True,
         'ema': {'enabled': False, 'decay': 0.9999},
     },
@@ -28,6 +32,7 @@ DEFAULTS: dict = {
         'depth_quantile': 0.02,            # 2 % / 98 % quantiles -> [-1, 1]
         'pseudo_label': {'conversion': 'inverse', 'max_depth_ratio': 20.0},
         'timesteps_min': 1,                # trajectory t uniform in [min, num_train_timesteps - 1]
+        'autoencoder': {'kl_weight': 1.0e-4},   # stage autoencoder: L1 + kl_weight x KL/element
     },
     'data': {
         'root': '.',                       # relative dataset dirs are resolved against this
@@ -63,7 +68,8 @@ DEFAULTS: dict = {
 }
 
 # Keys whose values are free-form dicts or lists (not checked key by key).
-_OPEN = {('data', 'synthetic'), ('data', 'real'), ('validation', 'datasets')}
+_OPEN = {('data', 'synthetic'), ('data', 'real'), ('validation', 'datasets'),
+         ('model', 'architecture')}
 
 
 class ConfigError(ValueError):
@@ -130,6 +136,9 @@ def load_config(path=None, overrides=()) -> dict:
 
 def validate(cfg: dict) -> None:
     train, method = cfg['train'], cfg['method']
+    from .stages import STAGES
+    if cfg['stage'] not in STAGES:
+        raise ConfigError(f"stage must be one of {sorted(STAGES)}, got '{cfg['stage']}'")
     if train['mixed_precision'] is False:      # YAML 1.1 reads a bare `no` as false
         train['mixed_precision'] = 'no'
     if train['mixed_precision'] not in ('no', 'fp16', 'bf16'):

@@ -1,6 +1,9 @@
 """The training loop: Hugging Face accelerate (one or many GPUs and nodes, mixed precision,
 gradient accumulation), exact checkpoints, TensorBoard logs, validation, export.
 
+What is trained, its loss, validation and export come from the configuration's ``stage``
+(training/stages/: autoencoder, generator, fiffdepth); this loop is the same for all of them.
+
 Run through ``fiffdepth-train`` (or ``accelerate launch -m fiffdepth_ros.cli.train``). Everything
 that can be wrong with the data or the initial checkpoint is checked before the models load.
 """
@@ -19,9 +22,7 @@ import torch
 from .config import ConfigError
 from .data.factory import build_synthetic, build_training_data
 from .data.mixing import BatchPlan, PlannedSamples, PlanSampler, collate
-from .export import export_model
-from .init_checkpoint import resolve_init_checkpoint
-from .step import MethodSettings, build_inputs, fiffdepth_loss
+from .stages import get_stage
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = 'step-'
@@ -79,7 +80,8 @@ class Trainer:
             dataset = build_synthetic(spec, cfg['data']['root'], cfg['data']['split_root'])
             dataset.check_files()
             self.validation_sets.append((spec.get('name') or spec['kind'], dataset))
-        self.init_root = resolve_init_checkpoint(cfg['model']['init'])
+        self.stage = get_stage(cfg['stage'])
+        self.init_root = self.stage.init_root(cfg)
         # 2. accelerate.
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration, set_seed
@@ -94,41 +96,23 @@ class Trainer:
 
     # ------------------------------------------------------------------ setup
     def _load_models(self) -> None:
-        from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-        from ..model.checkpoint import resolve_checkpoint
-        from ..model.prompt_cache import load_empty_embedding
         acc, cfg = self.accelerator, self.cfg
         self.weight_dtype = {'fp16': torch.float16, 'bf16': torch.bfloat16}.get(
             acc.mixed_precision, torch.float32)
-        scheduler = DDPMScheduler.from_pretrained(self.init_root / 'scheduler')
-        self.alphas_cumprod = scheduler.alphas_cumprod.to(acc.device)
-        self.num_train_timesteps = int(scheduler.config.num_train_timesteps)
-        self.settings = MethodSettings.from_config(cfg['method'],
-                                                   scheduler.config.prediction_type)
-        # The 2-token empty-prompt embedding, cached exactly as inference uses it; the text
-        # encoder is frozen, so it is computed once and never kept in memory.
-        embedding, _ = load_empty_embedding(resolve_checkpoint(str(self.init_root)))
-        self.embedding = embedding.to(acc.device)
-        self.vae = AutoencoderKL.from_pretrained(
-            self.init_root / 'vae', torch_dtype=self.weight_dtype).to(acc.device)
-        self.vae.eval().requires_grad_(False)
-        self.scaling_factor = float(self.vae.config.scaling_factor or 0.18215)
-        unet = UNet2DConditionModel.from_pretrained(self.init_root / 'unet').float()
-        unet.train()
-        if cfg['model']['gradient_checkpointing']:
-            unet.enable_gradient_checkpointing()
+        module = self.stage.build(self)          # the stage's frozen parts land on self too
         tcfg = cfg['train']
-        optimizer = make_optimizer(unet.parameters(), tcfg['optimizer'])
+        optimizer = make_optimizer(module.parameters(), tcfg['optimizer'])
         # Stepped once per update by the loop itself (accelerate would step a prepared
         # scheduler once per process), checkpointed through register_for_checkpointing.
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: lr_factor(s, tcfg['lr_schedule']))
-        self.unet, self.optimizer = acc.prepare(unet, optimizer)
+        self.model, self.optimizer = acc.prepare(module, optimizer)
+        setattr(self, self.stage.trains, self.model)     # trainer.unet, trainer.autoencoder
         acc.register_for_checkpointing(self.lr_scheduler)
         self.ema = None
         if cfg['model']['ema']['enabled']:
             from diffusers.training_utils import EMAModel
-            self.ema = EMAModel(acc.unwrap_model(self.unet).parameters(),
+            self.ema = EMAModel(acc.unwrap_model(self.model).parameters(),
                                 decay=float(cfg['model']['ema']['decay']))
             self.ema.to(acc.device)
             acc.register_for_checkpointing(self.ema)
@@ -176,63 +160,30 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     @torch.no_grad()
     def validate(self) -> dict:
-        """AbsRel and delta1 after least-squares scale and shift (the evaluation's functions),
-        the UNet (EMA weights when enabled) run exactly as the engine runs it."""
-        from ..evaluation.alignment import align_scale_shift
-        from ..evaluation.metrics import compute_metrics, mean_metrics
-        from ..model.stages import decode_latent, depth_from_decoded, encode_image, unet_pass
+        """The stage's validation metrics, with the EMA weights when EMA is enabled."""
         if not self.validation_sets:
             return {}
-        unet = self.accelerator.unwrap_model(self.unet)
-        was_training = unet.training
-        unet.eval()
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
         if self.ema is not None:
-            self.ema.store(unet.parameters())
-            self.ema.copy_to(unet.parameters())
-        results = {}
-        limit = int(self.cfg['validation']['max_images'])
+            self.ema.store(model.parameters())
+            self.ema.copy_to(model.parameters())
         try:
-            for name, dataset in self.validation_sets:
-                per_image = []
-                for index in range(min(limit, len(dataset))):
-                    sample = dataset.load(index)
-                    pixels = sample['rgb'][None].to(self.accelerator.device, self.weight_dtype)
-                    latent = encode_image(self.vae, pixels, self.scaling_factor)
-                    with self.accelerator.autocast():
-                        depth_latent = unet_pass(unet, latent, 0, self.embedding)
-                    decoded = decode_latent(self.vae, depth_latent.to(self.weight_dtype),
-                                            self.scaling_factor)
-                    pred = depth_from_decoded(decoded.float())[0, 0].cpu().numpy()
-                    gt = sample['depth'][0].numpy()
-                    valid = sample['valid'][0].numpy()
-                    if valid.sum() < 2:
-                        continue
-                    aligned = align_scale_shift(pred, gt, valid, space='depth',
-                                                min_depth=dataset.min_depth,
-                                                max_depth=dataset.max_depth)
-                    per_image.append(compute_metrics(aligned, gt, valid))
-                means = mean_metrics(per_image)
-                for key in ('abs_rel', 'delta1'):
-                    if key in means:
-                        results[f'val/{name}/{key}'] = means[key]
+            return self.stage.validate(self, model)
         finally:
             if self.ema is not None:
-                self.ema.restore(unet.parameters())
-            unet.train(was_training)
-        return results
+                self.ema.restore(model.parameters())
+            model.train(was_training)
 
     # ------------------------------------------------------------------ training
     def _micro_step(self, batch) -> dict:
         acc = self.accelerator
-        inputs = build_inputs(batch, self.vae, self.scaling_factor, self.num_train_timesteps,
-                              self.cfg['method'], acc.device)
-        with acc.accumulate(self.unet):
-            with acc.autocast():
-                terms, _ = fiffdepth_loss(self.unet, self.embedding, self.alphas_cumprod,
-                                          inputs, self.settings)
+        with acc.accumulate(self.model):
+            terms = self.stage.loss(self, batch)     # the stage autocasts its model passes
             acc.backward(terms['loss'])
             if acc.sync_gradients and float(self.cfg['train']['max_grad_norm']) > 0:
-                acc.clip_grad_norm_(self.unet.parameters(),
+                acc.clip_grad_norm_(self.model.parameters(),
                                     float(self.cfg['train']['max_grad_norm']))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -248,7 +199,7 @@ class Trainer:
         images_per_step = (int(tcfg['batch_size_synthetic']) * bool(self.synthetic)
                            + int(tcfg['batch_size_real']) * bool(self.real)) \
             * acc.num_processes * accum
-        bar = tqdm(total=max_steps, initial=step, desc='fiffdepth-train', unit='step',
+        bar = tqdm(total=max_steps, initial=step, desc=f'fiffdepth-train {self.stage.name}', unit='step',
                    disable=not (acc.is_local_main_process and tcfg['progress_bar']))
         sums: dict[str, torch.Tensor] = {}
         n_logged, t_last = 0, time.perf_counter()
@@ -259,7 +210,7 @@ class Trainer:
                     sums[key] = sums.get(key, 0.0) + value / accum
             self.lr_scheduler.step()
             if self.ema is not None:
-                self.ema.step(acc.unwrap_model(self.unet).parameters())
+                self.ema.step(acc.unwrap_model(self.model).parameters())
             step += 1
             n_logged += 1
             bar.update(1)
@@ -288,13 +239,13 @@ class Trainer:
         bar.close()
         out = self.output_dir / 'model'
         if acc.is_main_process:
-            unet = acc.unwrap_model(self.unet)
+            model = acc.unwrap_model(self.model)
             if self.ema is not None:
-                self.ema.store(unet.parameters())
-                self.ema.copy_to(unet.parameters())
-            export_model(unet, self.init_root, out)
+                self.ema.store(model.parameters())
+                self.ema.copy_to(model.parameters())
+            self.stage.export(self, model, out)
             if self.ema is not None:
-                self.ema.restore(unet.parameters())
+                self.ema.restore(model.parameters())
         acc.wait_for_everyone()
         acc.end_training()
         return out

@@ -1,0 +1,181 @@
+"""The FiffDepth-nano recipe end to end on tiny frames, with the recipe's own configs
+(config/nano/): procedural frames -> tiny teacher -> pseudo-labels -> autoencoder -> generator
+-> fiffdepth -> the export predicts in DepthEstimator. Few steps, tiny widths, one thread."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NANO = ROOT / 'config' / 'nano'
+HW = [64, 64]                      # latents 8x8: three UNet levels still divide
+# Narrower than the shipped nano widths, same block types (the test is about the wiring).
+SMALL_ARCH = ['model.architecture={vae: {block_out_channels: [8, 8, 16, 16]}, '
+              'unet: {block_out_channels: [16, 16, 32], attention_head_dim: [2, 2, 4], '
+              'cross_attention_dim: 16}, text_encoder: {num_attention_heads: 2, '
+              'intermediate_size: 32}}']
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope='module')
+def data(tmp_path_factory):
+    """OUT/data as scripts/train_nano.sh lays it out, at 64x64 and a handful of frames."""
+    from fiffdepth_ros.cli.pseudolabel import main as pseudolabel
+    from fiffdepth_ros.training import teacher
+    from fiffdepth_ros.training.data import procedural as proc
+    root = tmp_path_factory.mktemp('nano') / 'data'
+    proc.write_frames(root / 'synthetic', proc.training_seeds(0, 6), 'synthetic', 64, 64)
+    proc.write_frames(root / 'real', proc.training_seeds(0, 4), 'real', 64, 64,
+                      depth_format='none')                  # no ground truth on disk at all
+    proc.write_frames(root / 'val', proc.held_out_seeds(2), 'synthetic', 64, 64)
+    teacher.train_teacher(root.parent / 'teacher', steps=2, batch_size=2, input_size=28,
+                          preset='test', pool=4, warmup=1, val_frames=0, render_hw=(48, 64),
+                          progress=False)
+    assert pseudolabel(['--teacher', str(root.parent / 'teacher'), '--images',
+                        str(root / 'real' / 'rgb'), '--out', str(root / 'labels'),
+                        '--input-size', '28', '--workers', '0', '--no-progress']) == 0
+    return root
+
+
+def _run(stage, data, out, *overrides, steps=12):
+    """Trainer for config/nano/<stage>.yaml with the test's paths and sizes."""
+    from accelerate.state import AcceleratorState, GradientState
+    from fiffdepth_ros.training.config import load_config
+    from fiffdepth_ros.training.loop import Trainer
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    size = f'[{HW[0]}, {HW[1]}]'
+    cfg = load_config(NANO / f'{stage}.yaml', [
+        f'data.root={data}', f'data.split_root={data}', f'output_dir={out}',
+        f'train.max_steps={steps}', 'train.log_every=4', 'train.checkpoint_every=1000',
+        'train.batch_size_synthetic=2', 'train.batch_size_real=2', 'data.num_workers=0',
+        'validation.max_images=2',
+        'train.lr_schedule={name: constant, warmup_steps: 0}',
+        f'data.synthetic=[{{kind: rgbd_folder, dir: synthetic, '
+        f'filenames: synthetic/frames.txt, resize_to_hw: {size}, max_depth: 80.0}}]',
+        f'data.real={{images: real/rgb, pseudo_labels: labels, resize_to_hw: {size}}}',
+        f'validation.datasets=[{{kind: rgbd_folder, name: val, dir: val, '
+        f'filenames: val/frames.txt, resize_to_hw: {size}, max_depth: 80.0}}]',
+        *overrides])
+    return Trainer(cfg)
+
+
+def _losses(trainer, key='loss/loss'):
+    return [h[key] for h in trainer.history if key in h]
+
+
+def _weights(folder):
+    from safetensors.torch import load_file
+    return load_file(str(next(Path(folder).glob('*.safetensors'))))
+
+
+@pytest.fixture(scope='module')
+def chain(data, tmp_path_factory):
+    """The three stages, each starting from the previous stage's export."""
+    runs = tmp_path_factory.mktemp('runs')
+    out = {}
+    ae = _run('autoencoder', data, runs / 'ae', *SMALL_ARCH, 'train.optimizer.lr=3e-3')
+    out['ae_before'] = ae.validate()
+    out['ae_model'] = ae.train()
+    out['ae'] = ae
+    gen = _run('generator', data, runs / 'gen', f"model.init={out['ae_model']}",
+               'train.optimizer.lr=2e-3')
+    out['gen_before'] = gen.validate()
+    out['gen_model'] = gen.train()
+    out['gen'] = gen
+    fd = _run('fiffdepth', data, runs / 'fd', f"model.init={out['gen_model']}",
+              'train.optimizer.lr=2e-3', steps=16)
+    out['fd_model'] = fd.train()
+    out['fd'] = fd
+    return out
+
+
+def test_autoencoder_learns_and_writes_an_sd2_checkpoint(chain):
+    ae, model = chain['ae'], chain['ae_model']
+    losses = _losses(ae, 'loss/l1')
+    assert len(losses) == 3 and losses[-1] < 0.9 * losses[0], losses   # measured 0.30 -> 0.25
+    after = [h for h in ae.history if 'val/val/l1' in h][-1]
+    assert after['val/val/l1'] < chain['ae_before']['val/val/l1']
+    assert after['val/val/psnr'] > chain['ae_before']['val/val/psnr']
+    assert 'loss/kl' in ae.history[0]
+    from fiffdepth_ros.training.init_checkpoint import resolve_init_checkpoint
+    assert resolve_init_checkpoint(str(model)) == model      # the generator can start here
+    index = json.loads((model / 'model_index.json').read_text())
+    assert index['_class_name'] == 'StableDiffusionPipeline'
+    sched = json.loads((model / 'scheduler' / 'scheduler_config.json').read_text())
+    assert sched['prediction_type'] == 'v_prediction' and sched['num_train_timesteps'] == 1000
+    # scaling_factor = 1 / std of the training images' latent means, recomputed here
+    from diffusers import AutoencoderKL
+    from fiffdepth_ros.training.data.common import FileSource
+    from fiffdepth_ros.training.data.rgbd_folder import RGBDFolder
+    vae = AutoencoderKL.from_pretrained(model / 'vae').eval()
+    assert vae.config.block_out_channels == [8, 8, 16, 16]
+    means = []
+    with torch.no_grad():
+        for dataset in ae.synthetic + [ae.real]:
+            for i in range(len(dataset)):
+                x = dataset.load(i)['rgb'][None]
+                means.append(vae.encode(x).latent_dist.mean.flatten())
+    std = float(torch.cat(means).std())
+    assert vae.config.scaling_factor == pytest.approx(1.0 / std, rel=1e-4)
+    assert isinstance(ae.synthetic[0], RGBDFolder) and isinstance(ae.synthetic[0].source,
+                                                                   FileSource)
+
+
+def test_generator_learns_diffusion_on_the_frozen_vae(chain):
+    gen, model, ae_model = chain['gen'], chain['gen_model'], chain['ae_model']
+    keys = [k for k in chain['gen_before'] if k.startswith('val/val/diffusion_t')]
+    assert len(keys) == 3
+    after = [h for h in gen.history if keys[0] in h][-1]
+    before = sum(chain['gen_before'][k] for k in keys)
+    assert sum(after[k] for k in keys) < 0.9 * before, (chain['gen_before'], after)
+    # the VAE was frozen and copied; the UNet moved from the autoencoder stage's fresh one
+    a, b = _weights(ae_model / 'vae'), _weights(model / 'vae')
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = _weights(ae_model / 'unet'), _weights(model / 'unet')
+    assert not torch.equal(a['conv_in.weight'], b['conv_in.weight'])
+    assert json.loads((model / 'model_index.json').read_text())['_class_name'] == \
+        'StableDiffusionPipeline'
+    assert gen.prediction_type == 'v_prediction' and gen.embedding.shape[1] == 2
+
+
+def test_fiffdepth_stage_transforms_the_generator_and_exports_a_depth_model(chain):
+    fd, model = chain['fd'], chain['fd_model']
+    losses = _losses(fd)
+    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    assert {'loss/mae_t0', 'loss/mae_t-1', 'loss/traj'} <= set(fd.history[0])
+    assert 'val/val/abs_rel' in fd.history[-1]
+    index = json.loads((model / 'model_index.json').read_text())
+    assert index['_class_name'] == 'DirectPipeline'
+    a, b = _weights(chain['gen_model'] / 'unet'), _weights(model / 'unet')
+    assert not torch.equal(a['conv_in.weight'], b['conv_in.weight'])
+    from fiffdepth_ros.model.estimator import DepthEstimator
+    from fiffdepth_ros.training.data import procedural as proc
+    est = DepthEstimator.from_pretrained(str(model), device='cpu', precision='fp32',
+                                         processing_res=64)
+    assert est.scaling_factor == pytest.approx(
+        json.loads((model / 'vae' / 'config.json').read_text())['scaling_factor'])
+    frame = proc.render_frame(proc.held_out_seeds(1)[0], 'synthetic', 80, 60)
+    depth = est.predict(frame.rgb)
+    assert depth.shape == (60, 80) and np.isfinite(depth).all()
+    assert depth.min() >= 0 and depth.max() <= 1 and depth.std() > 0
+
+
+def test_stage_switch_errors():
+    from fiffdepth_ros.training.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match='stage must be one of'):
+        load_config(NANO / 'autoencoder.yaml', ['stage=vae'])
+    from fiffdepth_ros.training.stages.autoencoder import architecture
+    with pytest.raises(ConfigError, match='model.architecture.decoder'):
+        architecture({'model': {'architecture': {'decoder': {}}}})
+    for name in ('autoencoder', 'generator', 'fiffdepth'):
+        assert load_config(NANO / f'{name}.yaml')['stage'] == name
