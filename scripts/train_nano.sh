@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# FiffDepth-nano from scratch, the whole recipe, one command (README: "FiffDepth-nano recipe"):
+#
+#   scripts/train_nano.sh OUT_DIR
+#
+#   1. procedural frames (training/data/procedural.py): synthetic domain with exact depth
+#      (training), real-like domain as images only (no ground truth written), held-out
+#      synthetic seeds (validation)
+#   2. the tiny teacher (training/teacher.py, Depth Anything's architecture and loss) on
+#      synthetic frames only                                   -> OUT/teacher
+#   3. its pseudo-labels on the real-like images (fiffdepth-pseudolabel) -> OUT/data/labels
+#   4. fiffdepth-train stage autoencoder (config/nano/autoencoder.yaml) -> OUT/autoencoder/model
+#   5. fiffdepth-train stage generator   (config/nano/generator.yaml)   -> OUT/generator/model
+#   6. fiffdepth-train stage fiffdepth   (config/nano/fiffdepth.yaml)   -> OUT/fiffdepth/model
+#   7. export: OUT/model (the released DirectPipeline layout) + OUT/model/provenance.json
+#
+# Sizes and steps come from the environment (defaults: the <= 90 minute budget on a 2-core CPU;
+# see the README for how it was estimated): NANO_SYN_FRAMES NANO_REAL_FRAMES NANO_VAL_FRAMES
+# NANO_TEACHER_STEPS NANO_AE_STEPS NANO_GEN_STEPS NANO_FD_STEPS NANO_THREADS. Stages whose output
+# exists are skipped, so an interrupted run continues where it stopped.
+set -euo pipefail
+if [ $# -lt 1 ]; then
+    echo "usage: $0 OUT_DIR" >&2
+    exit 2
+fi
+OUT=$(mkdir -p "$1" && cd "$1" && pwd)
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+CONFIG="$REPO/config/nano"
+SYN=${NANO_SYN_FRAMES:-2000}
+REAL=${NANO_REAL_FRAMES:-1000}
+VAL=${NANO_VAL_FRAMES:-200}
+TEACHER_STEPS=${NANO_TEACHER_STEPS:-150}
+AE_STEPS=${NANO_AE_STEPS:-600}
+GEN_STEPS=${NANO_GEN_STEPS:-1200}
+FD_STEPS=${NANO_FD_STEPS:-2000}
+THREADS=${NANO_THREADS:-2}
+W=128; H=96                       # frames as rendered; config/nano trains at this size
+TEACHER_INPUT=112
+export OMP_NUM_THREADS=$THREADS
+PY=${PYTHON:-python}
+DATA="$OUT/data"
+TIMES="$OUT/stage_seconds.txt"
+touch "$TIMES"
+
+stage() {                         # stage NAME DONE_MARKER COMMAND...: run unless done, timed
+    local name=$1 done=$2
+    shift 2
+    if [ -e "$done" ]; then
+        echo "== $name: done already ($done)"
+        return
+    fi
+    echo "== $name"
+    local t0
+    t0=$(date +%s)
+    "$@"
+    echo "$name $(( $(date +%s) - t0 ))" >> "$TIMES"
+}
+
+render() {
+    $PY -m fiffdepth_ros.training.data.procedural --out "$DATA/synthetic" --count "$SYN" \
+        --width $W --height $H --seed-start 0
+    # The real-like domain: images only, its ground truth never reaches the disk.
+    $PY -m fiffdepth_ros.training.data.procedural --out "$DATA/real" --count "$REAL" \
+        --domain real --depth-format none --width $W --height $H --seed-start 0
+    $PY -m fiffdepth_ros.training.data.procedural --out "$DATA/val" --count "$VAL" \
+        --held-out --width $W --height $H
+}
+
+train() {                         # train STAGE [overrides...]
+    local name=$1 steps
+    shift
+    case $name in
+        autoencoder) steps=$AE_STEPS ;;
+        generator) steps=$GEN_STEPS ;;
+        fiffdepth) steps=$FD_STEPS ;;
+    esac
+    $PY -m fiffdepth_ros.cli.train --config "$CONFIG/$name.yaml" \
+        data.root="$DATA" data.split_root="$DATA" output_dir="$OUT/$name" \
+        train.max_steps="$steps" train.lr_schedule.total_steps="$steps" "$@"
+}
+
+stage render "$DATA/val/frames.txt" render
+stage teacher "$OUT/teacher/model.safetensors" \
+    $PY -m fiffdepth_ros.training.teacher --out "$OUT/teacher" --steps "$TEACHER_STEPS" \
+    --input-size $TEACHER_INPUT --threads "$THREADS" --workers 1 --val-frames 32
+stage pseudolabel "$DATA/labels/.complete" bash -c \
+    "$PY -m fiffdepth_ros.cli.pseudolabel --teacher '$OUT/teacher' --images '$DATA/real/rgb' \
+     --out '$DATA/labels' --input-size $TEACHER_INPUT --workers 1 --no-progress \
+     && touch '$DATA/labels/.complete'"
+stage autoencoder "$OUT/autoencoder/model/model_index.json" train autoencoder
+stage generator "$OUT/generator/model/model_index.json" \
+    train generator model.init="$OUT/autoencoder/model"
+stage fiffdepth "$OUT/fiffdepth/model/model_index.json" \
+    train fiffdepth model.init="$OUT/generator/model"
+
+echo "== export"
+rm -rf "$OUT/model"
+cp -r "$OUT/fiffdepth/model" "$OUT/model"
+$PY - "$OUT" "$REPO" <<'PYEOF'
+import json, subprocess, sys
+from pathlib import Path
+out, repo = Path(sys.argv[1]), Path(sys.argv[2])
+state = {}
+for name in ('autoencoder', 'generator', 'fiffdepth'):
+    found = sorted((out / name / 'checkpoints').glob('step-*/trainer_state.json'))
+    state[name] = json.loads(found[-1].read_text())['config'] if found else None
+try:
+    commit = subprocess.run(['git', '-C', str(repo), 'rev-parse', 'HEAD'], capture_output=True,
+                            text=True, check=True).stdout.strip()
+except (OSError, subprocess.CalledProcessError):
+    commit = None
+times = dict(line.split() for line in (out / 'stage_seconds.txt').read_text().splitlines())
+sizes = {str(p.relative_to(out / 'model')): p.stat().st_size
+         for p in (out / 'model').rglob('*.safetensors')}
+meta = {name: json.loads((out / 'data' / name / 'meta.json').read_text())
+        for name in ('synthetic', 'real', 'val')}
+teacher = json.loads((out / 'teacher' / 'teacher_provenance.json').read_text())
+teacher.pop('loss_history', None)
+provenance = {
+    'what': 'FiffDepth-nano: trained by scripts/train_nano.sh on procedural scenes only; '
+            'for demonstrations and tests, not a robot model',
+    'commit': commit, 'data': meta, 'teacher': teacher, 'stage_configs': state,
+    'stage_seconds': {k: int(v) for k, v in times.items()},
+    'total_seconds': sum(int(v) for v in times.values()),
+    'safetensors_bytes': sizes, 'total_safetensors_bytes': sum(sizes.values())}
+(out / 'model' / 'provenance.json').write_text(json.dumps(provenance, indent=1, default=str))
+print(f"model: {out / 'model'} ({sum(sizes.values()) / 2**20:.1f} MiB of weights, "
+      f"{provenance['total_seconds'] / 60:.1f} min)")
+PYEOF
