@@ -11,20 +11,16 @@ publishes frame N while the model works on frame N+1 (``fiffdepth_ros.ros.overla
 """
 from __future__ import annotations
 
-import os
 import re
-import signal
 import sys
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
@@ -35,6 +31,7 @@ from ..conversions.camera_info import read_calibration
 from ..model.runtime import load_estimator, set_cpu_threads
 from ..pipeline import DepthPipeline, FrameError, PipelineConfig, enabled_outputs
 from ..sync import FrameAssembler
+from .entry import run_node
 from .extrinsics import ExtrinsicResolver
 from .overlap import HandOff, LatestOnly
 from .qos import profile
@@ -510,66 +507,17 @@ def _release_cuda_memory() -> None:
         pass
 
 
-class _QuietSignals:
-    """Ctrl-C reaches a node under ``ros2 launch`` twice (the terminal's process group and
-    launch's forwarded SIGINT). The first SIGINT / SIGTERM stops the node (KeyboardInterrupt;
-    rclpy's own handler also shuts the context down, which ends spin); later ones are ignored,
-    so they cannot interrupt the shutdown with a traceback. Installed before rclpy.init, whose
-    handlers chain to these."""
-
-    def __init__(self):
-        self.count = 0
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self._handle)
-
-    def _handle(self, signum, frame) -> None:
-        self.count += 1
-        if self.count == 1:
-            raise KeyboardInterrupt
-
-    def stopping(self) -> None:
-        """From here on every signal is ignored (the node is shutting down anyway)."""
-        self.count = max(self.count, 1)
+def _bring_up(node: DepthNode) -> None:
+    if node.params['device'] == 'cpu' or (node.params['device'] == 'auto'
+                                          and not _cuda_available()):
+        node.get_logger().info(f'torch CPU threads: {set_cpu_threads()} (one core is left '
+                               'to the ROS executor)')
+    node.start(load_estimator(node.params))
 
 
 def main(args=None, fast_exit: bool = True) -> int:
-    signals = _QuietSignals()
-    try:
-        rclpy.init(args=args)
-    except KeyboardInterrupt:
-        return 0
-    node = None
-    code = 0
-    try:
-        node = DepthNode()
-        if node.params['device'] == 'cpu' or (node.params['device'] == 'auto'
-                                              and not _cuda_available()):
-            node.get_logger().info(f'torch CPU threads: {set_cpu_threads()} (one core is left '
-                                   'to the ROS executor)')
-        node.start(load_estimator(node.params))
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:   # bad parameters, model that cannot be loaded: one clear error
-        message = str(exc) or repr(exc)
-        if node is not None:
-            node.get_logger().fatal(f'cannot start: {message}')
-        else:
-            print(f'[depth_node] cannot start: {message}', file=sys.stderr)
-        code = 1
-    finally:
-        signals.stopping()
-        if node is not None:
-            node.stop()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    if fast_exit:
-        # Everything is closed; skip interpreter teardown, which takes about a second with
-        # torch and diffusers loaded, so that Ctrl-C ends the node promptly.
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return run_node('depth_node', DepthNode, _bring_up, DepthNode.stop, args=args,
+                    fast_exit=fast_exit)
 
 
 if __name__ == '__main__':

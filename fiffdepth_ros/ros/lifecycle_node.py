@@ -19,13 +19,12 @@ import gc
 import sys
 import threading
 
-import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from .. import params as P
 from ..model.runtime import load_estimator, set_cpu_threads
-from .depth_node import DepthNode, _cuda_available, _QuietSignals, _release_cuda_memory
+from .depth_node import DepthNode, _cuda_available, _release_cuda_memory
+from .entry import run_node
 from .overlap import LatestOnly
 
 
@@ -120,36 +119,14 @@ class DepthLifecycleNode(DepthNode, LifecycleNode):
         return self.estimator is not None
 
 
+def _announce(node: DepthLifecycleNode) -> None:
+    node.get_logger().info('lifecycle node up (unconfigured): configure loads the model, '
+                           'activate starts publishing')
+
+
 def main(args=None, fast_exit: bool = True) -> int:
-    signals = _QuietSignals()
-    try:
-        rclpy.init(args=args)
-    except KeyboardInterrupt:
-        return 0
-    node = None
-    code = 0
-    try:
-        node = DepthLifecycleNode()
-        node.get_logger().info('lifecycle node up (unconfigured): configure loads the model, '
-                               'activate starts publishing')
-        rclpy.spin(node)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception as exc:     # invalid parameters at construction
-        print(f'[depth_lifecycle_node] cannot start: {exc}', file=sys.stderr)
-        code = 1
-    finally:
-        signals.stopping()
-        if node is not None:
-            node._deactivate()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    if fast_exit:
-        import os
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+    return run_node('depth_lifecycle_node', DepthLifecycleNode, _announce,
+                    DepthLifecycleNode._deactivate, args=args, fast_exit=fast_exit)
 
 
 if __name__ == '__main__':
