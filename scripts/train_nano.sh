@@ -38,6 +38,9 @@ W=128; H=96                       # frames as rendered; config/nano trains at th
 TEACHER_INPUT=112
 export OMP_NUM_THREADS=$THREADS
 PY=${PYTHON:-python}
+if [ -z "${PYTHON:-}" ] && [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$REPO/.venv/bin/python" ]; then
+    PY="$REPO/.venv/bin/python"          # scripts/setup.sh's environment, when not activated
+fi
 DATA="$OUT/data"
 TIMES="$OUT/stage_seconds.txt"
 touch "$TIMES"
