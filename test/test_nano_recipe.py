@@ -137,7 +137,7 @@ def test_generator_learns_diffusion_on_the_frozen_vae(chain):
     assert len(keys) == 3
     after = [h for h in gen.history if keys[0] in h][-1]
     before = sum(chain['gen_before'][k] for k in keys)
-    assert sum(after[k] for k in keys) < 0.9 * before, (chain['gen_before'], after)
+    assert sum(after[k] for k in keys) < 0.9 * before, (chain['gen_before'], after)  # 2.64 -> 1.98
     # the VAE was frozen and copied; the UNet moved from the autoencoder stage's fresh one
     a, b = _weights(ae_model / 'vae'), _weights(model / 'vae')
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -151,7 +151,7 @@ def test_generator_learns_diffusion_on_the_frozen_vae(chain):
 def test_fiffdepth_stage_transforms_the_generator_and_exports_a_depth_model(chain):
     fd, model = chain['fd'], chain['fd_model']
     losses = _losses(fd)
-    assert len(losses) == 4 and losses[-1] < losses[0], losses
+    assert len(losses) == 4 and losses[-1] < 0.8 * losses[0], losses   # measured 4.53 -> 2.97
     assert {'loss/mae_t0', 'loss/mae_t-1', 'loss/traj'} <= set(fd.history[0])
     assert 'val/val/abs_rel' in fd.history[-1]
     index = json.loads((model / 'model_index.json').read_text())
