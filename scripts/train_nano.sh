@@ -90,6 +90,19 @@ stage pseudolabel "$DATA/labels/.complete" bash -c \
     "$PY -m fiffdepth_ros.cli.pseudolabel --teacher '$OUT/teacher' --images '$DATA/real/rgb' \
      --out '$DATA/labels' --input-size $TEACHER_INPUT --workers 1 --no-progress \
      && touch '$DATA/labels/.complete'"
+# A teacher that collapsed to a constant (too few steps) gives labels that teach nothing.
+$PY - "$DATA/labels" <<'PYEOF'
+import sys
+from pathlib import Path
+import numpy as np
+files = sorted(Path(sys.argv[1]).rglob('*.npy'))[:200]
+flat = sum(float(np.load(f).astype(np.float32).std()) < 1e-3 for f in files)
+if not files or flat > len(files) // 2:
+    sys.exit(f'pseudo-labels: {flat} of {len(files)} sampled labels are constant: the teacher '
+             f'collapsed; retrain it with more steps (NANO_TEACHER_STEPS) and delete '
+             f'{sys.argv[1]}')
+print(f'pseudo-labels: {len(files) - flat} of {len(files)} sampled labels vary')
+PYEOF
 stage autoencoder "$OUT/autoencoder/model/model_index.json" train autoencoder
 stage generator "$OUT/generator/model/model_index.json" \
     train generator model.init="$OUT/autoencoder/model"
