@@ -73,3 +73,20 @@ def test_pseudolabel_clear_errors(tmp_path, capsys):
     assert main(['--teacher', str(tmp_path / 'none'), '--images', str(tmp_path / 'shards'),
                  '--out', str(tmp_path / 'o'), '--workers', '0', '--no-progress']) == 2
     assert 'cannot load the teacher' in capsys.readouterr().err
+
+
+def test_stored_labels_keep_small_variations_on_a_large_offset():
+    """A teacher whose output is a large offset plus small variations (as a collapsed SSI-trained
+    teacher gives) must not be stored as a constant: fp16 near 1 has a step of 4.9e-4."""
+    from fiffdepth_ros.training.pseudolabel import to_stored
+    rng = np.random.default_rng(0)
+    variation = rng.standard_normal((32, 48)).astype(np.float32) * 1e-4
+    stored = to_stored(1.015 + variation)
+    recovered = stored.astype(np.float64) - stored.astype(np.float64).mean()
+    expected = (variation - variation.mean()) / np.abs(1.015 + variation).max()
+    assert np.corrcoef(recovered.ravel(), expected.ravel())[0, 1] > 0.999
+    # An ordinary prediction (variation comparable to its peak) stays fp16 and faithful.
+    ordinary = rng.uniform(0.1, 5.0, (32, 48)).astype(np.float32)
+    stored = to_stored(ordinary)
+    assert stored.dtype == np.float16
+    assert np.allclose(stored.astype(np.float32), ordinary / ordinary.max(), atol=1e-3)

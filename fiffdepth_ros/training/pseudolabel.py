@@ -45,9 +45,16 @@ def teacher_size(height: int, width: int, input_size: int = 518, multiple: int =
 def to_stored(disparity: np.ndarray) -> np.ndarray:
     """fp16, divided by its largest magnitude: the prediction is affine-invariant (training
     normalises it per image anyway), and fp16 would flush a teacher's very small outputs to 0
-    or overflow very large ones."""
+    or overflow very large ones. A prediction whose variation is small beside its offset (fp16's
+    step near 1 is 4.9e-4) would be rounded to a constant: that one is kept in float32 (the
+    offset itself is kept: the 'reciprocal' conversion depends on it)."""
     peak = float(np.abs(disparity).max())
-    return (disparity / peak if peak > 0 else disparity).astype(np.float16)
+    scaled = disparity / peak if peak > 0 else disparity.astype(np.float32)
+    half = scaled.astype(np.float16)
+    spread = float(scaled.max() - scaled.min())
+    if spread > 0 and float(np.abs(half - scaled).max()) > 1e-3 * spread:
+        return scaled.astype(np.float32)
+    return half
 
 
 def load_teacher(source: str, device, dtype):
