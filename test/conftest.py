@@ -50,3 +50,13 @@ def install_prefix(tmp_path_factory):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr
     return Path(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny models on 2 shared cores: more torch threads only add contention."""
+    import torch
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -18,12 +18,7 @@ SMALL_ARCH = ['model.architecture={vae: {block_out_channels: [8, 8, 16, 16]}, '
               'intermediate_size: 32}}']
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

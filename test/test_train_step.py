@@ -6,13 +6,7 @@ from fiffdepth_ros.training import step as step_mod
 from fiffdepth_ros.training.step import MethodSettings, StepInputs, fiffdepth_loss
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models on 2 shared cores: more threads only add contention."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 @pytest.fixture(scope='module')

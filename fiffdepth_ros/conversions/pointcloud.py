@@ -26,6 +26,16 @@ class PointCloudError(ValueError):
 
 
 # ---------------------------------------------------------------------------- depth -> cloud
+def check_cloud_arguments(stride, min_range, max_range) -> int:
+    """The stride as an int; PointCloudError for a stride or range no cloud can have (shared
+    by the numpy builder and the torch one in fiffdepth_ros.finish)."""
+    if int(stride) != stride or stride < 1:
+        raise PointCloudError(f'stride must be a positive integer, got {stride}')
+    if not float(min_range) <= float(max_range):
+        raise PointCloudError(f'min_range {min_range} must not exceed max_range {max_range}')
+    return int(stride)
+
+
 def _xyz_fields(backend: MessageBackend, with_rgb: bool) -> list:
     fields = [backend.point_field(name, 4 * i, FLOAT32) for i, name in enumerate('xyz')]
     if with_rgb:
@@ -103,11 +113,7 @@ class DepthCloudBuilder:
             if rgb.dtype != np.uint8 or rgb.shape != depth.shape + (3,):
                 raise PointCloudError(f'rgb must be a {depth.shape[0]}x{depth.shape[1]}x3 uint8 '
                                       f'array like the depth, got {rgb.dtype} {rgb.shape}')
-        if int(stride) != stride or stride < 1:
-            raise PointCloudError(f'stride must be a positive integer, got {stride}')
-        stride = int(stride)
-        if not float(min_range) <= float(max_range):
-            raise PointCloudError(f'min_range {min_range} must not exceed max_range {max_range}')
+        stride = check_cloud_arguments(stride, min_range, max_range)
 
         rx, ry = self._strided_rays(camera, stride)
         h, w = rx.shape

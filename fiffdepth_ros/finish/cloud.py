@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..conversions.pointcloud import _FLOAT32_MAX, PointCloudError
+from ..conversions.pointcloud import _FLOAT32_MAX, PointCloudError, check_cloud_arguments
 from ..geometry.camera_model import CameraModel
 
 
@@ -40,11 +40,7 @@ class DeviceCloudBuilder:
         if not depth.is_floating_point():
             raise PointCloudError(f'depth must be float metres, got dtype {depth.dtype}')
         camera.check_image_size(depth.shape[1], depth.shape[0])
-        if int(stride) != stride or stride < 1:
-            raise PointCloudError(f'stride must be a positive integer, got {stride}')
-        stride = int(stride)
-        if not float(min_range) <= float(max_range):
-            raise PointCloudError(f'min_range {min_range} must not exceed max_range {max_range}')
+        stride = check_cloud_arguments(stride, min_range, max_range)
         rx, ry = self._strided_rays(camera, stride)
         h, w = rx.shape
         z = depth[::stride, ::stride].float().clone()
