@@ -18,7 +18,6 @@ from fiffdepth_ros.bag.writer import BagWriter, publisher_qos
 from fiffdepth_ros.conversions.backends import RosbagsBackend, stamp_to_ns
 from fiffdepth_ros.conversions.depth_image import rgb_to_image_msg
 from fiffdepth_ros.conversions.images import image_msg_to_depth
-from fiffdepth_ros.conversions.pointcloud import pointcloud_to_xyz
 from fiffdepth_ros.demo.scene import SyntheticRoom
 
 BACKEND = RosbagsBackend()

@@ -4,7 +4,6 @@ import json
 
 import cv2
 import numpy as np
-import pytest
 import torch
 
 from test_train_support import tiny_depth_anything, write_real_shards

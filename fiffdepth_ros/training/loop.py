@@ -16,7 +16,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from .config import ConfigError
