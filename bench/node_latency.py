@@ -48,13 +48,8 @@ def bare_predict_ms(model: Path, frames, processing_res: int) -> float:
 
 def run_layout(mode: str, args, work: Path, model: Path, room, frames) -> dict:
     """One node process with ``overlap_stages`` for ``mode``, streamed for args.seconds."""
-    t, q = room.camera_from_lidar.translation, room.camera_from_lidar.quaternion
     params = {'model': str(model), 'device': 'cpu', 'processing_res': args.processing_res,
-              'use_lidar': True, 'lidar_use_tf': False,
-              'lidar_translation': [float(v) for v in t],
-              'lidar_rotation': [float(v) for v in q],
-              'lidar_parent_frame': 'camera_optical', 'lidar_child_frame': 'lidar',
-              'publish_colorized': False, 'diagnostics_period': 1.0,
+              **room.static_lidar_params(), 'publish_colorized': False, 'diagnostics_period': 1.0,
               'cloud_type': args.cloud_type, 'overlap_stages': MODES[mode]}
     env = isolated_ros_env()
     os.environ.update({k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',

@@ -51,13 +51,8 @@ def diagnostics(client) -> dict:
 def soak_node(args, work: Path, model: Path) -> None:
     room = SyntheticRoom(640, 480, lidar_lines=32)
     frames = [room.render(t=i * 0.05) for i in range(8)]
-    t, q = room.camera_from_lidar.translation, room.camera_from_lidar.quaternion
     params = {'model': str(model), 'device': 'cpu', 'processing_res': args.processing_res,
-              'use_lidar': True, 'lidar_use_tf': False,
-              'lidar_translation': [float(v) for v in t],
-              'lidar_rotation': [float(v) for v in q],
-              'lidar_parent_frame': 'camera_optical', 'lidar_child_frame': 'lidar',
-              'max_anchor_age': 0.2, 'publish_colorized': False, 'diagnostics_period': 1.0}
+              **room.static_lidar_params(), 'max_anchor_age': 0.2, 'publish_colorized': False, 'diagnostics_period': 1.0}
     env = isolated_ros_env()
     os.environ.update({k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
                                            'FASTDDS_DEFAULT_PROFILES_FILE')})

@@ -31,12 +31,7 @@ def ns(name):
 
 
 def lidar_params():
-    t = ROOM.camera_from_lidar.matrix[:3, 3]
-    q = ROOM.camera_from_lidar.quaternion
-    return {'use_lidar': True, 'lidar_use_tf': False,
-            'lidar_translation': [float(v) for v in t], 'lidar_rotation': [float(v) for v in q],
-            'lidar_parent_frame': 'camera_optical', 'lidar_child_frame': 'lidar',
-            'max_anchor_age': 0.05}
+    return {**ROOM.static_lidar_params(), 'max_anchor_age': 0.05}
 
 
 def start_node(tmp_path, tiny_checkpoint, install_prefix, namespace, **params):

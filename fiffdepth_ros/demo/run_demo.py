@@ -90,13 +90,9 @@ def main(argv=None) -> int:
     processing_res = args.processing_res or (768 if args.model else 256)
 
     room = SyntheticRoom(640, 480, lidar_lines=32)
-    t, q = room.camera_from_lidar.matrix[:3, 3], room.camera_from_lidar.quaternion
     params = {
         'model': model, 'model_family': args.model_family, 'device': args.device,
-        'processing_res': processing_res,
-        'use_lidar': True, 'lidar_use_tf': False,
-        'lidar_translation': [float(v) for v in t], 'lidar_rotation': [float(v) for v in q],
-        'lidar_parent_frame': 'camera_optical', 'lidar_child_frame': 'lidar',
+        'processing_res': processing_res, **room.static_lidar_params(),
         'max_anchor_age': 0.05, 'max_range': 15.0, 'publish_relative': True,
         'publish_colorized': True, 'cloud_type': 'xyzrgb', 'diagnostics_period': 0.5,
         # The recorder here must not miss frames; live users keep the default depth 1.

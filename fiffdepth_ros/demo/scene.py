@@ -73,6 +73,15 @@ class SyntheticRoom:
         pose[:3, :3], pose[:3, 3] = _OPTICAL_FROM_BODY, lidar_offset
         self.camera_from_lidar = RigidTransform.from_matrix(pose)
 
+    def static_lidar_params(self, camera_frame: str = 'camera_optical',
+                            lidar_frame: str = 'lidar') -> dict:
+        """Node parameters for this room's LiDAR given as a static extrinsic (no tf)."""
+        t, q = self.camera_from_lidar.matrix[:3, 3], self.camera_from_lidar.quaternion
+        return {'use_lidar': True, 'lidar_use_tf': False,
+                'lidar_translation': [float(v) for v in t],
+                'lidar_rotation': [float(v) for v in q],
+                'lidar_parent_frame': camera_frame, 'lidar_child_frame': lidar_frame}
+
     def camera_info_fields(self) -> dict:
         fx, fy, cx, cy = self.camera.intrinsics
         return dict(height=self.camera.height, width=self.camera.width,
