@@ -18,7 +18,11 @@ setup(
     ],
     # Real dependencies are declared in package.xml (rosdep) and requirements.txt (pip): colcon
     # does not resolve install_requires, and torch must stay the robot's own build.
-    package_data={package_name: ['resources/*.xml']},
+    # resources/nano: the built-in model 'nano' (fiffdepth_ros.model.builtin), found next to
+    # the installed package by pip and colcon installs alike.
+    package_data={package_name: ['resources/*.xml', 'resources/nano/*.json',
+                                 'resources/nano/*/*.json', 'resources/nano/*/*.txt',
+                                 'resources/nano/*/*.safetensors']},
     install_requires=['setuptools'],
     # process_bags --ray (fleet-scale bag processing); also requirements-fleet.txt.
     extras_require={'fleet': ['ray>=2.9']},

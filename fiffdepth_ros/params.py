@@ -83,8 +83,10 @@ class ParamSpec:
 
 _SPECS = (
     # model and inference
-    ParamSpec('model', '', 'depth checkpoint (FiffDepth, E2E-FT, Lotus-D or Marigold): a local '
-              'folder in its released diffusers layout or a Hugging Face hub id', read_only=True),
+    ParamSpec('model', 'nano', "depth checkpoint (FiffDepth, E2E-FT, Lotus-D or Marigold): "
+              "'nano' (built in: FiffDepth-nano, trained on procedural scenes, for "
+              'demonstrations and tests, not a robot), a local folder in its released diffusers '
+              'layout or a Hugging Face hub id', read_only=True),
     ParamSpec('model_family', 'auto', "which family's procedure runs the checkpoint: 'auto' "
               '(detected from its files) or one of the families', read_only=True,
               choices=('auto', 'fiffdepth', 'e2e_ft', 'lotus_d', 'lotus_d_disparity',

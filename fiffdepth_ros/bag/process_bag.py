@@ -31,7 +31,7 @@ import yaml
 from .. import params as P
 from ..conversions.backends import RosbagsBackend
 from ..conversions.camera_info import Calibration, read_calibration
-from ..model.runtime import load_estimator, set_cpu_threads
+from ..model.runtime import load_estimator, model_line, set_cpu_threads
 from ..pipeline import DepthPipeline, PipelineConfig, enabled_outputs
 from ..sync import FrameAssembler
 from .frames import FrameSource, Window
@@ -63,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('input', nargs='+', help='rosbag2 folder (with metadata.yaml), a .mcap / '
                     '.db3 file, or ROS 1 .bag file(s) of one recording')
     ap.add_argument('output', help='bag folder to create')
-    ap.add_argument('--model', help="checkpoint folder or hub id (parameter 'model')")
+    ap.add_argument('--model', help="checkpoint folder or hub id (parameter 'model'; default "
+                    "'nano', the built-in demonstration model)")
     ap.add_argument('--params', metavar='YAML', help='ROS 2 parameters file, as for the node')
     ap.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
                     help='set one parameter (YAML value syntax); repeatable')
@@ -296,8 +297,7 @@ def _run(args, log) -> RunStats:
         plan = plan_run(args, p, reader, backend.typestore, log)
         estimator = load_estimator(plan.params)
         info = estimator.describe()
-        log(f"model {info.get('model')} on {info.get('device')} ({info.get('precision')}, "
-            f"processing_res {info.get('processing_res')})")
+        log(f'model {model_line(info)}')
         on_cuda = getattr(estimator.device, 'type', 'cpu') == 'cuda'
         if not on_cuda:
             _set_cpu_threads(args.threads, log)

@@ -94,7 +94,7 @@ class _LocalProgress:
 def run_sequential(jobs: list[BagJob], args, params: dict, log=_log, bar: FleetBar | None = None,
                    stop: threading.Event | None = None) -> list[BagOutcome]:
     """Every job in this process with one loaded model, one after another."""
-    from ..model.runtime import load_estimator, set_cpu_threads
+    from ..model.runtime import load_estimator, model_line, set_cpu_threads
     from .process_bag import CtrlC
     stop = stop or threading.Event()
     outcomes: list[BagOutcome] = []
@@ -103,8 +103,7 @@ def run_sequential(jobs: list[BagJob], args, params: dict, log=_log, bar: FleetB
     if todo:
         estimator = load_estimator(params)
         info = estimator.describe()
-        log(f"model {info.get('model')} on {info.get('device')} ({info.get('precision')}, "
-            f"processing_res {info.get('processing_res')})")
+        log(f'model {model_line(info)}')
         if getattr(estimator.device, 'type', 'cpu') != 'cuda':
             log(f'torch CPU threads: {set_cpu_threads(args.threads)}')
     frames_done, expected = 0, []

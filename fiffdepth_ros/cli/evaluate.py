@@ -1,7 +1,7 @@
 """fiffdepth-eval: the zero-shot depth benchmarks, and metric depth from sparse anchors.
 
     fiffdepth-eval --dataset nyu|kitti|eth3d|scannet|diode --data DIR
-                   (--model PATH_OR_ID | --predictions DIR [--space depth|disparity])
+                   [--model nano|PATH_OR_ID | --predictions DIR [--space depth|disparity]]
                    [--split FILE] [--processing-res N] [--limit N] [--output DIR]
                    [--protocol relative|anchors] [--anchors 100,500,1000|lines16]
                    [--anchor-local on|off|both] [--pictures K]
@@ -35,8 +35,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--dataset', required=True, choices=sorted(DATASETS))
     p.add_argument('--data', required=True, metavar='DIR', help='dataset tar folder, tar, or '
                    'extracted folder')
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument('--model', metavar='PATH_OR_ID', help='checkpoint folder or hub id')
+    src = p.add_mutually_exclusive_group()
+    src.add_argument('--model', metavar='PATH_OR_ID', help="'nano' (the built-in demonstration "
+                     'model, the default without --predictions), a checkpoint folder or hub id')
     src.add_argument('--predictions', metavar='DIR', help='score .npy predictions in DIR')
     p.add_argument('--space', choices=('depth', 'disparity'), default='depth',
                    help='what the --predictions files hold (models report their own)')
@@ -71,6 +72,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if not args.predictions and not args.model:
+        from ..model.builtin import DEFAULT_MODEL
+        args.model = DEFAULT_MODEL
     logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
     try:
         if args.limit is not None and args.limit < 1:

@@ -1,6 +1,6 @@
 """fiffdepth-predict: relative depth for image files.
 
-    fiffdepth-predict --model PATH_OR_ID --input DIR_OR_FILE --output DIR
+    fiffdepth-predict [--model nano|PATH_OR_ID] --input DIR_OR_FILE --output DIR
                       [--processing-res N] [--device cpu|cuda|auto] [--fp16|--fp32]
                       [--batch-size N] [--model-family auto|fiffdepth|e2e_ft|lotus_d|...]
                       [--denoising-steps N] [--ensemble-size N] [--seed N]   (Marigold)
@@ -21,11 +21,14 @@ IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp', '.p
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog='fiffdepth-predict',
                                  description='Relative depth maps of images with FiffDepth.')
-    ap.add_argument('--model', required=True, help='checkpoint folder or Hugging Face hub id')
+    ap.add_argument('--model', default='nano',
+                    help="'nano' (the built-in demonstration model, the default), a checkpoint "
+                         'folder or a Hugging Face hub id')
     ap.add_argument('--input', required=True, type=Path, help='an image file or a folder')
     ap.add_argument('--output', required=True, type=Path, help='output folder')
-    ap.add_argument('--processing-res', type=int, default=768,
-                    help='longer side seen by the model (0 = native size; default 768)')
+    ap.add_argument('--processing-res', type=int, default=None,
+                    help='longer side seen by the model (0 = native size; default 768, 256 for '
+                         'nano)')
     ap.add_argument('--device', default='auto', help='auto (CUDA if available), cpu, cuda')
     precision = ap.add_mutually_exclusive_group()
     precision.add_argument('--fp16', dest='precision', action='store_const', const='fp16',
@@ -44,6 +47,9 @@ def parse_args(argv):
     ap.add_argument('--seed', type=int, default=0, help='Marigold: noise seed')
     ap.set_defaults(precision='auto')
     args = ap.parse_args(argv)
+    if args.processing_res is None:
+        from ..model.builtin import recommended_processing_res
+        args.processing_res = recommended_processing_res(args.model, 768)
     if args.processing_res < 0:
         ap.error('--processing-res must be >= 0')
     if args.batch_size < 1:

@@ -1,9 +1,11 @@
-"""Demonstration of the whole node: fiffdepth-demo --output DIR [--model PATH_OR_ID]
+"""Demonstration of the whole node: fiffdepth-demo --output DIR [--model nano|PATH_OR_ID]
 
 Starts the installed depth_node as its own process, streams a synthetic room (camera images,
 camera_info and a LiDAR sweep with a known extrinsic) to it over real DDS from this process,
 records what it publishes and writes to DIR: colourised depth PNGs, the input images, a PLY of one
 point cloud, the diagnostics and a summary with the accuracy against the scene's true depth.
+Without --model the node runs the built-in FiffDepth-nano model (``nano``); the room is not in
+its training data (a different generator from training/data/procedural.py).
 """
 from __future__ import annotations
 
@@ -15,22 +17,26 @@ from pathlib import Path
 
 import numpy as np
 
-TINY_NOTE = ('NOTE: no --model given, so this demonstration uses a tiny randomly initialised '
-             'model that it builds itself: its relative depth is NOT meaningful. The metric depth '
-             'you see comes from the LiDAR anchors (global fit + local correction). Pass --model '
-             'with real FiffDepth weights for real predictions.')
+from .accuracy import DEMO_FRAMES, DEMO_RATE_HZ, metric_errors, room_node_params
+
+NANO_NOTE = ('NOTE: the model is the built-in FiffDepth-nano (model: nano), trained by this '
+             'package on procedural scenes only: it shows the whole pipeline with learned depth, '
+             'for demonstrations and tests, not a model for a robot. Pass --model with real '
+             'weights (a folder or hub id of any supported family) for real predictions.')
 
 
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog='fiffdepth-demo', description=__doc__.split('\n\n')[0])
     ap.add_argument('--output', type=Path, default=Path('demo_output'),
                     help='folder for the results (default: demo_output)')
-    ap.add_argument('--model', default='', help='depth checkpoint folder or hub id (any family) '
-                    '(default: build a tiny random model)')
-    ap.add_argument('--frames', type=int, default=12, help='frames to stream (default 12)')
-    ap.add_argument('--rate', type=float, default=4.0, help='stream rate in Hz (default 4)')
+    ap.add_argument('--model', default='nano', help="'nano' (the built-in FiffDepth-nano, the "
+                    'default), or a depth checkpoint folder or hub id (any family)')
+    ap.add_argument('--frames', type=int, default=DEMO_FRAMES,
+                    help=f'frames to stream (default {DEMO_FRAMES})')
+    ap.add_argument('--rate', type=float, default=DEMO_RATE_HZ,
+                    help=f'stream rate in Hz (default {DEMO_RATE_HZ:g})')
     ap.add_argument('--processing-res', type=int, default=0,
-                    help='model resolution (default: 768 with --model, 256 for the tiny model)')
+                    help='model resolution (default: 256 for nano, 768 for other models)')
     ap.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     ap.add_argument('--model-family', default='auto',
                     help='auto (detected from the checkpoint), fiffdepth, e2e_ft, lotus_d, '
@@ -78,26 +84,24 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from ..conversions.images import image_msg_to_depth, image_to_rgb
+    from ..model.builtin import builtin_folder, is_builtin, recommended_processing_res
+    from ..model.checkpoint import ModelLoadError
     from .harness import NodeProcess, StreamClient, isolated_ros_env
     from .scene import SyntheticRoom
 
     import cv2
     model = args.model
-    if not model:
-        from ..model.tiny import build_tiny_checkpoint
-        model = str(build_tiny_checkpoint(out / 'tiny_model'))
-        print(TINY_NOTE, flush=True)
-    processing_res = args.processing_res or (768 if args.model else 256)
+    if is_builtin(model):
+        try:
+            builtin_folder(model)          # a broken install: say so before starting a node
+        except ModelLoadError as exc:
+            print(f'[demo] {exc}', file=sys.stderr)
+            return 1
+        print(NANO_NOTE, flush=True)
+    processing_res = args.processing_res or recommended_processing_res(model, 768)
 
     room = SyntheticRoom(640, 480, lidar_lines=32)
-    params = {
-        'model': model, 'model_family': args.model_family, 'device': args.device,
-        'processing_res': processing_res, **room.static_lidar_params(),
-        'max_anchor_age': 0.05, 'max_range': 15.0, 'publish_relative': True,
-        'publish_colorized': True, 'cloud_type': 'xyzrgb', 'diagnostics_period': 0.5,
-        # The recorder here must not miss frames; live users keep the default depth 1.
-        'qos_output_depth': 5,
-    }
+    params = room_node_params(room, model, processing_res, args.model_family, args.device)
     env = isolated_ros_env()
     import os
     os.environ.update({k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
@@ -139,19 +143,21 @@ def main(argv=None) -> int:
         time.sleep(1.0)               # one more diagnostics period: the final counters
         client.received['diagnostics'] = [(0.0, m) for m in streaming_diagnostics] + \
             client.received['diagnostics'][-1:]
-        code = _write_results(out, client, frames, room, image_msg_to_depth, image_to_rgb, cv2)
+        code = _write_results(out, client, frames, room, image_msg_to_depth, image_to_rgb, cv2,
+                              model=model)
     finally:
         if client is not None:
             client.close()
         exit_code, seconds = node.stop()
         print(f'[demo] depth_node stopped with exit code {exit_code} in {seconds:.2f} s')
         rclpy.try_shutdown()
-    if not args.model:
-        print(TINY_NOTE)
+    if is_builtin(model):
+        print(NANO_NOTE)
     return code
 
 
-def _write_results(out, client, frames, room, image_msg_to_depth, image_to_rgb, cv2) -> int:
+def _write_results(out, client, frames, room, image_msg_to_depth, image_to_rgb, cv2,
+                   model: str = '') -> int:
     from ..conversions.backends import stamp_to_ns
     depth_msgs = client.messages('depth')
     summary = {'frames_sent': len(frames), 'depth_images_received': len(depth_msgs),
@@ -168,10 +174,7 @@ def _write_results(out, client, frames, room, image_msg_to_depth, image_to_rgb, 
                  'frame_id': msg.header.frame_id}
         if truth is not None:
             cv2.imwrite(str(out / f'input_{i:03d}.png'), truth.rgb[..., ::-1])
-            valid = np.isfinite(depth) & (truth.depth > 0)
-            rel_err = np.abs(depth[valid] - truth.depth[valid]) / truth.depth[valid]
-            entry.update(valid_fraction=float(valid.mean()), abs_rel=float(rel_err.mean()),
-                         rmse_m=float(np.sqrt(np.mean((depth[valid] - truth.depth[valid]) ** 2))))
+            entry.update(metric_errors(depth, truth.depth))
         summary['frames'].append(entry)
     clouds = client.messages('points')
     if clouds:
@@ -191,15 +194,26 @@ def _write_results(out, client, frames, room, image_msg_to_depth, image_to_rgb, 
     errors = [f['abs_rel'] for f in summary['frames'] if 'abs_rel' in f]
     if errors:
         summary['median_abs_rel'] = float(np.median(errors))
-    (out / 'summary.json').write_text(json.dumps(summary, indent=2))
-    lines = [f"frames sent {summary['frames_sent']}, depth images received "
-             f"{summary['depth_images_received']}, clouds {summary['clouds_received']}"]
+    lines = []
+    if 'diagnostics' in summary:           # which model ran, as the node itself reports it
+        values = summary['diagnostics']['values']
+        summary['model'] = {k: values.get(k) for k in ('model', 'family', 'model_source',
+                                                       'processing_res', 'device')}
+        m = summary['model']
+        lines.append(f"model: {m['model']} (family {m['family']}; {m['model_source']}), "
+                     f"processing_res {m['processing_res']} on {m['device']}")
+    else:
+        summary['model'] = {'model': model}
+        lines.append(f'model: {model} (as requested; the node sent no diagnostics)')
+    lines.append(f"frames sent {summary['frames_sent']}, depth images received "
+                 f"{summary['depth_images_received']}, clouds {summary['clouds_received']}")
     if errors:
         lines.append(f'metric depth vs true scene depth: median AbsRel {np.median(errors):.3f}')
     if 'diagnostics' in summary:
         d = summary['diagnostics']
         lines.append(f"diagnostics: {d['message']}")
         lines += [f'  {k}: {v}' for k, v in d['values'].items()]
+    (out / 'summary.json').write_text(json.dumps(summary, indent=2))
     lines.append(f'results in {out}')
     (out / 'summary.txt').write_text('\n'.join(lines) + '\n')
     print('\n'.join(lines))

@@ -3,7 +3,8 @@
     model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/ (configuration only;
     the families that step a scheduler need it, see model.families)
 
-``model`` is a local folder or a Hugging Face hub id. Hub downloads use huggingface_hub's normal
+``model`` is a built-in name (``nano``, shipped in the package: model.builtin), a local folder
+or a Hugging Face hub id. Hub downloads use huggingface_hub's normal
 cache (HF_HOME / HF_HUB_CACHE, HF_HUB_OFFLINE are honoured). Only unet/, vae/ and scheduler/ are
 fetched and loaded on every start; text_encoder/ and tokenizer/ only when the empty-prompt
 embedding is not cached yet (see prompt_cache). In half precision the checkpoint's ``fp16``
@@ -49,11 +50,23 @@ class Checkpoint:
     hub_id: str | None = None
     cache_dir: str | None = None
     variant: str | None = None    # the weights variant fetched ('fp16') or None
+    builtin: bool = False         # a built-in name (model.builtin), shipped in the package
 
     @property
     def name(self) -> str:
         """What the user calls it: the hub id, else the folder's name (family hints)."""
+        if self.builtin:
+            return self.source
         return self.hub_id or Path(self.source).expanduser().resolve().name
+
+    @property
+    def origin(self) -> str:
+        """Where the weights came from, for log lines: built-in / hub / local folder."""
+        if self.builtin:
+            return f'built-in, {self.root}'
+        if self.hub_id is not None:
+            return f'hub {self.hub_id} @ {self.root.name[:12]}'
+        return f'local folder {self.root.expanduser().resolve()}'
 
     def part(self, name: str) -> Path:
         return self.root / name
@@ -174,12 +187,18 @@ def _text_identity(root: Path) -> str:
 
 def resolve_checkpoint(model: str, cache_dir: str | None = None,
                        variant: str | None = None) -> Checkpoint:
-    """Local folder or hub id -> Checkpoint with unet/ and vae/ present (ModelLoadError else).
+    """Built-in name ('nano'), local folder or hub id -> Checkpoint with unet/ and vae/ present
+    (ModelLoadError else).
 
     ``cache_dir`` is the Hugging Face hub cache (default: huggingface_hub's own); ``variant``
     ('fp16' in half precision) is fetched from the hub when the repository has it."""
     if not model:
         raise ModelLoadError(f'no FiffDepth checkpoint given. {how_to_supply()}')
+    from .builtin import builtin_folder, is_builtin
+    if is_builtin(model):                  # 'nano': shipped in the package (model.builtin)
+        root = builtin_folder(model)
+        _check_layout(root, model)
+        return Checkpoint(root=root, identity=_text_identity(root), source=model, builtin=True)
     path = Path(model).expanduser()
     if path.exists():
         if not path.is_dir():

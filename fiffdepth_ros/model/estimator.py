@@ -130,6 +130,7 @@ class DepthEstimator:
         self.dtype = resolve_dtype(precision, self.device)
         self.processing_res = int(processing_res)
         self.model_name = model_name
+        self.model_source = 'modules given in memory'   # from_pretrained: where it was found
         # A family running its own pipeline (Marigold) decodes in the VAE's one dtype.
         self.upcast_vae = (bool(upcast_vae) and self.dtype != torch.float32
                            and not self.strategy.own_pipeline)
@@ -199,7 +200,8 @@ class DepthEstimator:
                         hub_cache_dir: str | None = None, model_family: str = 'auto',
                         denoising_steps: int = 0, ensemble_size: int = 1,
                         seed: int = 0) -> 'DepthEstimator':
-        """Load a checkpoint (local folder or hub id in its released diffusers layout).
+        """Load a checkpoint (built-in name such as 'nano', local folder or hub id in its released
+        diffusers layout).
 
         device: 'auto' (CUDA when available, else CPU), 'cpu', 'cuda' or 'cuda:N'.
         precision: 'auto' (fp16 on CUDA, fp32 on CPU), 'fp16' or 'fp32'; fp16 on the CPU is
@@ -235,16 +237,19 @@ class DepthEstimator:
         embedding, _ = load_empty_embedding(checkpoint, cache_dir)
         vae_dtype = torch.float32 if upcast_vae else dtype
         unet, vae = load_unet_and_vae(checkpoint, dtype, vae_dtype=vae_dtype)
-        return cls(unet, vae, embedding, device=device,
-                   precision='fp16' if dtype == torch.float16 else 'fp32',
-                   processing_res=processing_res, upcast_vae=upcast_vae, compile=compile,
-                   model_name=model, family=family)
+        estimator = cls(unet, vae, embedding, device=device,
+                        precision='fp16' if dtype == torch.float16 else 'fp32',
+                        processing_res=processing_res, upcast_vae=upcast_vae, compile=compile,
+                        model_name=model, family=family)
+        estimator.model_source = checkpoint.origin
+        return estimator
 
     def describe(self) -> dict:
         precision = {torch.float16: 'fp16', torch.float32: 'fp32'}.get(self.dtype, str(self.dtype))
         if self._decoder32 and self.dtype != torch.float32:
             precision += ' (VAE decoder fp32)'
-        return {'model': self.model_name, 'device': str(self.device), 'precision': precision,
+        return {'model': self.model_name, 'model_source': self.model_source,
+                'device': str(self.device), 'precision': precision,
                 'processing_res': self.processing_res, **self.strategy.describe()}
 
     # ------------------------------------------------------------------ stages

@@ -32,11 +32,23 @@ def load_estimator(p: dict[str, Any]):
     from ..params import ParameterError
     from .estimator import DepthEstimator
     if not p['model']:
+        # Explicitly empty (its default is the built-in 'nano'): a templating slip should not
+        # quietly start the demonstration model on a robot.
         raise ParameterError("parameter 'model' is empty: set it to a depth checkpoint "
                              '(FiffDepth, E2E-FT, Lotus-D or Marigold) folder or Hugging Face '
-                             'hub id (see the README)')
+                             "hub id, or to 'nano' (the built-in demonstration model; see the "
+                             'README)')
     return DepthEstimator.from_pretrained(
         p['model'], device=p['device'], precision=p['precision'],
         processing_res=p['processing_res'], upcast_vae=p['upcast_vae'], compile=p['compile'],
         model_family=p['model_family'], denoising_steps=p['denoising_steps'],
         ensemble_size=p['ensemble_size'], seed=p['seed'])
+
+
+def model_line(info: dict) -> str:
+    """'nano (family fiffdepth; built-in, /.../resources/nano) on cpu (fp32, processing_res
+    256)' from DepthEstimator.describe(): which model, which family, where from, how it runs."""
+    source = info.get('model_source')
+    where = f'; {source}' if source else ''
+    return (f"{info.get('model')} (family {info.get('family')}{where}) on {info.get('device')} "
+            f"({info.get('precision')}, processing_res {info.get('processing_res')})")

@@ -28,7 +28,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from .. import params as P
 from ..conversions.backends import RclpyBackend, stamp_to_ns
 from ..conversions.camera_info import read_calibration
-from ..model.runtime import load_estimator, set_cpu_threads
+from ..model.runtime import load_estimator, model_line, set_cpu_threads
 from ..pipeline import DepthPipeline, FrameError, PipelineConfig, enabled_outputs
 from ..sync import FrameAssembler
 from .entry import run_node
@@ -180,8 +180,7 @@ class DepthNode(Node):
         self._worker.start()
         info = estimator.describe()
         self.get_logger().info(
-            f"ready: model {info.get('model')} on {info.get('device')} "
-            f"({info.get('precision')}, processing_res {info.get('processing_res')}); "
+            f"ready: model {model_line(info)}; "
             f"image topic '{self.resolve_topic_name('image')}'")
 
     def _subscribe_images(self) -> None:

@@ -22,7 +22,7 @@ import threading
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 
 from .. import params as P
-from ..model.runtime import load_estimator, set_cpu_threads
+from ..model.runtime import load_estimator, model_line, set_cpu_threads
 from .depth_node import DepthNode, _cuda_available, _release_cuda_memory
 from .entry import run_node
 from .overlap import LatestOnly
@@ -50,8 +50,7 @@ class DepthLifecycleNode(DepthNode, LifecycleNode):
             self.estimator = None
             return TransitionCallbackReturn.FAILURE
         info = self.estimator.describe()
-        self.get_logger().info(f"configured: model {info.get('model')} on "
-                               f"{info.get('device')} ({info.get('precision')})")
+        self.get_logger().info(f'configured: model {model_line(info)}')
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
