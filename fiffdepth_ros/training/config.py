@@ -32,6 +32,8 @@ DEFAULTS: dict = {
         'depth_quantile': 0.02,            # 2 % / 98 % quantiles -> [-1, 1]
         'pseudo_label': {'conversion': 'inverse', 'max_depth_ratio': 20.0},
         'timesteps_min': 1,                # trajectory t uniform in [min, num_train_timesteps - 1]
+        'real_supervision': 'filter',      # filter: U(U(x0,0),-1) vs pseudo-labels (the method);
+                                           # direct: U(x0,0) vs them (ablation, step.py)
         'autoencoder': {'kl_weight': 1.0e-4},   # stage autoencoder: L1 + kl_weight x KL/element
     },
     'data': {
@@ -156,6 +158,10 @@ def validate(cfg: dict) -> None:
         raise ConfigError('method.gamma must be in [0, 1]')
     if int(method['gm_scales']) < 1:
         raise ConfigError('method.gm_scales must be >= 1')
+    from .step import REAL_SUPERVISION
+    if method['real_supervision'] not in REAL_SUPERVISION:
+        raise ConfigError(f"method.real_supervision must be one of {list(REAL_SUPERVISION)}, "
+                          f"got {method['real_supervision']!r}")
     from .targets import PSEUDO_LABEL_CONVERSIONS
     if method['pseudo_label']['conversion'] not in PSEUDO_LABEL_CONVERSIONS:
         raise ConfigError(f"method.pseudo_label.conversion must be one of "

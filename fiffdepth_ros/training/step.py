@@ -5,6 +5,9 @@
     3. trajectory           U(b_t, t), b_t = noised gamma x0 + (1 - gamma) d0*, vs v_t
 
 L = sum_{t in 0, -1} [L_MAE + w_gm L_GM] + w_traj L_traj (weights from the configuration).
+Ablation ``method.real_supervision: direct`` (the paper's "without the t = -1 filter"): use 2
+becomes d0_real = U(x0_real, t=0) vs the pseudo-label latent, the same MAE + GM terms
+('mae_t0_real', 'gm_t0_real'), and no t = -1 pass; 'filter' (the default) is the method.
 Gradients reach the t = 0 prediction through the t = -1 branch (no detach), so real images
 improve d0. The timestep -1 goes straight into the sinusoidal timestep embedding; only the
 trajectory's t (>= 1) ever indexes the noise schedule.
@@ -19,6 +22,7 @@ from ..model.stages import unet_pass
 from .losses import depth_terms, trajectory_loss
 
 FILTER_TIMESTEP = -1
+REAL_SUPERVISION = ('filter', 'direct')     # method.real_supervision
 
 
 @dataclass
@@ -29,13 +33,15 @@ class MethodSettings:
     w_traj: float = 0.2
     gm_scales: int = 4
     prediction_type: str = 'v_prediction'    # the checkpoint's scheduler config says
+    real_supervision: str = 'filter'         # 'direct': the ablation without the t = -1 filter
 
     @classmethod
     def from_config(cls, method: dict, prediction_type: str) -> 'MethodSettings':
         w = method['weights']
         return cls(gamma=float(method['gamma']), w_mae=float(w['mae']), w_gm=float(w['gm']),
                    w_traj=float(w['traj']), gm_scales=int(method['gm_scales']),
-                   prediction_type=prediction_type)
+                   prediction_type=prediction_type,
+                   real_supervision=str(method.get('real_supervision', 'filter')))
 
 
 @dataclass
@@ -112,6 +118,15 @@ def filter_terms(unet, embedding, inputs: StepInputs, settings: MethodSettings):
     return {'mae_t-1': mae, 'gm_t-1': gm}, d0_real, d_filter
 
 
+def direct_terms(unet, embedding, inputs: StepInputs, settings: MethodSettings):
+    """Ablation of use 2: d0_real = U(x0_real, 0) against the pseudo-label latent directly (no
+    t = -1 pass) -> ({mae_t0_real, gm_t0_real}, d0_real)."""
+    dtype = next(unet.parameters()).dtype
+    d0_real = unet_pass(unet, inputs.real_latent.to(dtype), 0, embedding)
+    mae, gm = depth_terms(d0_real, inputs.real_target, inputs.real_mask, settings.gm_scales)
+    return {'mae_t0_real': mae, 'gm_t0_real': gm}, d0_real
+
+
 def weighted_total(terms: dict, settings: MethodSettings) -> torch.Tensor:
     """sum over t in {0, -1} of [w_mae L_MAE + w_gm L_GM] + w_traj L_traj (present terms)."""
     total = None
@@ -127,8 +142,9 @@ def weighted_total(terms: dict, settings: MethodSettings) -> torch.Tensor:
 def fiffdepth_loss(unet, embedding: torch.Tensor, alphas_cumprod: torch.Tensor,
                    inputs: StepInputs, settings: MethodSettings):
     """(terms, outputs): terms are the scalar losses ('loss' the weighted total; 'mae_t0',
-    'gm_t0', 'mae_t-1', 'gm_t-1', 'traj' as present); outputs the predictions (for tests and
-    logging). Pure: no randomness, no global state."""
+    'gm_t0', 'mae_t-1', 'gm_t-1' (or 'mae_t0_real', 'gm_t0_real' with real_supervision
+    'direct'), 'traj' as present); outputs the predictions (for tests and logging). Pure: no
+    randomness, no global state."""
     terms: dict[str, torch.Tensor] = {}
     outputs: dict[str, torch.Tensor] = {}
     if inputs.syn_latent is not None:
@@ -138,7 +154,10 @@ def fiffdepth_loss(unet, embedding: torch.Tensor, alphas_cumprod: torch.Tensor,
             part, outputs['v'] = trajectory_terms(unet, embedding, alphas_cumprod, inputs,
                                                   settings)
             terms.update(part)
-    if inputs.real_latent is not None:
+    if inputs.real_latent is not None and settings.real_supervision == 'direct':
+        part, outputs['d0_real'] = direct_terms(unet, embedding, inputs, settings)
+        terms.update(part)
+    elif inputs.real_latent is not None:
         part, outputs['d0_real'], outputs['d_filter'] = filter_terms(unet, embedding, inputs,
                                                                      settings)
         terms.update(part)
