@@ -77,11 +77,12 @@ class ReusedModel:
         self.patch.undo()
 
 
-def sequential_reference(input_path: Path, output: Path, model, params: Path) -> int:
+def sequential_reference(input_path: Path, output: Path, model, params: Path,
+                         extra: tuple = ()) -> int:
     """The single-bag command line: what the fleet must reproduce message for message."""
     output.parent.mkdir(parents=True, exist_ok=True)
     return process_bag_main([str(input_path), str(output), '--model', str(model),
-                             '--params', str(params)] + COMMON)
+                             '--params', str(params)] + COMMON + list(extra))
 
 
 def contents(path: Path):

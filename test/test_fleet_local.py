@@ -1,26 +1,31 @@
-"""process_bags without Ray: many inputs, one after another, idempotent; chunk replay in-process.
+"""process_bags without Ray: many inputs, one after another, idempotent; the shared batching.
 
 The reference for every output is the single-bag ``process_bag`` run of the same recording with
 the same options (fleet_helpers.sequential_reference), compared message for message.
 """
 import argparse
+import pickle
 import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 from fleet_helpers import (COMMON, ReusedModel, contents, make_recordings, sequential_reference,
                            warm_prompt_cache)
 from fiffdepth_ros import params as P
-from fiffdepth_ros.bag.chunks import ChunkOutput, ReplayEstimator, chunk_windows, predict_chunk
-from fiffdepth_ros.bag.fleet import FleetUnavailable, require_ray
-from fiffdepth_ros.bag.frames import Window
+from fiffdepth_ros.bag.fleet import (FleetUnavailable, ModelActorImpl, ReaderImpl, WriterImpl,
+                                     require_ray)
+from fiffdepth_ros.bag.frames import CopyItem, SkipItem
 from fiffdepth_ros.bag.inputs import InputError, expand_inputs
-from fiffdepth_ros.bag.jobs import DONE, FAILED, output_complete, partial_path, run_job
+from fiffdepth_ros.bag.jobs import DONE, output_complete, partial_path, run_job
+from fiffdepth_ros.bag.process_bag import resolve_params
 from fiffdepth_ros.bag.process_bags import build_parser, main, process
-from fiffdepth_ros.bag.reader import BagReader
-from fiffdepth_ros.conversions.backends import RosbagsBackend
+from fiffdepth_ros.bag.runner import Batcher, _Prepared
+
+STRIDE2 = ('--stride', '2', '--batch-size', '2')
+COPY = ('--copy-input',)
 
 
 @pytest.fixture(scope='module')
@@ -30,9 +35,10 @@ def recordings(tmp_path_factory, tiny_checkpoint):
     warm_prompt_cache(tiny_checkpoint)
     model = ReusedModel()
     refs = {}
-    for name, path in (('a', 'a'), ('b', 'b'), ('long', 'long')):
+    for name, path, extra in (('a', 'a', ()), ('b', 'b', ()), ('long', 'long', ()),
+                              ('long_s2', 'long', STRIDE2), ('b_copy', 'b', COPY)):
         assert sequential_reference(root / 'in' / path, root / 'ref' / name, tiny_checkpoint,
-                                    info['params']) == 0
+                                    info['params'], extra) == 0
         refs[name] = contents(root / 'ref' / name)
     yield dict(root=root, refs=refs, model=tiny_checkpoint, **info)
     model.undo()
@@ -170,72 +176,71 @@ def _estimator(params):
     return runtime.load_estimator(params)          # loaded once (ReusedModel)
 
 
-# ---------------------------------------------------------------------- chunks (no Ray)
-def _chunk_setup(rec, out):
-    args = build_parser().parse_args(argv(rec, rec['root'] / 'in' / 'long', out=out))
-    params = P.validate(dict(P.load_yaml(str(rec['params']), node_name='depth_node'),
-                             model=str(rec['model']), processing_res=64, use_lidar=True))
-    (rec['root'] / out).mkdir()
-    return args, params, expand_inputs(args.inputs, rec['root'] / out)[0]
+# ---------------------------------------------------------------------- the Ray path's parts
+def test_batcher_groups_as_the_model_stage_needs():
+    class Frame:
+        def __init__(self, shape):
+            self.rgb = np.zeros(shape, np.uint8)
+    small, big = (4, 6, 3), (8, 6, 3)
+    p1, p2, p3, p4 = (_Prepared(Frame(s), i) for i, s in enumerate((small, small, small, big)))
+    c1, c2, c3 = (CopyItem(raw=i) for i in range(3))
+    skip = SkipItem('corrupt', 9)
+    b = Batcher(2)
+    steps = [b.add(p1), b.add(p2), b.add(c1), b.add(p3), b.add(p4), b.add(c2), b.add(skip),
+             b.add(c3), b.flush()]
+    assert steps == [
+        [], [([p1, p2], [p1, p2])],           # a full batch
+        [([c1], [])],                          # nothing waits for a batch: passes at once
+        [], [([p3], [p3])],                    # another image size ends the batch early
+        [], [], [], [([p4, c2, skip, c3], [p4])]]     # items behind a frame wait with it
+    # A busy input topic never piles up behind a waiting frame: 512 items run the batch.
+    b = Batcher(4)
+    groups = [b.add(p1)] + [b.add(CopyItem(raw=i)) for i in range(511)]
+    assert [len(g) for g in groups].count(1) == 1 and groups[-1][0][1] == [p1]
+    assert len(groups[-1][0][0]) == 512
 
 
-def test_chunk_windows_cover_the_bag_without_gaps(recordings):
-    with BagReader(recordings['root'] / 'in' / 'long') as reader:
-        windows = chunk_windows(reader, Window(), 0.6)
-        assert len(windows) == 4                          # 2.4 s recording
-        assert windows[0].start_ns is None and windows[-1].end_ns is None
-        for w, nxt in zip(windows, windows[1:]):
-            assert w.end_ns == nxt.start_ns
-        assert chunk_windows(reader, Window(stride=2), 0.6) == [Window(stride=2)]
-        assert chunk_windows(reader, Window(), 5.0) == [Window()]
-        typestore = RosbagsBackend().typestore
-        est = _estimator(P.validate({'model': str(recordings['model']),
-                                     'processing_res': 64}))
-        counts = [len(predict_chunk(est, reader, '/camera/image_raw', typestore, w).frames)
-                  for w in windows]
-    assert sum(counts) == 24 and all(c > 0 for c in counts)
+def _transported(value):
+    """What Ray's object store does to a value between processes."""
+    return pickle.loads(pickle.dumps(value, protocol=5))
 
 
-def test_chunked_replay_equals_the_sequential_run(recordings):
-    rec = recordings
-    args, params, job = _chunk_setup(rec, 'chunked_local')
-    est = _estimator(params)
-    seen = []
+def _split_run(rec, name, extra, out):
+    """The Ray path's reader, model actor and writer driven in this process, each value
+    pickled between them as it travels between Ray processes."""
+    args = build_parser().parse_args(argv(rec, rec['root'] / 'in' / name, out=out)
+                                     + list(extra))
+    params = resolve_params(args)
+    job = expand_inputs(args.inputs, rec['root'] / out)[0]
+    model = ModelActorImpl(params, threads=1)
+    assert model.ready() == ''
+    reader, writer = ReaderImpl(), WriterImpl()
+    opened = _transported(reader.open(job, args, params, args.batch_size or 1))
+    assert writer.open(job, args, opened, model.traits())['error'] == ''
+    read_s, batches = 0.0, []
+    while True:
+        meta, groups, items = _transported(reader.next_batch())
+        batches.append([len(g) for g in groups])
+        writer.write(_transported(items), _transported(groups),
+                     _transported(model.predict(_transported(groups))))
+        read_s += meta['read_s']
+        if meta['done']:
+            return writer.close(meta, read_s, complete=True), job, batches
 
-    def make(plan, reader, stop):
-        windows = chunk_windows(reader, plan.window, 0.6)
 
-        def lazily():             # computed as the replay asks for them
-            for w in windows:
-                seen.append(w)
-                yield predict_chunk(est, reader_for_chunks, plan.topics.image,
-                                    RosbagsBackend().typestore, w)
-        return ReplayEstimator(lazily(), stop)
-    with BagReader(job.input) as reader_for_chunks:
-        outcome = run_job(job, args, params, make_estimator=make)
+@pytest.mark.parametrize('name, extra, ref, frames', [
+    ('long', STRIDE2, 'long_s2', 12), ('b', COPY, 'b_copy', 3)])
+def test_the_ray_path_s_parts_write_the_sequential_output(recordings, name, extra, ref, frames):
+    outcome, job, batches = _split_run(recordings, name, extra, f'split_{ref}')
     assert outcome.status == DONE, outcome.error
-    assert len(seen) == 4
-    assert contents(job.output) == rec['refs']['long']
+    assert outcome.frames == frames
+    assert contents(job.output) == recordings['refs'][ref]
+    assert not partial_path(job).exists()
+    if ref == 'long_s2':             # the sequential run's batches: every second image, in pairs
+        assert [n for b in batches for n in b] == [2] * 6
 
 
-def test_a_replay_out_of_step_fails_instead_of_writing_wrong_depth(recordings):
-    rec = recordings
-    args, params, job = _chunk_setup(rec, 'chunked_wrong')
-    est = _estimator(params)
-
-    def make(plan, reader, stop):
-        windows = chunk_windows(reader, plan.window, 0.6)
-        chunks = [predict_chunk(est, reader, plan.topics.image, RosbagsBackend().typestore, w)
-                  for w in windows]
-        # Drop one frame of the second chunk: every later output would belong to another image.
-        chunks[1] = ChunkOutput(chunks[1].window, chunks[1].frames[1:])
-        return ReplayEstimator(iter(chunks), stop)
-    outcome = run_job(job, args, params, make_estimator=make)
-    assert outcome.status == FAILED and 'out of step' in outcome.error
-    assert not output_complete(job)
-
-
-def test_parser_is_the_process_bag_parser_plus_fleet_options():
+def test_the_parser_is_the_process_bag_parser_plus_fleet_options():
     # argparse.Namespace travels to Ray actors: it must pickle.
     import pickle
     args = build_parser().parse_args(['x', '-o', 'o'])

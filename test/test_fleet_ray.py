@@ -1,9 +1,9 @@
-"""process_bags on a local Ray instance (2 CPUs): one instance and one set of model actors for
-the whole module (Ray and actor start-up cost seconds each).
+"""process_bags on a local Ray instance (2 CPUs): one instance, one set of model actors and
+pools of reader / writer actors for the whole module (Ray and actor start-up cost seconds each).
 
 Outputs are compared message for message with the single-bag ``process_bag`` run of the same
-recording (fleet_helpers.sequential_reference); the killed worker is a real SIGKILL of the
-actor process that reports progress for the bag.
+recording (fleet_helpers.sequential_reference); the killed workers are real SIGKILLs of the
+model actor's process, or of the writer actor's, mid-bag.
 """
 import os
 import signal
@@ -21,7 +21,7 @@ from fiffdepth_ros.bag.process_bags import build_parser, main
 from fiffdepth_ros.bag.fleet import Fleet, FleetOptions, run_fleet
 from fiffdepth_ros.bag.synthetic import SyntheticBagSpec, write_synthetic_bag
 
-CHUNK_S = 0.6
+STRIDE2 = ('--stride', '2', '--batch-size', '2')
 SLOW_FRAMES = 80
 
 
@@ -49,6 +49,9 @@ def setup(tmp_path_factory, tiny_checkpoint):
         assert sequential_reference(root / 'in' / name, root / 'ref' / name, tiny_checkpoint,
                                     info['params']) == 0
         refs[name] = contents(root / 'ref' / name)
+    assert sequential_reference(root / 'in' / 'long', root / 'ref' / 'long_s2', tiny_checkpoint,
+                                info['params'], STRIDE2) == 0
+    refs['long_s2'] = contents(root / 'ref' / 'long_s2')
     model.undo()
     fleet.wait_ready()
     yield dict(root=root, refs=refs, argv=argv, args=args, params=params, fleet=fleet)
@@ -56,36 +59,40 @@ def setup(tmp_path_factory, tiny_checkpoint):
     ray.shutdown()
 
 
-def jobs(setup, *names):
+def fleet_run(setup, names, args=None, out='out', **kwargs):
+    options = FleetOptions(retries=2, bags_in_flight=kwargs.pop('bags_in_flight', None))
     inputs = [str(setup['root'] / 'in' / n) for n in names]
-    return expand_inputs(inputs, setup['root'] / 'out')
-
-
-def fleet_run(setup, names, chunk_s=0.0, args=None, **kwargs):
-    options = FleetOptions(chunk_s=chunk_s, retries=2)
-    return run_fleet(jobs(setup, *names), args or setup['args'], setup['params'], options,
-                     fleet=setup['fleet'], **kwargs)
+    return run_fleet(expand_inputs(inputs, setup['root'] / out), args or setup['args'],
+                     setup['params'], options, fleet=setup['fleet'], **kwargs)
 
 
 @pytest.fixture(scope='module')
 def first_run(setup):
-    return fleet_run(setup, ['a', 'corrupt.mcap', 'b', 'long', 'nocam'], chunk_s=CHUNK_S)
+    return fleet_run(setup, ['a', 'corrupt.mcap', 'b', 'long', 'nocam'])
 
 
 def test_outputs_equal_the_sequential_runs(first_run, setup):
     by_name = {o.name: o for o in first_run.outcomes}
-    for name in ('a', 'b'):                    # MCAP and sqlite3, whole bags on the actors
+    for name in ('a', 'b', 'long'):            # MCAP and sqlite3
         assert by_name[name].status == 'done', by_name[name].error
         assert contents(setup['root'] / 'out' / name) == setup['refs'][name], name
     assert by_name['a'].frames == 4 and by_name['b'].frames == 3
     assert by_name['a'].metric_frames == 4     # LiDAR anchors: the scale filter was exercised
+    # Where the time went, measured in each process: reading, the model, finishing, writing.
+    assert all(by_name['long'].__dict__[k] > 0 for k in ('read_s', 'model_s', 'finish_s',
+                                                           'write_s'))
 
 
-def test_a_chunked_long_bag_equals_its_sequential_output(first_run, setup):
-    long = {o.name: o for o in first_run.outcomes}['long']
+def test_one_long_bag_spreads_over_both_actors_and_equals_its_sequential_output(setup):
+    """--stride 2 --batch-size 2: the reader selects and batches the frames as the sequential
+    run does, the batches go to both model actors, the writer puts them back in bag order."""
+    args = build_parser().parse_args(['unused'] + setup['argv'] + list(STRIDE2))
+    result = fleet_run(setup, ['long'], args=args, out='out_s2', bags_in_flight=1)
+    long = result.outcomes[0]
     assert long.status == 'done', long.error
-    assert long.chunks == 4                    # 2.4 s in 0.6 s chunks
-    assert contents(setup['root'] / 'out' / 'long') == setup['refs']['long']
+    assert long.frames == 12                   # 24 images, every second one
+    assert all(n > 0 for n in result.actor_batches), result.actor_batches
+    assert contents(setup['root'] / 'out_s2' / 'long') == setup['refs']['long_s2']
 
 
 def test_broken_bags_are_reported_and_the_others_finish(first_run, setup):
@@ -100,13 +107,17 @@ def test_broken_bags_are_reported_and_the_others_finish(first_run, setup):
     # Per actor: its process and memory, for the benchmark's table.
     assert len(first_run.actor_memory) == 2 and all(m['rss_mib'] > 0
                                                      for m in first_run.actor_memory)
+    # Readers and writers are their own processes, not the model actors'.
+    io = first_run.io_memory
+    assert {m['kind'] for m in io} == {'reader', 'writer'}
+    assert not {m['pid'] for m in io} & {m['pid'] for m in first_run.actor_memory}
 
 
 def test_a_rerun_skips_finished_bags(first_run, setup, capsys):
     out = setup['root'] / 'out'
     stamps = {n: (out / n / 'metadata.yaml').stat().st_mtime_ns for n in ('a', 'b', 'long')}
     inputs = [str(setup['root'] / 'in' / n) for n in ('a', 'b', 'long')]
-    code = main(inputs + setup['argv'] + ['--ray', 'local', '--chunk-seconds', str(CHUNK_S)])
+    code = main(inputs + setup['argv'] + ['--ray', 'local'])
     printed = capsys.readouterr().out
     assert code == 0
     rows = [line.split() for line in printed.splitlines()[3:6]]
@@ -116,33 +127,60 @@ def test_a_rerun_skips_finished_bags(first_run, setup, capsys):
     assert stamps == {n: (out / n / 'metadata.yaml').stat().st_mtime_ns for n in stamps}
 
 
-def test_a_killed_worker_s_bag_is_retried_and_completes(setup):
-    pids, killed = [], []
+def _slow_job(setup, out='out'):
+    return expand_inputs([str(setup['root'] / 'in' / 'slow')], setup['root'] / out)[0]
+
+
+def test_a_killed_model_actor_is_restarted_and_its_bag_completes(setup):
+    fleet = setup['fleet']
+    before = fleet.pids()
+    killed = []
 
     def kill_once(snapshot):
         bag = snapshot['bags'].get('slow')
-        if bag is None:
-            return
-        if not pids or pids[-1] != bag['pid']:
-            pids.append(bag['pid'])
-        if not killed and bag['frames'] >= 2:
-            os.kill(bag['pid'], signal.SIGKILL)      # the actor process, mid-bag
+        if bag and not killed and bag['frames'] >= 2 and snapshot['load'][0] > 0:
+            os.kill(before[0], signal.SIGKILL)      # a model actor's process, mid-batch
             killed.append(bag['frames'])
-    result = fleet_run(setup, ['slow'], on_progress=kill_once)
+    result = fleet_run(setup, ['slow'], out='out_kill_model', on_progress=kill_once)
     slow = result.outcomes[0]
     assert killed and killed[0] < SLOW_FRAMES, 'the bag ended before the kill'
     assert slow.status == 'done', slow.error
-    assert len(pids) >= 2                    # a second attempt began in a restarted actor
+    after = fleet.pids()
+    assert after[0] != before[0] and after[1] == before[1]     # restarted by Ray
     assert slow.frames == SLOW_FRAMES
-    assert contents(setup['root'] / 'out' / 'slow') == setup['refs']['slow']
-    assert not partial_path(expand_inputs([str(setup['root'] / 'in' / 'slow')],
-                                          setup['root'] / 'out')[0]).exists()
+    assert contents(setup['root'] / 'out_kill_model' / 'slow') == setup['refs']['slow']
+
+
+def test_a_killed_writer_s_bag_is_started_again_and_completes(setup):
+    attempts, killed = [], []
+
+    def kill_writer(snapshot):
+        bag = snapshot['bags'].get('slow')
+        if bag is None:
+            return
+        attempts.append(bag['attempt'])
+        if not killed and bag['frames'] >= 2 and 'writer' in bag:
+            os.kill(bag['writer'], signal.SIGKILL)   # the writer, with its bag half written
+            killed.append(bag['frames'])
+    result = fleet_run(setup, ['slow'], out='out_kill_writer', on_progress=kill_writer)
+    slow = result.outcomes[0]
+    assert killed and killed[0] < SLOW_FRAMES, 'the bag ended before the kill'
+    assert slow.status == 'done', slow.error
+    assert max(attempts) == 2                        # started again, once
+    assert slow.frames == SLOW_FRAMES
+    job = _slow_job(setup, 'out_kill_writer')
+    assert contents(job.output) == setup['refs']['slow']
+    assert not partial_path(job).exists()
 
 
 def test_stopping_the_fleet_leaves_finished_outputs_valid(setup):
     """As Ctrl-C does: the running bag stops and stays partial; --overwrite's old complete
     output is untouched until a new one is complete."""
-    before = contents(setup['root'] / 'out' / 'a')
+    first = fleet_run(setup, ['slow'], out='out_stop')
+    assert first.outcomes[0].status == 'done', first.outcomes[0].error
+    before_a = fleet_run(setup, ['a'], out='out_stop').outcomes[0]
+    assert before_a.status == 'done'
+    before = contents(setup['root'] / 'out_stop' / 'a')
     args = build_parser().parse_args(['unused'] + setup['argv'] + ['--overwrite'])
     stop = threading.Event()
 
@@ -150,15 +188,13 @@ def test_stopping_the_fleet_leaves_finished_outputs_valid(setup):
         bag = snapshot['bags'].get('slow')
         if bag and bag['frames'] >= 2:
             stop.set()
-    result = fleet_run(setup, ['slow', 'a'], args=args, on_progress=stop_when_started,
-                       stop=stop)
+    result = fleet_run(setup, ['slow', 'a'], args=args, out='out_stop',
+                       on_progress=stop_when_started, stop=stop, bags_in_flight=1)
     statuses = {o.name: o.status for o in result.outcomes}
-    # 'a' may have finished beside 'slow' before the stop (then it is done and complete).
-    assert statuses['slow'] == 'interrupted'
-    assert statuses['a'] in ('done', 'interrupted', 'not started')
-    job = jobs(setup, 'slow')[0]
+    assert statuses == {'slow': 'interrupted', 'a': 'not started'}
+    job = _slow_job(setup, 'out_stop')
     assert output_complete(job)               # the earlier complete output is still there
     assert contents(job.output) == setup['refs']['slow']
     partial = contents(partial_path(job))[0]  # the interrupted attempt: closed and readable
     assert 0 < len([m for m in partial if m[0] == '/camera/depth/image']) < SLOW_FRAMES
-    assert contents(setup['root'] / 'out' / 'a') == before
+    assert contents(setup['root'] / 'out_stop' / 'a') == before

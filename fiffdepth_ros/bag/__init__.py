@@ -11,8 +11,8 @@ writer      the output bag (MCAP or sqlite3), copies of input topics
 summary     counts, skips, anchors, scale and time of a run
 process_bag the command line
 process_bags many recordings: inputs (paths, folders, globs, @lists), jobs (.partial outputs
-            renamed when complete), chunks (time chunks replayed into one sequential run),
-            fleet (Ray actors holding the model; optional), fleet_report (bar and table)
+            renamed when complete), fleet (on Ray, optional: reader and writer actors near
+            the data, model actors that only predict), fleet_report (bar and table)
 synthetic   synthetic recordings with known metric truth (tests, benchmark)
 
 Only ``rosbags`` is needed: no ROS installation, no rclpy.

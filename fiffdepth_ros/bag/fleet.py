@@ -1,22 +1,49 @@
-"""Many recordings on Ray: model-holding actors run the same per-bag job as ``process_bags``.
+"""Many recordings on Ray: reading and writing near the data, the model on model actors.
 
-    driver (run_fleet)                       Ray cluster (or a local instance)
-      jobs, skips complete outputs    ->     ModelActor x N  (the model loaded once each; one per
-      <= N whole bags in flight               GPU with num_gpus per actor, CPU actors without
-      polls Progress -> one bar               GPUs): run_job(bag) / predict_chunk(window)
-      per-bag table                          finish_chunked task per long bag: the sequential
-                                              run replaying its chunks' model outputs, keeping
-                                              <= 2 N chunks in flight
-                                             Progress actor: frames per bag, the stop flag
+What runs where, per recording (bag)::
 
-Reading and writing run inside the actor (or the chunked bag's task) that processes the bag,
-on the node where it runs: inputs and the output root must be on a filesystem every node sees
-(see the README). Fault tolerance is Ray's: a worker process that dies restarts its actor
-(which reloads the model) and retries the call (``retries``); the retried job deletes the dead
-attempt's ``.partial`` output and starts again. A bag failing for its own reasons comes back as
-a failed outcome; the others go on. Stop (Ctrl-C at the driver) raises the Progress actor's
-flag: every running bag stops within a frame, closes its bag and leaves it partial; finished
-outputs are complete under their final names.
+    driver (run_fleet)               reader actor            model actors x N     writer actor
+      jobs; skips complete outputs    (near the input)         (GPUs, or CPUs)      (near the output)
+      <= B bags in flight             BagReader, FrameSource   the loaded model     pipeline.finish
+      <= K batches in flight a bag    matching, decode         pipeline.predict     (scale filter),
+      submits, counts, one bar        (pipeline.prepare),      of one batch         CDR, BagWriter:
+      per-bag table                   the run's batches  ---------------------->    .partial, renamed
+                                        by object reference   ----- relative ---->  when closed
+
+* The **reader** opens the input, plans the run (``plan_run``: topics, window, extrinsics) and
+  yields the run's items in bag order: the same ``FrameSource`` look-ahead matching, the same
+  ``pipeline.prepare`` decode and the same :class:`~fiffdepth_ros.bag.runner.Batcher` grouping
+  as ``process_bag``. Each call returns one model batch with the items around it: the images
+  (what the model needs) and the rest (companions, input copies, skips) as two objects in Ray's
+  object store; only their references pass through the driver.
+* A **model actor** holds one loaded model and only predicts: ``DepthPipeline.predict`` on the
+  batch's images (a batch goes to the actor with the fewest in flight, so one long bag spreads
+  over every actor). It never touches a file.
+* The **writer** (one per bag at a time: a bag writer is stateful) receives the batches in bag
+  order, runs the pipeline's ``finish`` (scale fit with its temporal filter, messages) and
+  writes through the same :class:`~fiffdepth_ros.bag.runner.OutputStage` as ``process_bag``,
+  under ``OUTPUT_ROOT/.partial/<name>``; closed after a complete read it is renamed to
+  ``OUTPUT_ROOT/<name>``. Hence the same messages, message for message, as the sequential run,
+  for any --stride and --batch-size (on CUDA models the writer finishes with numpy where the
+  sequential run finishes on the GPU: equal up to float rounding).
+* Memory stays flat: at most B bags in flight (``bags_in_flight``, default N) and at most K
+  batches of each between its reader and its writer (``batches_in_flight``, default 2 N).
+
+Placement (``io_node``): ``'driver'`` (default) schedules readers and writers on the driver's
+node (Ray's soft NodeAffinitySchedulingStrategy): inputs and the output root must be on the
+driver's machine, no shared filesystem is needed, frames travel to the model actors on other
+nodes through Ray's object store. ``'any'`` spreads readers and writers over the cluster
+(SPREAD): inputs and the output root must then be on a filesystem every node sees. Model actors
+need only the model (a hub id, or a checkpoint folder present on their node). ``io_cpus``: CPUs
+each reader and writer reserves (default 0: their work is small beside the model's).
+
+Faults: a model actor whose process dies is restarted by Ray (it reloads the model) and its
+batches are retried (``retries``): the bag goes on and completes. A reader or writer that dies
+fails the bag's attempt: its .partial output is deleted and the bag starts again with new ones,
+up to ``retries`` times. A bag failing for its own reasons (corrupt, no camera topic) comes back
+as a failed outcome; the others go on. Stop (Ctrl-C at the driver): no more batches are read,
+the batches in flight are written, every running bag is closed (valid, under .partial) and
+reported interrupted; outputs finished before are complete under their final names.
 
 Ray is optional: without it, :func:`require_ray` raises FleetUnavailable saying how to get it.
 """
@@ -25,17 +52,19 @@ from __future__ import annotations
 import os
 import threading
 import time
-import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+import numpy as np
+
 from .inputs import BagJob
-from .jobs import (COMPLETE, FAILED, INTERRUPTED, NOT_STARTED, BagOutcome, output_complete,
-                   run_job)
+from .jobs import (COMPLETE, DONE, FAILED, INTERRUPTED, NOT_STARTED, BagOutcome, describe_error,
+                   fresh_partial, job_args, output_complete, publish)
 
 INSTALL_HINT = ("pip install 'fiffdepth_ros[fleet]' (or pip install -r requirements-fleet.txt, "
                 'or pip install ray)')
+IO_NODES = ('driver', 'any')
 
 
 class FleetUnavailable(RuntimeError):
@@ -57,10 +86,13 @@ class FleetOptions:
     workers: int | None = None    # model actors; default: GPUs / gpus_per_actor, else CPUs / ...
     cpus_per_actor: float = 1.0
     gpus_per_actor: float = 1.0   # used when the cluster has GPUs
-    chunk_s: float = 0.0          # > 0: bags of at least two chunks are split in time
-    retries: int = 3              # actor restarts and call retries after a worker died
+    retries: int = 3              # model actor restarts and call retries; bag attempts
     local_cpus: int | None = None     # CPUs of a local instance (default: all)
     dashboard: bool | None = None     # local instance: start Ray's dashboard (needs ray[default])
+    bags_in_flight: int | None = None      # default: the model actors
+    batches_in_flight: int | None = None   # per bag; default: 2 x the model actors
+    io_node: str = 'driver'       # readers and writers: 'driver' (its node) or 'any' (spread)
+    io_cpus: float = 0.0          # CPUs each reader and writer reserves
 
 
 @dataclass
@@ -68,7 +100,9 @@ class FleetResult:
     outcomes: list[BagOutcome]
     wall_s: float = 0.0
     actors: int = 0
-    actor_memory: list[dict] = field(default_factory=list)   # per actor: pid, rss/peak MiB
+    actor_memory: list[dict] = field(default_factory=list)   # per model actor: pid, rss/peak MiB
+    io_memory: list[dict] = field(default_factory=list)      # per reader / writer actor
+    actor_batches: list[int] = field(default_factory=list)   # batches predicted per model actor
 
 
 def connect(ray, options: FleetOptions, log) -> bool:
@@ -92,187 +126,253 @@ def connect(ray, options: FleetOptions, log) -> bool:
 
 
 # ---------------------------------------------------------------------- worker side
-def _memory_mib() -> dict:
+def _memory_mib(kind: str) -> dict:
     status = {}
     with open('/proc/self/status') as f:
         for line in f:
             key, _, value = line.partition(':')
             if key in ('VmRSS', 'VmHWM'):
                 status[key] = int(value.split()[0]) / 1024.0
-    return {'pid': os.getpid(), 'rss_mib': status.get('VmRSS'), 'peak_mib': status.get('VmHWM')}
-
-
-class _StopWatch:
-    """A thread that sets ``stop`` once the driver raised the Progress actor's stop flag."""
-
-    def __init__(self, ray, progress, period_s: float = 0.5):
-        self.stop = threading.Event()
-        self._done = threading.Event()
-
-        def watch():
-            while not self._done.wait(period_s):
-                try:
-                    if ray.get(progress.stopping.remote()):
-                        self.stop.set()
-                        return
-                except Exception:        # the driver is gone: stop too
-                    self.stop.set()
-                    return
-        threading.Thread(target=watch, name='fleet-stop-watch', daemon=True).start()
-
-    def close(self) -> None:
-        self._done.set()
-
-
-class _RemoteProgress:
-    """BagProcessor's progress (update per frame), sent to the Progress actor a few times a
-    second rather than per frame."""
-
-    def __init__(self, ray, progress, name: str, period_s: float = 0.3):
-        self.ray, self.progress, self.name, self.period_s = ray, progress, name, period_s
-        self.pending = 0
-        self.sent_at = 0.0
-
-    def begin(self, expected: int | None) -> None:
-        self.ray.get(self.progress.begin.remote(self.name, expected, os.getpid()))
-
-    def update(self, n: int = 1) -> None:
-        self.pending += n
-        now = time.monotonic()
-        if now - self.sent_at >= self.period_s:
-            self.flush()
-            self.sent_at = now
-
-    def flush(self) -> None:
-        if self.pending:
-            self.progress.add.remote(self.name, self.pending)
-            self.pending = 0
-
-
-def _set_threads(estimator, threads: int) -> None:
-    if getattr(getattr(estimator, 'device', None), 'type', 'cpu') != 'cuda':
-        from ..model.runtime import set_cpu_threads
-        set_cpu_threads(threads)
+    return {'kind': kind, 'pid': os.getpid(), 'rss_mib': status.get('VmRSS'),
+            'peak_mib': status.get('VmHWM')}
 
 
 class ModelActorImpl:
-    """Holds one loaded model; runs whole bags and chunks' model work."""
+    """Holds one loaded model; predicts batches of images with the pipeline's own predict."""
 
-    def __init__(self, params: dict, threads: int, progress_name: str):
-        import ray
+    def __init__(self, params: dict, threads: int):
         from ..model.runtime import load_estimator
-        self.ray = ray
-        self.params = params
-        # Found by name: a handle among the constructor's arguments would pin them in the
-        # object store for restarts.
-        self.progress = ray.get_actor(progress_name)
+        from ..pipeline import DepthPipeline, PipelineConfig
         self.estimator, self.error = None, ''
         try:
             self.estimator = load_estimator(params)
         except Exception as exc:       # reported once by Fleet.wait_ready, not retried
             self.error = f'{type(exc).__name__}: {exc}'.split('\n')[0][:300]
             return
-        _set_threads(self.estimator, threads)
+        self.cuda = getattr(getattr(self.estimator, 'device', None), 'type', 'cpu') == 'cuda'
+        if not self.cuda:
+            from ..model.runtime import set_cpu_threads
+            set_cpu_threads(threads)
+        # finish_device None: relative depth comes back as numpy (the writer finishes it).
+        self.pipeline = DepthPipeline(self.estimator, PipelineConfig(), backend=None,
+                                      finish_device=None)
 
     def ready(self) -> str:
         """'' once the model is loaded, else why it could not be."""
         return self.error
 
-    def run_bag(self, job: BagJob, args) -> BagOutcome:
-        if self.error:
-            return BagOutcome(job.name, str(job.input), str(job.output), FAILED,
-                              error=f'model not loaded: {self.error}')
-        watch = _StopWatch(self.ray, self.progress)
-        report = _RemoteProgress(self.ray, self.progress, job.name)
-        try:
-            return run_job(job, args, self.params, self.estimator, stop=watch.stop,
-                           progress=report)
-        finally:
-            report.flush()
-            watch.close()
+    def traits(self) -> dict:
+        """What the readers and writers need to know of the model they never see."""
+        return {'output_space': getattr(self.estimator, 'output_space', 'depth'),
+                'cuda': self.cuda, 'pid': os.getpid()}
 
-    def predict_chunk(self, path: str, image_topic: str, window, batch_size: int):
-        from ..conversions.backends import RosbagsBackend
-        from .chunks import predict_chunk
-        from .reader import BagReader
-        watch = _StopWatch(self.ray, self.progress)
-        try:
-            with BagReader(path) as reader:
-                return predict_chunk(self.estimator, reader, image_topic,
-                                     RosbagsBackend().typestore, window, batch_size,
-                                     stop=watch.stop)
-        finally:
-            watch.close()
+    def predict(self, groups: list) -> tuple[list, float]:
+        """Per group (one model batch of images): its relative depths, or why it failed."""
+        from ..pipeline import PreparedFrame
+        from .runner import inference_failure
+        t0 = time.perf_counter()
+        out: list = []
+        for images in groups:
+            # Arrays from Ray's object store are read-only views: the model gets its own.
+            frames = [PreparedFrame(None, None, 0, np.array(rgb), None, [], {})
+                      for rgb in images]
+            try:
+                out.append([np.asarray(r) for r in self.pipeline.predict(frames)])
+            except Exception as exc:      # e.g. out of memory: these frames are skipped
+                out.append(inference_failure(exc))
+        return out, time.perf_counter() - t0
 
     def memory(self) -> dict:
-        return _memory_mib()
+        return _memory_mib('model')
 
 
-class ProgressImpl:
-    """Frames done per bag (reset when a retried attempt begins again) and the stop flag."""
+class _ModelTraits:
+    """Stands in for the estimator in the writer's pipeline: the fit space follows the model's
+    output space; finishing runs in numpy (device None)."""
+
+    def __init__(self, output_space: str):
+        self.output_space = output_space
+        self.device = None
+
+
+@dataclass
+class Opened:
+    """A reader's answer to open: the run's plan (for the writer) or why the bag cannot run."""
+    plan: Any = None
+    expected: int | None = None
+    error: str = ''
+    pid: int = 0
+
+
+_END = object()
+
+
+class ReaderImpl:
+    """Reads one bag at a time (``open``, then ``next_batch`` until done); reusable."""
 
     def __init__(self):
-        self.bags: dict[str, dict] = {}
-        self.stop = False
+        self.reader = None
+        self.items = None
+        self._connections: dict = {}
 
-    def begin(self, name: str, expected: int | None, pid: int) -> None:
-        self.bags[name] = {'frames': 0, 'expected': expected, 'pid': pid}
+    def open(self, job: BagJob, args, params: dict, batch: int) -> Opened:
+        from ..conversions.backends import RosbagsBackend
+        from .process_bag import _estimated_frames, frame_source, make_pipeline, plan_run
+        from .reader import BagReader
+        from .runner import Batcher
+        self.close()
+        try:
+            backend = RosbagsBackend()
+            self.reader = BagReader(job.input)
+            bag_args = job_args(args, job, job.output)
+            plan = plan_run(bag_args, params, self.reader, backend.typestore, lambda t: None)
+            self.pipeline = make_pipeline(plan, None, backend)
+            self.source = frame_source(bag_args, plan, self.reader, backend, None)
+            self.items = iter(self.source)
+            self.batcher = Batcher(batch)
+            return Opened(plan, _estimated_frames(self.reader, plan.topics, plan.window), '',
+                          os.getpid())
+        except Exception as exc:        # this bag's own problem: the driver reports it
+            self.close()
+            return Opened(error=describe_error(exc), pid=os.getpid())
 
-    def add(self, name: str, frames: int) -> None:
-        if name in self.bags:
-            self.bags[name]['frames'] += frames
+    def next_batch(self) -> tuple[dict, list, list]:
+        """(meta, image groups, items): the items in bag order up to and including one model
+        batch (groups: that batch's images; more than one only when a batch ended early on an
+        image size change). meta['done'] once the bag is read (with its read stats)."""
+        from .runner import prepare_item
+        t0 = time.perf_counter()
+        items: list = []
+        groups: list = []
+        done = self.items is None
+        while not done:
+            item = next(self.items, _END)
+            if item is _END:
+                ready, done = self.batcher.flush(), True
+            else:
+                ready = self.batcher.add(prepare_item(self.pipeline, item))
+            for held, frames in ready:
+                if frames:
+                    groups.append([p.frame.rgb for p in frames])
+                items.extend(self._for_transport(i) for i in held)
+            if groups or len(items) >= 512:
+                break
+        meta = {'done': done, 'read_s': time.perf_counter() - t0}
+        if done and self.reader is not None:
+            meta.update(read=self.source.stats, read_error=self.reader.read_error)
+            self.close()
+        return meta, groups, items
 
-    def snapshot(self) -> dict:
-        return {'bags': {k: dict(v) for k, v in self.bags.items()}, 'stopping': self.stop}
+    def _for_transport(self, item):
+        """What the writer needs of an item, picklable: a frame without its image (that travels
+        in the group, once) and without the image message (finish never reads it); copies with
+        their bytes and a connection without its open reader."""
+        from .frames import CopyItem
+        from .runner import _Prepared
+        if isinstance(item, _Prepared):
+            frame = item.frame
+            return _Prepared(replace(frame, rgb=None, inputs=replace(frame.inputs, image=None)),
+                             item.bag_time_ns)
+        if isinstance(item, CopyItem):
+            raw = item.raw
+            conn = self._connections.get(id(raw.connection))
+            if conn is None:
+                conn = self._connections[id(raw.connection)] = raw.connection._replace(
+                    owner=None)
+            return CopyItem(replace(raw, data=bytes(raw.data) if raw.data is not None else None,
+                                    connection=conn))
+        return item
 
-    def request_stop(self) -> None:
-        self.stop = True
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        self.reader, self.items = None, None
+        self._connections = {}
 
-    def reset(self) -> None:
-        self.bags.clear()
-        self.stop = False
-
-    def stopping(self) -> bool:
-        return self.stop
+    def memory(self) -> dict:
+        return _memory_mib('reader')
 
 
-def finish_chunked_impl(job: BagJob, args, params: dict, actors: list, progress,
-                        chunk_s: float, in_flight: int) -> BagOutcome:
-    """A long bag: its chunks' model work on the actors, the sequential run here."""
-    import ray
+class WriterImpl:
+    """Finishes and writes one bag at a time (``open``, ``write`` per batch, ``close``)."""
 
-    from .chunks import ReplayEstimator, chunk_windows
-    watch = _StopWatch(ray, progress)
-    report = _RemoteProgress(ray, progress, job.name)
-    count = [0]
+    def __init__(self):
+        self.stage = None
 
-    def make_estimator(plan, reader, stop):
-        windows = chunk_windows(reader, plan.window, chunk_s)
-        count[0] = len(windows)
-        batch = args.batch_size or 1
+    def open(self, job: BagJob, args, opened: Opened, traits: dict) -> dict:
+        from ..conversions.backends import RosbagsBackend
+        from .process_bag import make_pipeline, writer_factory
+        from .runner import OutputStage
+        from .summary import RunStats
+        from .writer import check_output
+        self.abort()
+        if opened.error:
+            return {'error': opened.error, 'pid': os.getpid()}
+        try:
+            job.output.parent.mkdir(parents=True, exist_ok=True)
+            check_output(job.output, args.overwrite, job.input)
+            self.partial = fresh_partial(job)
+            self.job, self.args = job, args
+            backend = RosbagsBackend()
+            plan = opened.plan
+            pipeline = make_pipeline(plan, _ModelTraits(traits['output_space']), backend)
+            self.stats = RunStats()
+            stage = OutputStage(pipeline, writer_factory(job_args(args, job, self.partial), plan,
+                                                         backend, self.partial),
+                                plan.topics_by_output, self.stats)
+            stage.open()
+            self.stage = stage
+            return {'error': '', 'pid': os.getpid()}
+        except Exception as exc:
+            self.abort()
+            return {'error': describe_error(exc), 'pid': os.getpid()}
 
-        def outputs():
-            refs: deque = deque()
-            queue = deque(enumerate(windows))
-            while queue or refs:
-                while queue and len(refs) < in_flight:     # bounded: memory stays flat
-                    i, window = queue.popleft()
-                    actor = actors[i % len(actors)]
-                    refs.append(actor.predict_chunk.remote(str(job.input), plan.topics.image,
-                                                           window, batch))
-                ref = refs.popleft()
-                chunk = ray.get(ref)
-                del ref
-                yield chunk
-        return ReplayEstimator(outputs(), stop)
-    try:
-        outcome = run_job(job, args, params, make_estimator=make_estimator, stop=watch.stop,
-                          progress=report)
-    finally:
-        report.flush()
-        watch.close()
-    outcome.chunks = count[0]
-    return outcome
+    def write(self, items: list, groups: list, predicted: tuple) -> int:
+        """One batch, in bag order; returns the selected frames it finished (or skipped)."""
+        from .frames import SkipItem
+        from .runner import _Inferred, _Prepared
+        results, model_s = predicted
+        self.stats.model_s += model_s
+        per_frame = ((rgb, group if isinstance(group, str) else group[i])
+                     for images, group in zip(groups, results)
+                     for i, rgb in enumerate(images))
+        frames = 0
+        for item in items:
+            if isinstance(item, _Prepared):
+                rgb, relative = next(per_frame)
+                frame = replace(item.frame, rgb=np.array(rgb))
+                item = (SkipItem(relative, item.bag_time_ns) if isinstance(relative, str) else
+                        _Inferred(frame, np.array(relative), item.bag_time_ns))
+            frames += self.stage.write_item(self.stage.finish_item(item))
+        return frames
+
+    def close(self, final: dict | None, read_s: float, complete: bool) -> BagOutcome:
+        """Close the bag; with ``complete`` (read to the end) give it its final name."""
+        job = self.job
+        stage, self.stage = self.stage, None
+        stage.close()
+        stats = self.stats
+        if final is not None:
+            stats.read, stats.read_error = final['read'], final['read_error']
+        stats.stage_s['read+decode'] = read_s
+        outcome = BagOutcome(job.name, str(job.input), str(job.output), INTERRUPTED,
+                             frames=stats.processed, metric_frames=stats.metric_frames,
+                             skipped=stats.skipped_total, warning=stats.read_error or '',
+                             model_s=stats.model_s, read_s=read_s,
+                             finish_s=stats.stage_s['finish'], write_s=stats.stage_s['write'])
+        if complete:
+            publish(job, self.partial, self.args.overwrite)
+            outcome.status = DONE
+        return outcome
+
+    def abort(self) -> None:
+        """Close a bag left open (its output stays partial)."""
+        stage, self.stage = self.stage, None
+        if stage is not None:
+            stage.close()
+
+    def memory(self) -> dict:
+        return _memory_mib('writer')
 
 
 _REMOTES: dict = {}
@@ -280,11 +380,10 @@ _REMOTES: dict = {}
 
 def _remotes(ray):
     if not _REMOTES:
-        _REMOTES['actor'] = ray.remote(ModelActorImpl)
-        _REMOTES['progress'] = ray.remote(num_cpus=0)(ProgressImpl)
-        # num_cpus=0: the model actors hold the CPUs; this task's work (matching, scale fit,
-        # messages, writing) is small next to the model's, which the actors do.
-        _REMOTES['finish'] = ray.remote(num_cpus=0)(finish_chunked_impl)
+        _REMOTES['model'] = ray.remote(ModelActorImpl)
+        reader = ray.remote(ReaderImpl)
+        _REMOTES['reader'] = reader
+        _REMOTES['writer'] = ray.remote(WriterImpl)
     return _REMOTES
 
 
@@ -301,40 +400,71 @@ def _actor_shape(ray, options: FleetOptions) -> tuple[int, float, float]:
     return max(1, int(cpus // max(options.cpus_per_actor, 1e-3))), options.cpus_per_actor, 0.0
 
 
-def _is_chunked(job: BagJob, args, chunk_s: float) -> bool:
-    if chunk_s <= 0 or args.stride != 1:
-        return False
-    from .reader import BagReader
-    try:
-        with BagReader(job.input) as reader:
-            return reader.end_ns - reader.start_ns >= 2 * chunk_s * 1e9
-    except Exception:          # unreadable: the whole-bag job reports why
-        return False
+def _death(ray, exc: Exception) -> bool:
+    """A process or node died (retry the bag), rather than our code raising (report it)."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        return isinstance(exc.cause, ray.exceptions.RayError)
+    return isinstance(exc, ray.exceptions.RayError)
 
 
-def _lost(job: BagJob, exc: Exception, retries: int) -> BagOutcome:
-    text = str(exc).strip().split('\n')[0][:200]
-    return BagOutcome(job.name, str(job.input), str(job.output), FAILED,
-                      error=f'lost after {retries} retries ({type(exc).__name__}: {text})')
+class _Pool:
+    """Idle reader (or writer) actors, reused bag after bag (an actor start costs seconds)."""
+
+    def __init__(self, ray, make: Callable):
+        self.ray, self.make = ray, make
+        self.free: list = []
+        self.all: list = []
+
+    def get(self):
+        if self.free:
+            return self.free.pop()
+        actor = self.make()
+        self.all.append(actor)
+        return actor
+
+    def put(self, actor) -> None:
+        self.free.append(actor)
+
+    def discard(self, actor) -> None:
+        self.ray.kill(actor, no_restart=True)
+        self.all = [a for a in self.all if a is not actor]
+        self.free = [a for a in self.free if a is not actor]
+
+    def close(self) -> None:
+        for actor in self.all:
+            self.ray.kill(actor, no_restart=True)
+        self.all, self.free = [], []
 
 
 class Fleet:
-    """Model actors and the Progress actor on a connected Ray, reusable for several runs with
-    the same parameters (a service, or tests). ``close`` ends them."""
+    """Model actors and pools of reader and writer actors on a connected Ray, reusable for
+    several runs with the same parameters (a service, or tests). ``close`` ends them."""
 
     def __init__(self, ray, params: dict, options: FleetOptions, threads: int | None = None,
                  log: Callable[[str], None] = lambda t: None):
+        if options.io_node not in IO_NODES:
+            raise FleetUnavailable(f"io_node must be one of {', '.join(IO_NODES)}, "
+                                   f"got '{options.io_node}'")
         self.ray, self.params, self.options = ray, params, options
         remotes = _remotes(ray)
         self.size, cpus, gpus = _actor_shape(ray, options)
         self.threads = threads or max(1, int(cpus))
-        name = f'fiffdepth_progress_{os.getpid()}_{uuid.uuid4().hex[:8]}'
-        self.progress = remotes['progress'].options(name=name).remote()
-        self.actors = [remotes['actor'].options(
+        self.actors = [remotes['model'].options(
             num_cpus=cpus, num_gpus=gpus, max_restarts=options.retries,
-            max_task_retries=options.retries).remote(params, self.threads, name)
+            max_task_retries=options.retries).remote(params, self.threads)
             for _ in range(self.size)]
-        log(f'{self.size} model actor(s), {cpus:g} CPU and {gpus:g} GPU each')
+        io = dict(num_cpus=options.io_cpus, max_restarts=0, max_task_retries=0)
+        if options.io_node == 'driver':
+            from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+            io['scheduling_strategy'] = NodeAffinitySchedulingStrategy(
+                ray.get_runtime_context().get_node_id(), soft=True)
+        else:
+            io['scheduling_strategy'] = 'SPREAD'
+        self.readers = _Pool(ray, lambda: remotes['reader'].options(**io).remote())
+        self.writers = _Pool(ray, lambda: remotes['writer'].options(**io).remote())
+        self.traits: dict = {}
+        log(f'{self.size} model actor(s), {cpus:g} CPU and {gpus:g} GPU each; readers and '
+            f"writers on {'the driver node' if options.io_node == 'driver' else 'any node'}")
 
     def wait_ready(self, timeout_s: float | None = None) -> None:
         """Until every actor has loaded the model; FleetUnavailable with the reason if the
@@ -343,14 +473,24 @@ class Fleet:
         if any(errors):
             raise FleetUnavailable('the model cannot be loaded on the Ray workers: '
                                    + next(e for e in errors if e))
+        self.traits = self.ray.get(self.actors[0].traits.remote(), timeout=timeout_s)
+
+    def pids(self, timeout_s: float = 60) -> list[int]:
+        return [t['pid'] for t in self.ray.get([a.traits.remote() for a in self.actors],
+                                               timeout=timeout_s)]
 
     def memory(self, timeout_s: float = 60) -> list[dict]:
         return self.ray.get([a.memory.remote() for a in self.actors], timeout=timeout_s)
 
+    def io_memory(self, timeout_s: float = 60) -> list[dict]:
+        actors = self.readers.all + self.writers.all
+        return self.ray.get([a.memory.remote() for a in actors], timeout=timeout_s)
+
     def close(self) -> None:
         for actor in self.actors:
-            self.ray.kill(actor)
-        self.ray.kill(self.progress)
+            self.ray.kill(actor, no_restart=True)
+        self.readers.close()
+        self.writers.close()
         self.actors = []
 
     def __enter__(self) -> 'Fleet':
@@ -365,9 +505,11 @@ def run_fleet(jobs: list[BagJob], args, params: dict, options: FleetOptions,
               on_progress: Callable[[dict], None] | None = None,
               stop: threading.Event | None = None, fleet: Fleet | None = None) -> FleetResult:
     """Process ``jobs`` on Ray; outcomes in the jobs' order. ``bar``: a FleetBar. ``stop``
-    set (or Ctrl-C): running bags stop and stay partial, the rest are not started. ``fleet``:
-    actors to use (made with the same params; ``options`` then only sets chunking and task
-    retries); by default this call makes and ends its own."""
+    set (or Ctrl-C): running bags stop and stay partial, the rest are not started.
+    ``on_progress(snapshot)``: called about every 0.2 s (bags' frames, attempts, reader / writer
+    pids; the model actors' pids). ``fleet``: actors to use (made with the same params; then
+    ``options`` only sets the bags and batches in flight and the bag retries); by default this
+    call makes and ends its own."""
     ray = require_ray()
     t0 = time.perf_counter()
     outcomes: dict[str, BagOutcome] = {}
@@ -386,13 +528,14 @@ def run_fleet(jobs: list[BagJob], args, params: dict, options: FleetOptions,
                 fleet = Fleet(ray, params, options, args.threads, log)
                 fleet.wait_ready()
             result.actors = fleet.size
-            ray.get(fleet.progress.reset.remote())
-            _drive(ray, fleet, options, todo, args, params, outcomes, log, bar, on_progress,
-                   stop or threading.Event())
+            driver = _Driver(ray, fleet, options, args, params, outcomes, bar, on_progress, log)
+            driver.run(todo, stop or threading.Event())
+            result.actor_batches = driver.batches
             try:
                 result.actor_memory = fleet.memory()
+                result.io_memory = fleet.io_memory()
             except Exception:
-                result.actor_memory = []
+                pass
         finally:
             if own and fleet is not None:
                 fleet.close()
@@ -405,67 +548,183 @@ def run_fleet(jobs: list[BagJob], args, params: dict, options: FleetOptions,
     return result
 
 
-def _drive(ray, fleet: Fleet, options: FleetOptions, todo, args, params, outcomes, log, bar,
-           on_progress, stop: threading.Event) -> None:
-    remotes, n = _remotes(ray), fleet.size
-    actors, progress = fleet.actors, fleet.progress
-    free = deque(actors)
-    inflight: dict = {}              # ref -> (job, actor or None)
-    finishers = 0
-    interrupted = False
-    try:
-        while todo or inflight:
-            try:
-                if stop.is_set() and not interrupted:
-                    raise KeyboardInterrupt
-                while todo and not interrupted:
-                    job = todo[0]
-                    if _is_chunked(job, args, options.chunk_s):
-                        if finishers >= n:
-                            break
-                        ref = remotes['finish'].options(max_retries=options.retries).remote(
-                            job, args, params, actors, progress, options.chunk_s, 2 * n)
-                        inflight[ref] = (job, None)
-                        finishers += 1
-                    elif free:
-                        actor = free.popleft()
-                        inflight[actor.run_bag.remote(job, args)] = (job, actor)
-                    else:
-                        break
-                    todo.popleft()
-                ready, _ = ray.wait(list(inflight), num_returns=1, timeout=0.5)
-                for ref in ready:
-                    job, actor = inflight.pop(ref)
-                    try:
-                        outcomes[job.name] = ray.get(ref)
-                    except ray.exceptions.RayError as exc:
-                        outcomes[job.name] = _lost(job, exc, options.retries)
-                    if actor is None:
-                        finishers -= 1
-                    else:
-                        free.append(actor)
+@dataclass
+class _Flow:
+    """One attempt at one bag: its reader, its writer, its batches in flight (bag order)."""
+    job: BagJob
+    attempt: int
+    reader: Any
+    writer: Any
+    t0: float = field(default_factory=time.perf_counter)
+    state: str = 'opening'            # opening, running, closing, over
+    opened: Any = None                # ref of the reader's Opened
+    expected: int | None = None
+    pending: list = field(default_factory=list)     # write refs, in bag order
+    read_done: bool = False
+    final: dict | None = None         # the last batch's meta (read stats)
+    read_s: float = 0.0
+    frames: int = 0
+    pids: dict = field(default_factory=dict)
+
+
+class _Driver:
+    """The driver's loop: starts bags, keeps each one's batches flowing reader -> model ->
+    writer with bounded work in flight, retries bags whose reader or writer died, stops."""
+
+    def __init__(self, ray, fleet: Fleet, options: FleetOptions, args, params, outcomes, bar,
+                 on_progress, log):
+        self.ray, self.fleet, self.args, self.params = ray, fleet, args, params
+        self.outcomes, self.bar, self.on_progress, self.log = outcomes, bar, on_progress, log
+        self.retries = options.retries
+        n = fleet.size
+        self.bags_in_flight = max(1, options.bags_in_flight or n)
+        self.batches_in_flight = max(1, options.batches_in_flight or 2 * n)
+        self.batch = args.batch_size or (4 if fleet.traits.get('cuda') else 1)
+        self.load = [0] * n                 # predict calls in flight per model actor
+        self.batches = [0] * n
+        self.waiting: dict = {}             # ref -> (flow, kind, extra)
+        self.flows: list[_Flow] = []
+        self.stopping = False
+        self.frames_done = 0                # of finished attempts
+        self.expected: dict[str, int | None] = {}
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, todo: deque, stop: threading.Event) -> None:
+        ray = self.ray
+        interrupted = False
+        next_report = 0.0
+        try:
+            while todo or self.flows:
                 try:
-                    snap = ray.get(progress.snapshot.remote(), timeout=30)
-                except ray.exceptions.RayError:      # display only: the work goes on
-                    continue
-                if bar is not None:
-                    bags = snap['bags']
-                    bar.set_state(sum(b['frames'] for b in bags.values()),
-                                  [b['expected'] for b in bags.values()], len(outcomes))
-                if on_progress is not None:
-                    on_progress(snap)
-            except KeyboardInterrupt:
-                if interrupted:            # a second Ctrl-C: leave now (outputs stay partial)
-                    raise
-                interrupted = True
-                log('\ninterrupted: stopping the running bags (their outputs stay partial, '
-                    'finished ones are complete); Ctrl-C again to leave at once')
-                progress.request_stop.remote()
-                while todo:
-                    job = todo.popleft()
-                    outcomes[job.name] = BagOutcome(job.name, str(job.input), str(job.output),
-                                                    NOT_STARTED)
-    finally:
-        for job, _ in inflight.values():
-            outcomes.setdefault(job.name, BagOutcome(job.name, str(job.input), str(job.output),
-                                                     INTERRUPTED))
+                    if stop.is_set() and not interrupted:
+                        raise KeyboardInterrupt
+                    while todo and not self.stopping and len(self.flows) < self.bags_in_flight:
+                        self._start(todo.popleft(), 1)
+                    for flow in list(self.flows):
+                        self._advance(flow)
+                    if not self.waiting:
+                        continue
+                    refs = list(self.waiting)
+                    ready, _ = ray.wait(refs, num_returns=1, timeout=0.2, fetch_local=False)
+                    if ready:                 # and whatever else is ready by now
+                        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0,
+                                            fetch_local=False)
+                    for ref in ready:
+                        self._on_ready(ref, *self.waiting.pop(ref))
+                    if time.perf_counter() >= next_report:
+                        next_report = time.perf_counter() + 0.2
+                        self._report()
+                except KeyboardInterrupt:
+                    if interrupted:       # a second Ctrl-C: leave now (outputs stay partial)
+                        raise
+                    interrupted = self.stopping = True
+                    self.log('\ninterrupted: stopping the running bags (their outputs stay '
+                             'partial, finished ones are complete); Ctrl-C again to leave at '
+                             'once')
+                    while todo:
+                        job = todo.popleft()
+                        self.outcomes[job.name] = BagOutcome(job.name, str(job.input),
+                                                             str(job.output), NOT_STARTED)
+        finally:
+            for flow in self.flows:           # left at once: their outputs are not final
+                self.outcomes.setdefault(flow.job.name, BagOutcome(
+                    flow.job.name, str(flow.job.input), str(flow.job.output), INTERRUPTED))
+            self._report()
+
+    def _start(self, job: BagJob, attempt: int) -> None:
+        flow = _Flow(job, attempt, self.fleet.readers.get(), self.fleet.writers.get())
+        flow.opened = flow.reader.open.remote(job, self.args, self.params, self.batch)
+        ref = flow.writer.open.remote(job, self.args, flow.opened, self.fleet.traits)
+        self.waiting[ref] = (flow, 'open', None)
+        self.flows.append(flow)
+
+    def _advance(self, flow: _Flow) -> None:
+        if flow.state != 'running':
+            return
+        while (not self.stopping and not flow.read_done
+               and len(flow.pending) < self.batches_in_flight):
+            meta, groups, items = flow.reader.next_batch.options(num_returns=3).remote()
+            a = min(range(len(self.load)), key=self.load.__getitem__)
+            self.load[a] += 1
+            self.batches[a] += 1
+            predicted = self.fleet.actors[a].predict.remote(groups)
+            written = flow.writer.write.remote(items, groups, predicted)
+            self.waiting[meta] = (flow, 'meta', None)
+            self.waiting[predicted] = (flow, 'predict', a)
+            self.waiting[written] = (flow, 'write', None)
+            flow.pending.append(written)
+        if not flow.pending and (flow.read_done or self.stopping):
+            flow.state = 'closing'
+            ref = flow.writer.close.remote(flow.final, flow.read_s, flow.read_done)
+            self.waiting[ref] = (flow, 'close', None)
+
+    def _on_ready(self, ref, flow: _Flow, kind: str, extra) -> None:
+        if kind == 'predict':
+            self.load[extra] -= 1        # its result goes to the writer, not here
+            return
+        if flow.state == 'over':          # an abandoned attempt's late answers
+            return
+        try:
+            value = self.ray.get(ref)
+        except self.ray.exceptions.RayError as exc:
+            self._attempt_failed(flow, exc)
+            return
+        if kind == 'open':
+            if value['error']:
+                self._end(flow, BagOutcome(flow.job.name, str(flow.job.input),
+                                           str(flow.job.output), FAILED, error=value['error']))
+                return
+            opened = self.ray.get(flow.opened)
+            flow.expected = opened.expected
+            flow.pids = {'reader': opened.pid, 'writer': value['pid']}
+            self.expected[flow.job.name] = opened.expected
+            flow.state = 'running'
+        elif kind == 'meta':
+            flow.read_s += value['read_s']
+            if value['done'] and not flow.read_done:
+                flow.read_done, flow.final = True, value
+        elif kind == 'write':
+            flow.pending.remove(ref)
+            flow.frames += value
+        elif kind == 'close':
+            value.wall_s = time.perf_counter() - flow.t0
+            self._end(flow, value)
+
+    def _attempt_failed(self, flow: _Flow, exc: Exception) -> None:
+        job = flow.job
+        text = str(exc).strip().split('\n')[0][:200]
+        for pool, actor in ((self.fleet.readers, flow.reader), (self.fleet.writers, flow.writer)):
+            pool.discard(actor)
+        flow.state = 'over'
+        self.flows.remove(flow)
+        if not _death(self.ray, exc):     # our code raised: this bag's own problem
+            cause = getattr(exc, 'cause', exc)
+            self.outcomes[job.name] = BagOutcome(job.name, str(job.input), str(job.output),
+                                                 FAILED, error=describe_error(cause),
+                                                 wall_s=time.perf_counter() - flow.t0)
+        elif flow.attempt <= self.retries and not self.stopping:
+            self.log(f'{job.name}: attempt {flow.attempt} lost ({type(exc).__name__}); '
+                     'starting it again')
+            self._start(job, flow.attempt + 1)
+        else:
+            self.outcomes[job.name] = BagOutcome(
+                job.name, str(job.input), str(job.output), FAILED,
+                error=f'lost after {flow.attempt} attempt(s) ({type(exc).__name__}: {text})',
+                wall_s=time.perf_counter() - flow.t0)
+
+    def _end(self, flow: _Flow, outcome: BagOutcome) -> None:
+        flow.state = 'over'
+        self.flows.remove(flow)
+        self.fleet.readers.put(flow.reader)
+        self.fleet.writers.put(flow.writer)
+        self.frames_done += flow.frames
+        self.outcomes[flow.job.name] = outcome
+
+    def _report(self) -> None:
+        running = {f.job.name: {'frames': f.frames, 'expected': f.expected,
+                                'attempt': f.attempt, **f.pids} for f in self.flows}
+        if self.bar is not None:
+            frames = self.frames_done + sum(f.frames for f in self.flows)
+            self.bar.set_state(frames, list(self.expected.values()), len(self.outcomes))
+        if self.on_progress is not None:
+            self.on_progress({'bags': running, 'load': list(self.load)})

@@ -45,8 +45,6 @@ def format_table(outcomes: list[BagOutcome], wall_s: float) -> str:
     rows = [('bag', 'status', 'frames', 'metric', 'skipped', 'wall s', 'errors / notes')]
     for o in outcomes:
         note = o.error or o.warning
-        if o.chunks > 1:
-            note = f'{o.chunks} chunks' + (f'; {note}' if note else '')
         rows.append((o.name, o.status, str(o.frames), str(o.metric_frames), str(o.skipped),
                      f'{o.wall_s:.1f}', note))
     widths = [max(len(r[i]) for r in rows) for i in range(6)]

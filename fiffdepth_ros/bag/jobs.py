@@ -1,9 +1,10 @@
 """One recording of a many-bag run: the same per-bag run as ``process_bag``, made idempotent.
 
-Used by both ``process_bags`` paths (in this process one after another, or in Ray actors): it
-plans and runs the bag exactly as ``process_bag`` does (``plan_run`` and ``_processor`` of
+Used by the sequential ``process_bags`` path (in this process, one bag after another): it plans
+and runs the bag exactly as ``process_bag`` does (``plan_run`` and ``_processor`` of
 process_bag.py, the same BagProcessor and DepthPipeline), so a bag gets the same messages
-whichever way it is run. What it adds:
+whichever way it is run; the Ray path (bag/fleet.py) splits the same steps over a reader, the
+model actors and a writer, with the same output rules. What it adds:
 
 * the output is written under ``OUTPUT_ROOT/.partial/<name>`` and renamed to
   ``OUTPUT_ROOT/<name>`` only once closed after a complete run, so an output at its final name is
@@ -21,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..conversions.backends import RosbagsBackend
 from .inputs import BagJob
@@ -46,8 +47,11 @@ class BagOutcome:
     wall_s: float = 0.0
     error: str = ''
     warning: str = ''            # e.g. a damaged tail: the output holds what came before it
-    chunks: int = 0              # >0: processed as this many time chunks
-    model_s: float = 0.0         # of wall_s, inside the model (a chunked bag: the replay)
+    # Busy time by stage (they overlap; on Ray each runs in its own process).
+    model_s: float = 0.0         # inside the model (batched predict calls)
+    read_s: float = 0.0          # reading, matching and decoding
+    finish_s: float = 0.0        # scale fit, messages, serialisation
+    write_s: float = 0.0         # writing the output bag
 
 
 def output_complete(job: BagJob) -> bool:
@@ -59,7 +63,7 @@ def partial_path(job: BagJob) -> Path:
     return job.output.parent / PARTIAL_DIR / job.output.name
 
 
-def _fresh_partial(job: BagJob) -> Path:
+def fresh_partial(job: BagJob) -> Path:
     path = partial_path(job)
     if path.exists():              # a killed or interrupted attempt's leftovers: ours to delete
         shutil.rmtree(path)
@@ -67,7 +71,7 @@ def _fresh_partial(job: BagJob) -> Path:
     return path
 
 
-def _publish(job: BagJob, partial: Path, overwrite: bool) -> None:
+def publish(job: BagJob, partial: Path, overwrite: bool) -> None:
     if job.output.exists():
         # check_output accepted it at the start: --overwrite and a bag folder.
         check_output(job.output, overwrite, job.input)
@@ -85,7 +89,7 @@ def job_args(args, job: BagJob, output: Path):
     return a
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     from .process_bag import UsageError
     from .reader import BagReadError
     from .topics import TopicError
@@ -123,12 +127,11 @@ class NullProgress:
         pass
 
 
-def run_job(job: BagJob, args, params: dict[str, Any], estimator=None, *,
-            make_estimator: Callable | None = None, stop: threading.Event | None = None,
-            progress=None, log=lambda text: None) -> BagOutcome:
-    """Process one recording into its output. ``estimator``: the loaded model; or
-    ``make_estimator(plan, reader, stop)`` builds one once the bag is planned (the chunked runs'
-    replay of precomputed model outputs). ``progress``: begin(expected frames) and update(n).
+def run_job(job: BagJob, args, params: dict[str, Any], estimator, *,
+            stop: threading.Event | None = None, progress=None,
+            log=lambda text: None) -> BagOutcome:
+    """Process one recording into its output with the loaded model ``estimator``.
+    ``progress``: begin(expected frames) and update(n).
     ``stop`` set: the run ends early and its output stays partial (interrupted)."""
     from .process_bag import _estimated_frames, _processor, plan_run
     stop = stop or threading.Event()
@@ -139,15 +142,14 @@ def run_job(job: BagJob, args, params: dict[str, Any], estimator=None, *,
     try:
         job.output.parent.mkdir(parents=True, exist_ok=True)
         check_output(job.output, args.overwrite, job.input)
-        partial = _fresh_partial(job)
+        partial = fresh_partial(job)
         bag_args = job_args(args, job, partial)
         backend = RosbagsBackend()
         with BagReader(job.input) as reader:
             plan = plan_run(bag_args, params, reader, backend.typestore, log)
-            model = (estimator if make_estimator is None else
-                     make_estimator(plan, reader, link.event))
-            on_cuda = getattr(getattr(model, 'device', None), 'type', 'cpu') == 'cuda'
-            processor = _processor(bag_args, plan, reader, model, backend, partial, link.event,
+            on_cuda = getattr(getattr(estimator, 'device', None), 'type', 'cpu') == 'cuda'
+            processor = _processor(bag_args, plan, reader, estimator, backend, partial,
+                                   link.event,
                                    batch=args.batch_size or (4 if on_cuda else 1))
             progress.begin(_estimated_frames(reader, plan.topics, plan.window))
             processor.progress = progress
@@ -155,17 +157,16 @@ def run_job(job: BagJob, args, params: dict[str, Any], estimator=None, *,
         outcome.frames, outcome.metric_frames = stats.processed, stats.metric_frames
         outcome.skipped = stats.skipped_total
         outcome.model_s = stats.model_s
+        outcome.read_s = stats.stage_s['read+decode']
+        outcome.finish_s, outcome.write_s = stats.stage_s['finish'], stats.stage_s['write']
         outcome.warning = stats.read_error or ''
-        failure = getattr(model, 'failure', None)       # a replay that fell out of step
-        if failure:
-            outcome.error = failure
-        elif stop.is_set():
+        if stop.is_set():
             outcome.status = INTERRUPTED
         else:
-            _publish(job, partial, args.overwrite)
+            publish(job, partial, args.overwrite)
             outcome.status = DONE
     except Exception as exc:           # this recording's own problem: report, keep going
-        outcome.error = _describe(exc)
+        outcome.error = describe_error(exc)
     finally:
         link.close()
     outcome.wall_s = time.perf_counter() - t0

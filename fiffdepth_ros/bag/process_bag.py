@@ -320,11 +320,25 @@ def _run(args, log) -> RunStats:
 
 def _processor(args, plan: Plan, reader: BagReader, estimator, backend, out_path,
                stop: threading.Event, batch: int) -> BagProcessor:
-    p = plan.params
+    source = frame_source(args, plan, reader, backend, stop)
+    progress = _progress_bar(_estimated_frames(reader, plan.topics, plan.window),
+                             args.no_progress)
+    return BagProcessor(source, make_pipeline(plan, estimator, backend),
+                        writer_factory(args, plan, backend, out_path), plan.topics_by_output,
+                        batch_size=batch, prefetch=args.prefetch, stop=stop, progress=progress)
+
+
+# The pieces of a run, also built apart by the Ray fleet's reader and writer (bag/fleet.py).
+def make_pipeline(plan: Plan, estimator, backend) -> DepthPipeline:
     # Anchors count as configured when the bag has their topic (like a node that receives them).
-    config = replace(PipelineConfig.from_params(p),
+    config = replace(PipelineConfig.from_params(plan.params),
                      anchors_configured=bool(plan.topics.lidar or plan.topics.stereo))
-    pipeline = DepthPipeline(estimator, config, backend, plan.extrinsics)
+    return DepthPipeline(estimator, config, backend, plan.extrinsics)
+
+
+def frame_source(args, plan: Plan, reader: BagReader, backend,
+                 stop: threading.Event | None) -> FrameSource:
+    p = plan.params
     calibration = plan.calibration
     assembler = FrameAssembler(
         p['max_anchor_age'], use_lidar=bool(plan.topics.lidar),
@@ -332,10 +346,13 @@ def _processor(args, plan: Plan, reader: BagReader, estimator, backend, out_path
         calibration=None if calibration is None else
         (lambda image: calibration.camera_info(backend.copy_header(image.header), backend)),
         calibration_name=calibration.source if calibration else '')
-    source = FrameSource(reader, plan.topics, backend.typestore, assembler, plan.window,
-                         companion_wait_s=p['companion_wait'], copy_input=args.copy_input,
-                         stop=stop)
-    qos = publisher_qos(p['qos_output_reliability'], p['qos_output_depth'])
+    return FrameSource(reader, plan.topics, backend.typestore, assembler, plan.window,
+                       companion_wait_s=p['companion_wait'], copy_input=args.copy_input,
+                       stop=stop)
+
+
+def writer_factory(args, plan: Plan, backend, out_path):
+    qos = publisher_qos(plan.params['qos_output_reliability'], plan.params['qos_output_depth'])
 
     def open_writer() -> BagWriter:       # called by the write thread, which owns the bag
         writer = BagWriter(out_path, backend.typestore, storage=args.storage,
@@ -343,10 +360,7 @@ def _processor(args, plan: Plan, reader: BagReader, estimator, backend, out_path
         for name, topic in plan.topics_by_output.items():
             writer.add_topic(topic, OUTPUT_TYPES[name], qos)
         return writer
-    progress = _progress_bar(_estimated_frames(reader, plan.topics, plan.window),
-                             args.no_progress)
-    return BagProcessor(source, pipeline, open_writer, plan.topics_by_output, batch_size=batch,
-                        prefetch=args.prefetch, stop=stop, progress=progress)
+    return open_writer
 
 
 def _set_cpu_threads(requested: int | None, log) -> None:

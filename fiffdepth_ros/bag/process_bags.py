@@ -1,6 +1,6 @@
 """``process_bags``: ``process_bag`` for many recordings, here one after another or on Ray.
 
-    process_bags INPUT... -o OUTPUT_ROOT [--ray [ADDRESS]] [--workers N] [--chunk-seconds S]
+    process_bags INPUT... -o OUTPUT_ROOT [--ray [ADDRESS]] [--workers N] [--io-node driver|any]
                  [--overwrite] [any process_bag option: --model, --params, -p, --lidar-topic ...]
 
 INPUT: recordings, folders of them, globs or @LIST files (see fiffdepth_ros.bag.inputs); each
@@ -53,12 +53,22 @@ def build_parser() -> argparse.ArgumentParser:
     fleet.add_argument('--cpus-per-actor', type=float, default=1.0, metavar='C',
                        help='CPUs each model actor reserves (default 1; also its torch threads '
                        'unless --threads)')
-    fleet.add_argument('--chunk-seconds', type=float, default=0.0, metavar='S',
-                       help='split recordings of at least 2 S seconds into S-second chunks '
-                       'whose model work runs in parallel (output identical to one run; '
-                       'needs --stride 1; default 0: whole recordings)')
+    fleet.add_argument('--io-node', choices=('driver', 'any'), default='driver',
+                       help="where recordings are read and outputs written: 'driver' (default: "
+                       "this machine's node; no shared filesystem needed) or 'any' (spread "
+                       'over the cluster; inputs and OUTPUT_ROOT on a filesystem every node '
+                       'sees)')
+    fleet.add_argument('--io-cpus', type=float, default=0.0, metavar='C',
+                       help='CPUs each reader and writer reserves (default 0)')
+    fleet.add_argument('--bags-in-flight', type=int, metavar='N',
+                       help='recordings processed at once (default: the model actors)')
+    fleet.add_argument('--batches-in-flight', type=int, metavar='N',
+                       help="model batches in flight per recording, between its reader and its "
+                       'writer (default: 2 x the model actors); bounds the memory held')
     fleet.add_argument('--retries', type=int, default=3, metavar='N',
-                       help='retries of a recording whose worker died (default 3)')
+                       help='restarts of a model actor that died (its batches are retried), '
+                       'and new attempts of a recording whose reader or writer died '
+                       '(default 3)')
     fleet.add_argument('--local-cpus', type=int, metavar='N',
                        help="CPUs of a '--ray local' instance (default: all)")
     # Every per-bag option of process_bag (without its INPUT/OUTPUT), with the same meaning.
@@ -148,8 +158,10 @@ def process(argv=None, log=_log, bar: bool | None = None):
             options = FleetOptions(address=args.ray, workers=args.workers,
                                    cpus_per_actor=args.cpus_per_actor,
                                    gpus_per_actor=args.gpus_per_actor,
-                                   chunk_s=args.chunk_seconds, retries=args.retries,
-                                   local_cpus=args.local_cpus)
+                                   retries=args.retries, local_cpus=args.local_cpus,
+                                   io_node=args.io_node, io_cpus=args.io_cpus,
+                                   bags_in_flight=args.bags_in_flight,
+                                   batches_in_flight=args.batches_in_flight)
             outcomes = run_fleet(jobs, args, params, options, log=log, bar=show).outcomes
         else:
             outcomes = run_sequential(jobs, args, params, log=log, bar=show)

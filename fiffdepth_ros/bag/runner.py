@@ -19,6 +19,10 @@ frame's messages together: an interrupted run never holds half a frame.
 
 Stopping (Ctrl-C sets ``stop``): reading stops, frames not yet given to the model are dropped,
 the batch in the model is finished and written, and the bag is closed.
+
+The stages' per-item steps (:func:`prepare_item`, :class:`Batcher`, :class:`OutputStage`) are
+also what the Ray fleet runs in its reader and writer actors (bag/fleet.py), so a bag gets the
+same batches and the same messages there.
 """
 from __future__ import annotations
 
@@ -85,6 +89,110 @@ class _Link:
         return self.queue.get()
 
 
+def prepare_item(pipeline: DepthPipeline, item):
+    """The read stage's step: a FrameItem decoded by the pipeline (or skipped, with why)."""
+    if isinstance(item, FrameItem):
+        try:
+            return _Prepared(pipeline.prepare(item.inputs), item.bag_time_ns)
+        except FrameError as exc:
+            return SkipItem(str(exc), item.bag_time_ns)
+    return item
+
+
+def inference_failure(exc: BaseException) -> str:
+    """Why a batch's frames were skipped when the model raised (e.g. out of memory)."""
+    return f'inference failed: {type(exc).__name__}: {exc}'.split('\n')[0][:200]
+
+
+class Batcher:
+    """Groups read items, in bag order, into the model's batches: up to ``batch_size`` frames of
+    one image size, with the items between them. ``add`` returns the groups that are complete
+    ((items, frames) pairs; a group without frames passes straight on), ``flush`` the rest."""
+
+    def __init__(self, batch_size: int):
+        self.batch_size = max(1, int(batch_size))
+        self.held: list = []
+        self.frames: list[_Prepared] = []
+
+    def _take(self) -> tuple[list, list]:
+        group = (self.held, self.frames)
+        self.held, self.frames = [], []
+        return group
+
+    def add(self, item) -> list[tuple[list, list]]:
+        ready = []
+        if isinstance(item, _Prepared):
+            if self.frames and item.frame.rgb.shape != self.frames[0].frame.rgb.shape:
+                ready.append(self._take())              # a batch holds one image size
+            self.held.append(item)
+            self.frames.append(item)
+            if len(self.frames) >= self.batch_size:
+                ready.append(self._take())
+        else:
+            self.held.append(item)
+            if not self.frames or len(self.held) >= _MAX_HELD_ITEMS:
+                ready.append(self._take())
+        return ready
+
+    def flush(self) -> list[tuple[list, list]]:
+        return [self._take()] if self.held else []
+
+
+class OutputStage:
+    """The finish and write stages' steps: ``finish_item`` (scale fit, messages, CDR; in bag
+    order: the pipeline holds the temporal filter) and ``write_item`` into the bag that
+    ``open`` creates and ``close`` closes (one thread calls open, write_item and close)."""
+
+    def __init__(self, pipeline: DepthPipeline, open_writer: Callable[[], BagWriter],
+                 topics_by_output: dict[str, str], stats: RunStats):
+        self.pipeline = pipeline
+        self.open_writer = open_writer
+        self.topics_by_output = topics_by_output
+        self.outputs = tuple(topics_by_output)
+        self.stats = stats
+        self.writer: BagWriter | None = None
+
+    def finish_item(self, item):
+        if isinstance(item, _Inferred):
+            item = self._finish_frame(item)
+        if isinstance(item, SkipItem):
+            self.stats.skipped[item.reason] += 1
+        return item
+
+    def _finish_frame(self, item: _Inferred) -> _Serialized | SkipItem:
+        t0 = time.perf_counter()
+        try:
+            result = self.pipeline.finish(item.frame, item.relative, self.outputs)
+        except Exception as exc:          # a frame the scale fit or conversions cannot take
+            return SkipItem(f'frame failed: {type(exc).__name__}: {exc}'[:200], item.bag_time_ns)
+        serialize = self.pipeline.backend.typestore.serialize_cdr
+        messages = [(self.topics_by_output[name], serialize(msg, OUTPUT_TYPES[name]))
+                    for name, msg in result.messages.items()]
+        self.stats.record_result(result)
+        self.stats.stage_s['finish'] += time.perf_counter() - t0
+        return _Serialized(item.bag_time_ns, messages)
+
+    def open(self) -> None:
+        self.writer = self.open_writer()
+
+    def write_item(self, item) -> bool:
+        """True when ``item`` was a selected frame (written or skipped): one frame of progress."""
+        t0 = time.perf_counter()
+        if isinstance(item, CopyItem):
+            if not self.writer.copy(item.raw):
+                self.stats.copy_problems.update(self.writer.skipped_copies)
+        elif isinstance(item, _Serialized):
+            for topic, data in item.messages:
+                self.writer.write_serialized(topic, item.bag_time_ns, data)
+        self.stats.stage_s['write'] += time.perf_counter() - t0
+        return isinstance(item, (_Serialized, SkipItem))
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()       # always: a closed bag is a valid bag
+            self.stats.written = dict(self.writer.counts)
+
+
 class BagProcessor:
     """One run over a FrameSource into a bag made by ``open_writer``. ``run`` returns RunStats."""
 
@@ -95,13 +203,14 @@ class BagProcessor:
         self.source = source
         self.pipeline = pipeline
         self.open_writer = open_writer
-        self.writer: BagWriter | None = None      # created, written and closed by the write thread
         self.topics_by_output = topics_by_output
         self.outputs = tuple(topics_by_output)
         self.batch_size = max(1, int(batch_size))
         self.stop = stop or threading.Event()
         self.progress = progress          # tqdm-like (update(n)) or None
         self.stats = RunStats(read=source.stats)
+        # Its bag is created, written and closed by the write thread.
+        self.output = OutputStage(pipeline, open_writer, topics_by_output, self.stats)
         size = max(prefetch, self.batch_size) + 2
         self._to_infer = _Link(size, self.stop)
         self._to_finish = _Link(size, self.stop)
@@ -163,36 +272,23 @@ class BagProcessor:
     def _read(self) -> None:
         busy_since = time.perf_counter()
         for item in self.source:
-            if isinstance(item, FrameItem):
-                try:
-                    item = _Prepared(self.pipeline.prepare(item.inputs), item.bag_time_ns)
-                except FrameError as exc:
-                    item = SkipItem(str(exc), item.bag_time_ns)
+            item = prepare_item(self.pipeline, item)
             self.stats.stage_s['read+decode'] += time.perf_counter() - busy_since
             if not self._to_infer.put(item):
                 return
             busy_since = time.perf_counter()
 
     def _infer(self) -> None:
-        held: list = []                   # items in bag order, waiting for the batch to run
-        frames: list[_Prepared] = []
+        batcher = Batcher(self.batch_size)    # items in bag order, waiting for the batch to run
         while True:
             item = self._next_for_inference()
             if item is _END:
                 if not self.stop.is_set():
-                    self._run_batch(held, frames)
+                    for held, frames in batcher.flush():
+                        self._run_batch(held, frames)
                 return
-            if isinstance(item, _Prepared):
-                if frames and item.frame.rgb.shape != frames[0].frame.rgb.shape:
-                    self._run_batch(held, frames)          # a batch holds one image size
-                held.append(item)
-                frames.append(item)
-                if len(frames) >= self.batch_size:
-                    self._run_batch(held, frames)
-            else:
-                held.append(item)
-                if not frames or len(held) >= _MAX_HELD_ITEMS:
-                    self._run_batch(held, frames)
+            for held, frames in batcher.add(item):
+                self._run_batch(held, frames)
 
     def _next_for_inference(self):
         """The next read item; _END at the end of the input or once stopping."""
@@ -212,7 +308,7 @@ class BagProcessor:
                 for p, rel in zip(frames, relatives):
                     results[id(p)] = _Inferred(p.frame, rel, p.bag_time_ns)
             except Exception as exc:      # e.g. out of memory: these frames are lost, not the run
-                reason = f'inference failed: {type(exc).__name__}: {exc}'.split('\n')[0][:200]
+                reason = inference_failure(exc)
                 for p in frames:
                     results[id(p)] = SkipItem(reason, p.bag_time_ns)
             self.stats.model_s += time.perf_counter() - t0
@@ -223,39 +319,13 @@ class BagProcessor:
 
     def _finish(self) -> None:
         while (item := self._to_finish.get()) is not _END:
-            if isinstance(item, _Inferred):
-                item = self._finish_frame(item)
-            if isinstance(item, SkipItem):
-                self.stats.skipped[item.reason] += 1
-            self._to_write.put(item, force=True)
-
-    def _finish_frame(self, item: _Inferred) -> _Serialized | SkipItem:
-        t0 = time.perf_counter()
-        try:
-            result = self.pipeline.finish(item.frame, item.relative, self.outputs)
-        except Exception as exc:          # a frame the scale fit or conversions cannot take
-            return SkipItem(f'frame failed: {type(exc).__name__}: {exc}'[:200], item.bag_time_ns)
-        serialize = self.pipeline.backend.typestore.serialize_cdr
-        messages = [(self.topics_by_output[name], serialize(msg, OUTPUT_TYPES[name]))
-                    for name, msg in result.messages.items()]
-        self.stats.record_result(result)
-        self.stats.stage_s['finish'] += time.perf_counter() - t0
-        return _Serialized(item.bag_time_ns, messages)
+            self._to_write.put(self.output.finish_item(item), force=True)
 
     def _write(self) -> None:
-        self.writer = self.open_writer()
+        self.output.open()
         try:
             while (item := self._to_write.get()) is not _END:
-                t0 = time.perf_counter()
-                if isinstance(item, CopyItem):
-                    if not self.writer.copy(item.raw):
-                        self.stats.copy_problems.update(self.writer.skipped_copies)
-                elif isinstance(item, _Serialized):
-                    for topic, data in item.messages:
-                        self.writer.write_serialized(topic, item.bag_time_ns, data)
-                self.stats.stage_s['write'] += time.perf_counter() - t0
-                if isinstance(item, (_Serialized, SkipItem)) and self.progress is not None:
+                if self.output.write_item(item) and self.progress is not None:
                     self.progress.update(1)
         finally:
-            self.writer.close()       # always: a closed bag is a valid bag
-            self.stats.written = dict(self.writer.counts)
+            self.output.close()       # always: a closed bag is a valid bag
