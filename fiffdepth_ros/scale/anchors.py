@@ -94,18 +94,26 @@ def lidar_anchors(points, camera_from_lidar: RigidTransform, camera: CameraModel
     pts = np.ascontiguousarray(pts[:, :3])
     offered = len(pts)
     with np.errstate(over='ignore', invalid='ignore'):
+        # camera_from_lidar.apply in one BLAS product: numpy's product with the transposed
+        # rotation (a strided view) takes a loop ~10x slower on a 32k-point sweep.
+        rotation_t = np.ascontiguousarray(np.asarray(camera_from_lidar.rotation, np.float64).T)
+        cam = pts @ rotation_t + np.asarray(camera_from_lidar.translation, np.float64)
+        # Only points within the depth range go on (NaN fails both tests): half of a
+        # 360-degree sweep is behind the camera, and the projection and the rest cost more
+        # per point than this selection.
+        z = cam[:, 2]
+        ahead = np.flatnonzero((z >= min_depth) & (z <= max_depth))
+        pts, cam = pts.take(ahead, axis=0), cam.take(ahead, axis=0)
         rng2 = np.einsum('ij,ij->i', pts, pts)   # squared range; non-finite if any coordinate is
     finite = np.isfinite(rng2)
     if not finite.all():
-        pts, rng2 = pts[finite], rng2[finite]
+        pts, cam, rng2 = pts[finite], cam[finite], rng2[finite]
     rng = np.sqrt(rng2)                          # range from the LiDAR, drives its noise
-    cam = camera_from_lidar.apply(pts) if len(pts) else pts
     u, v, valid = camera.project(cam)
     z = cam[:, 2]
     col = np.floor(u + 0.5)                      # pixel centres sit at integer coordinates
     row = np.floor(v + 0.5)
-    keep = (valid & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
-            & (z >= min_depth) & (z <= max_depth))
+    keep = valid & (col >= 0) & (col < camera.width) & (row >= 0) & (row < camera.height)
     row, col, z, rng = row[keep].astype(np.int64), col[keep].astype(np.int64), z[keep], rng[keep]
     if len(z) == 0:
         return Anchors.empty('lidar', offered)

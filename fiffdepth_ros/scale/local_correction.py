@@ -359,16 +359,37 @@ def anchor_budget(shape, options: LocalCorrectionOptions = LocalCorrectionOption
     return int(options.max_anchors_per_cell * _cells(shape, options))
 
 
-def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
-                     options: LocalCorrectionOptions = LocalCorrectionOptions()
-                     ) -> LocalCorrection:
-    """Locally corrected depth (HxW float32, a new array) that honours the anchors.
+@dataclass(eq=False)
+class CorrectionGrid:
+    """A frame's correction on the coarse grid, built from its anchors alone: what remains is
+    reading it at every pixel (``_slice`` here, ``finish.local_correction`` on a device).
 
-    ``aligned``: globally fitted metric depth, float32 (NaN where invalid). ``weight``: the
-    anchors' inverse depth variance (1/m^2), None for equal noise.
-    """
-    aligned = np.asarray(aligned, np.float32)
-    h, w = aligned.shape
+    ``factor``: exp of the clipped log field, (gh, gw, bins) float32 (bins 1 without the
+    bilateral axis); None when no anchor was usable (the depth stays as it is)."""
+
+    factor: np.ndarray | None
+    grid: '_Grid | None'
+    weights: np.ndarray       # as LocalCorrection.weights
+    sigma: float
+
+
+def guide_range(guide: np.ndarray):
+    """(lo, hi) of the finite values of a subsample of the half-resolution log guide, or None:
+    the bilateral axis's extent (nanmin over every pixel costs more than the whole slice;
+    pixels beyond it fall into the end bins)."""
+    sub = guide[::2, ::2]
+    sub = sub[np.isfinite(sub)]
+    return (float(sub.min()), float(sub.max())) if sub.size else None
+
+
+def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
+                    options: LocalCorrectionOptions = LocalCorrectionOptions()
+                    ) -> CorrectionGrid:
+    """The coarse grid of ``local_correction`` from the anchors: ``sample(rows, cols)`` reads
+    the aligned depth at anchor pixels (float32 values; a numpy array or a device tensor
+    behind it), ``guide_extent`` is ``guide_range`` of the half-resolution log guide (only
+    read with ``options.edge_aware``)."""
+    h, w = shape
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)
     z = np.asarray(depth, np.float64)
@@ -376,10 +397,10 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     # Thinned anchors get weight 0 (not judged).
     used = evenly_spaced(len(z), anchor_budget((h, w), options))
     rows, cols, z = rows[used], cols[used], z[used]
-    a = aligned[rows, cols].astype(np.float64)
+    a = np.asarray(sample(rows, cols), np.float32).astype(np.float64)
     valid = np.isfinite(a) & (a > 0) & np.isfinite(z) & (z > 0)
     if not valid.any():
-        return LocalCorrection(aligned.copy(), weights, np.nan)
+        return CorrectionGrid(None, None, weights, np.nan)
     if not valid.all():
         used, rows, cols, z, a = used[valid], rows[valid], cols[valid], z[valid], a[valid]
     v = np.log(z / a)
@@ -388,20 +409,12 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     wv = np.broadcast_to(1.0 / (log_var + options.noise_floor ** 2), v.shape).copy()
     wv /= wv.mean()
 
-    guide = axis = anchor_bins = None
+    axis = anchor_bins = None
     if options.edge_aware:
-        # The factor is read at half resolution (see _slice), so is the guide.
-        half = aligned[::_SLICE_STEP, ::_SLICE_STEP]
-        guide = _WORK.get('guide', half.shape, np.float32)
-        with np.errstate(divide='ignore', invalid='ignore'):
-            np.log(half, out=guide)
         ga = np.log(a)
-        # Range from a subsample (nanmin over every pixel costs more than the whole slice);
-        # pixels beyond it fall into the end bins.
-        sub = guide[::2, ::2]
-        sub = sub[np.isfinite(sub)]
-        lo = min(float(sub.min()), float(ga.min())) if sub.size else float(ga.min())
-        hi = max(float(sub.max()), float(ga.max())) if sub.size else float(ga.max())
+        lo, hi = float(ga.min()), float(ga.max())
+        if guide_extent is not None:
+            lo, hi = min(guide_extent[0], lo), max(guide_extent[1], hi)
         axis = _RangeAxis(lo, hi, options, -(-w // options.cell))
         anchor_bins = axis.locate(ga)
     u = np.ones(len(v))
@@ -442,11 +455,39 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     state = fields.build(v, wv * u, options.min_support, False)
     field = state[:, :, 0, :fields.grid.bins]
     np.clip(field, -options.max_correction, options.max_correction, out=field)
-    factor = _slice(np.exp(field), fields.grid, guide)
+    weights[used] = u
+    return CorrectionGrid(np.exp(field), fields.grid, weights, sigma)
+
+
+def log_guide(aligned: np.ndarray) -> np.ndarray:
+    """Log of the aligned depth at half resolution (the factor is read there, see _slice);
+    NaN / -inf where the depth is invalid. A per-thread scratch image."""
+    half = aligned[::_SLICE_STEP, ::_SLICE_STEP]
+    guide = _WORK.get('guide', half.shape, np.float32)
+    with np.errstate(divide='ignore', invalid='ignore'):
+        np.log(half, out=guide)
+    return guide
+
+
+def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
+                     options: LocalCorrectionOptions = LocalCorrectionOptions()
+                     ) -> LocalCorrection:
+    """Locally corrected depth (HxW float32, a new array) that honours the anchors.
+
+    ``aligned``: globally fitted metric depth, float32 (NaN where invalid). ``weight``: the
+    anchors' inverse depth variance (1/m^2), None for equal noise.
+    """
+    aligned = np.asarray(aligned, np.float32)
+    h, w = aligned.shape
+    guide = log_guide(aligned) if options.edge_aware else None
+    plan = correction_grid((h, w), rows, cols, depth, weight, lambda r, c: aligned[r, c],
+                           guide_range(guide) if guide is not None else None, options)
+    if plan.factor is None:
+        return LocalCorrection(aligned.copy(), plan.weights, np.nan)
+    factor = _slice(plan.factor, plan.grid, guide)
     corrected = cv2.resize(factor, (w, h), interpolation=cv2.INTER_LINEAR)
     corrected *= aligned
-    weights[used] = u
-    return LocalCorrection(corrected, weights, sigma)
+    return LocalCorrection(corrected, plan.weights, plan.sigma)
 
 
 _MAPS: dict = {}
