@@ -1,18 +1,29 @@
-"""FiffDepth-nano quality: a trained model beside the random tiny model and a planar baseline.
+"""FiffDepth-nano quality: the built-in model beside the random tiny model and a planar baseline.
 
-    python bench/nano_quality.py --model OUT/model [--frames 200] [--processing-res 128]
+    python bench/nano_quality.py [--model nano|DIR|NAME=DIR ...] [--frames 200] [--json OUT]
+                                 [--heldout-only] [--speed-frames 20] [--threads N]
 
-Rows: the trained model (``--model``, e.g. scripts/train_nano.sh's OUT/model), the random tiny
-model of fiffdepth_ros.model.tiny, and "depth grows with image row" (prediction = row index).
-Columns: AbsRel and delta1 after least-squares scale and shift in depth
-(fiffdepth_ros.evaluation's align_scale_shift / compute_metrics / mean_metrics) on held-out
-procedural frames of both domains (seeds the recipe never trains or validates on: held-out
-offset ``--seed-offset``), the real frames in ../shared/data/rgbd (AbsRel only, two frames), and
-the model's time per frame. Prints measured numbers only.
+Rows: each ``--model`` (default: the built-in ``nano``; ``NAME=DIR`` labels a row, repeatable,
+as scripts/nano_ablation.sh does), the random tiny model of fiffdepth_ros.model.tiny and
+"depth grows with image row" (prediction = row index: a floor plane seen by a level camera).
+Columns:
+  (a) held-out procedural frames (training/data/procedural.py, seeds the recipe neither trains
+      nor validates on), both domains: AbsRel and delta1 after least-squares scale and shift in
+      depth (evaluation.alignment / evaluation.metrics), at the frames' native 128x96;
+  (b) the demo's synthetic room (demo/scene.py, a different generator, never trained on), the
+      demo's 12 streamed frames: relative AbsRel after alignment, and the demo's metric AbsRel
+      with the 32-line LiDAR through the node's own pipeline (demo/accuracy.py: the demo's
+      parameters, scale fit, temporal filter, local correction; median over frames);
+  (c) the real frames in ../shared/data/rgbd (read in place): AbsRel after alignment;
+  (d) speed: DepthEstimator.predict (what fiffdepth-predict and the node run per frame) on a
+      640x480 frame at processing_res 256, median of --speed-frames after 3 warm-up frames.
+Every number is measured when it runs; --heldout-only computes (a) alone.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 import time
@@ -30,88 +41,170 @@ from fiffdepth_ros.evaluation.metrics import compute_metrics, mean_metrics  # no
 from fiffdepth_ros.training.data import procedural  # noqa: E402
 
 REAL_FRAMES = ROOT.parent / 'shared' / 'data' / 'rgbd'
+ROOM_MAX_DEPTH = 30.0
+RGBD_MAX_DEPTH = 10.0
 
 
 def real_frames():
-    """(name, rgb, depth in metres, valid) of the shared real RGB-D frames."""
-    out = []
+    """(rgb, depth in metres, valid) of the shared real RGB-D frames, and their names."""
+    out, names = [], []
     for name, rgb_name in (('indoor_relative', 'rgb.jpg'), ('indoor_sparse', 'rgb.png')):
         folder = REAL_FRAMES / name
         if not (folder / rgb_name).is_file():
             continue
         rgb = cv2.cvtColor(cv2.imread(str(folder / rgb_name)), cv2.COLOR_BGR2RGB)
         mm = cv2.imread(str(folder / 'gt_depth.png'), cv2.IMREAD_UNCHANGED).astype(np.float32)
-        out.append((name, rgb, mm / 1000.0, mm > 0))
-    return out
+        out.append((rgb, mm / 1000.0, mm > 0))
+        names.append(name)
+    return out, names
 
 
-def score(predict, frames) -> dict:
-    per_image, seconds = [], []
+def aligned_metrics(predict, frames, max_depth: float) -> dict:
+    """Mean AbsRel / delta1 (evaluation.metrics) after least-squares scale and shift."""
+    per_image = []
     for rgb, depth, valid in frames:
-        t0 = time.perf_counter()
-        pred = predict(rgb)
-        seconds.append(time.perf_counter() - t0)
-        aligned = align_scale_shift(pred, depth, valid, space='depth', min_depth=1e-3,
-                                    max_depth=procedural.MAX_VALID_DEPTH)
+        aligned = align_scale_shift(predict(rgb), depth, valid, space='depth', min_depth=1e-3,
+                                    max_depth=max_depth)
         per_image.append(compute_metrics(aligned, depth, valid))
-    means = mean_metrics(per_image)
-    means['ms'] = 1000.0 * float(np.median(seconds))
-    return means
+    return mean_metrics(per_image)
 
 
 def row_baseline(rgb):
     return np.repeat(np.arange(rgb.shape[0], dtype=np.float32)[:, None], rgb.shape[1], 1)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--model', required=True, help='trained FiffDepth-nano folder')
-    ap.add_argument('--frames', type=int, default=200, help='held-out frames per domain')
-    ap.add_argument('--seed-offset', type=int, default=10000,
-                    help='first held-out seed offset (the recipe validates on offsets 0..)')
-    ap.add_argument('--width', type=int, default=128)
-    ap.add_argument('--height', type=int, default=96)
-    ap.add_argument('--processing-res', type=int, default=128)
-    ap.add_argument('--threads', type=int, default=2)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    from fiffdepth_ros.model.estimator import DepthEstimator
-    from fiffdepth_ros.model.tiny import build_tiny_checkpoint
-    seeds = procedural.held_out_seeds(args.frames, args.seed_offset)
+def median_ms(predict, image, frames: int, warm_up: int = 3) -> float:
+    for _ in range(warm_up):
+        predict(image)
+    seconds = []
+    for _ in range(frames):
+        t0 = time.perf_counter()
+        predict(image)
+        seconds.append(time.perf_counter() - t0)
+    return 1000.0 * float(np.median(seconds))
+
+
+def held_out(count: int, offset: int):
+    seeds = procedural.held_out_seeds(count, offset)
     domains = {}
     for domain in procedural.DOMAINS:
         frames = []
         for seed in seeds:
-            f = procedural.render_frame(seed, domain, args.width, args.height)
+            f = procedural.render_frame(seed, domain, 128, 96)
             frames.append((f.rgb, np.where(f.valid, f.depth, 0).astype(np.float32), f.valid))
         domains[domain] = frames
-    real = [(rgb, depth, valid) for _, rgb, depth, valid in real_frames()]
+    return seeds, domains
+
+
+def parse_models(specs: list[str]) -> dict[str, str]:
+    models = {}
+    for spec in specs:
+        name, _, where = spec.rpartition('=')
+        models[name or where] = where
+    return models
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--model', action='append', default=None, metavar='[NAME=]MODEL',
+                    help="model row(s): 'nano' (default), a folder or hub id; repeatable")
+    ap.add_argument('--frames', type=int, default=200, help='held-out frames per domain')
+    ap.add_argument('--seed-offset', type=int, default=10000,
+                    help='first held-out seed offset (the recipe validates on offsets 0..)')
+    ap.add_argument('--processing-res', type=int, default=256,
+                    help='processing_res on the 640x480 frames (room, rgbd, speed)')
+    ap.add_argument('--speed-frames', type=int, default=20)
+    ap.add_argument('--threads', type=int, default=max(1, len(os.sched_getaffinity(0)) - 1),
+                    help="torch CPU threads (default: the node's choice, one core fewer than "
+                         'available)')
+    ap.add_argument('--heldout-only', action='store_true', help='column (a) only')
+    ap.add_argument('--json', type=Path, help='write the table as JSON here')
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    from fiffdepth_ros.demo.accuracy import room_node_params, room_stream, run_in_process
+    from fiffdepth_ros.demo.scene import SyntheticRoom
+    from fiffdepth_ros.model.estimator import DepthEstimator
+    from fiffdepth_ros.model.tiny import build_tiny_checkpoint
+
+    t_start = time.time()
+    seeds, domains = held_out(args.frames, args.seed_offset)
+    room = SyntheticRoom(640, 480, lidar_lines=32)
+    room_frames = [(f.rgb, f.depth, f.depth > 0) for f in room_stream(room)[1:]]
+    real, real_names = real_frames()
+    speed_image = room_frames[0][0]
+    rows: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        models = {'trained (--model)': args.model,
-                  'random tiny': str(build_tiny_checkpoint(Path(tmp) / 'tiny', seed=0))}
-        rows = {}
-        for name, folder in models.items():
-            est = DepthEstimator.from_pretrained(folder, device='cpu', precision='fp32',
-                                                 processing_res=args.processing_res,
-                                                 cache_dir=tmp)
-            rows[name] = {d: score(est.predict, f) for d, f in domains.items()}
-            rows[name]['rgbd'] = score(est.predict, real) if real else None
-        rows['row baseline'] = {d: score(row_baseline, f) for d, f in domains.items()}
-        rows['row baseline']['rgbd'] = score(row_baseline, real) if real else None
-    print(f'held-out procedural frames: {args.frames} per domain, {args.width}x{args.height}, '
-          f'seeds {seeds.start}..{seeds.stop - 1}; processing_res {args.processing_res}; '
-          f'{len(real)} real frames (../shared/data/rgbd, 640x480); least-squares scale+shift')
-    print(f"{'model':<20} {'syn AbsRel':>10} {'syn d1':>7} {'real-like AbsRel':>16} "
-          f"{'real-like d1':>12} {'rgbd AbsRel':>11} {'ms/frame':>8}")
-    for name, r in rows.items():
-        rgbd = f"{r['rgbd']['abs_rel']:.3f}" if r['rgbd'] else '-'
-        print(f"{name:<20} {r['synthetic']['abs_rel']:>10.3f} {r['synthetic']['delta1']:>7.3f} "
-              f"{r['real']['abs_rel']:>16.3f} {r['real']['delta1']:>12.3f} {rgbd:>11} "
-              f"{r['synthetic']['ms']:>8.1f}")
-    base = rows['random tiny']['synthetic']['abs_rel']
-    print(f"trained / random tiny AbsRel (synthetic): "
-          f"{rows['trained (--model)']['synthetic']['abs_rel'] / base:.2f}")
+        models = parse_models(args.model or ['nano'])
+        models['random tiny'] = str(build_tiny_checkpoint(Path(tmp) / 'tiny', seed=0))
+        for name, where in models.items():
+            native = DepthEstimator.from_pretrained(where, device='cpu', precision='fp32',
+                                                    processing_res=0, cache_dir=tmp)
+            row = {f'heldout_{d}': aligned_metrics(native.predict, f, procedural.MAX_VALID_DEPTH)
+                   for d, f in domains.items()}
+            if not args.heldout_only:
+                est = DepthEstimator.from_pretrained(where, device='cpu', precision='fp32',
+                                                     processing_res=args.processing_res,
+                                                     cache_dir=tmp)
+                row['room_relative'] = aligned_metrics(est.predict, room_frames, ROOM_MAX_DEPTH)
+                params = room_node_params(room, where, args.processing_res, device='cpu')
+                row['room_metric'] = run_in_process(est, room, params)
+                row['rgbd'] = aligned_metrics(est.predict, real, RGBD_MAX_DEPTH) if real else None
+                row['ms_640x480'] = median_ms(est.predict, speed_image, args.speed_frames)
+            rows[name] = row
+        rows['row baseline'] = {f'heldout_{d}': aligned_metrics(row_baseline, f,
+                                                                procedural.MAX_VALID_DEPTH)
+                                for d, f in domains.items()}
+        if not args.heldout_only:
+            rows['row baseline'].update(
+                room_relative=aligned_metrics(row_baseline, room_frames, ROOM_MAX_DEPTH),
+                rgbd=aligned_metrics(row_baseline, real, RGBD_MAX_DEPTH) if real else None)
+
+    others = '' if args.heldout_only else (
+        f'room ({len(room_frames)} demo frames) and rgbd ({len(real)} real frames: '
+        f'{", ".join(real_names)}) at processing_res {args.processing_res} (640x480); ')
+    print(f'held-out procedural frames: {args.frames} per domain (synthetic, real-like), 128x96 '
+          f'native, seeds {seeds.start}..{seeds.stop - 1}; {others}least-squares scale+shift in '
+          f'depth; torch threads {args.threads}; CPU cores {len(os.sched_getaffinity(0))}, load '
+          f'average {os.getloadavg()[0]:.2f}; {time.time() - t_start:.0f} s')
+    print(format_table(rows, args.heldout_only))
+    first = next(iter(models))
+    base = rows['random tiny']['heldout_synthetic']['abs_rel']
+    print(f"{first} / random tiny AbsRel (held-out synthetic): "
+          f"{rows[first]['heldout_synthetic']['abs_rel'] / base:.2f}")
+    if not args.heldout_only:
+        ours = rows[first]['room_metric']['median_abs_rel']
+        random = rows['random tiny']['room_metric']['median_abs_rel']
+        print(f'{first} / random tiny demo metric AbsRel (32-line LiDAR): {ours:.3f} / '
+              f'{random:.3f} = {ours / random:.2f}')
+    if args.json:
+        args.json.write_text(json.dumps({'settings': vars(args) | {'json': str(args.json)},
+                                         'seeds': [seeds.start, seeds.stop - 1],
+                                         'rows': rows}, indent=1, default=str))
     return 0
+
+
+def _cell(value, fmt='.3f') -> str:
+    return '-' if value is None else format(value, fmt)
+
+
+def format_table(rows: dict, heldout_only: bool) -> str:
+    head = ['model', 'syn AbsRel', 'syn d1', 'real-like AbsRel', 'real-like d1']
+    if not heldout_only:
+        head += ['room rel AbsRel', 'room metric AbsRel', 'rgbd AbsRel', 'ms/frame@256']
+    lines = [' | '.join(head)]
+    for name, r in rows.items():
+        cells = [name, _cell(r['heldout_synthetic']['abs_rel']),
+                 _cell(r['heldout_synthetic']['delta1']), _cell(r['heldout_real']['abs_rel']),
+                 _cell(r['heldout_real']['delta1'])]
+        if not heldout_only:
+            metric = r.get('room_metric')
+            rgbd = r.get('rgbd')
+            cells += [_cell(r['room_relative']['abs_rel']),
+                      _cell(metric['median_abs_rel'] if metric else None),
+                      _cell(rgbd['abs_rel'] if rgbd else None),
+                      _cell(r.get('ms_640x480'), '.1f')]
+        lines.append(' | '.join(cells))
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# FiffDepth-nano ablation, the issue's four variants with the same budget each:
+#
+#   scripts/nano_ablation.sh GENERATOR_MODEL_DIR DATA_DIR OUT [STEPS]
+#
+#   GENERATOR_MODEL_DIR  the nano generator (scripts/train_nano.sh's OUT/generator/model)
+#   DATA_DIR             its data (OUT/data: synthetic/, real/, labels/, val/)
+#   STEPS                fiffdepth-stage steps per variant (default NANO_FD_STEPS or 2000, as
+#                        train_nano.sh)
+#
+# Each variant is `fiffdepth-train --config config/nano/fiffdepth.yaml` from the same generator,
+# seed, steps and learning-rate schedule:
+#   full    the recipe (t = 0 on synthetic GT, t = -1 filter on real-like images, trajectory)
+#   traj0   without the trajectory loss          method.weights.traj=0
+#   direct  without the t = -1 filter            method.real_supervision=direct (the teacher's
+#           pseudo-labels supervise U(x0_real, 0) with the same MAE + GM terms)
+#   noreal  without real-domain data             data.real=null train.batch_size_real=0
+# then one table of the held-out procedural frames (bench/nano_quality.py --heldout-only) in
+# OUT/ablation.txt and OUT/ablation.json. Variants whose export exists are not retrained.
+# NANO_THREADS (default 2) torch threads; NANO_ABLATION_FRAMES (default 200) held-out frames.
+set -euo pipefail
+if [ $# -lt 3 ]; then
+    echo "usage: $0 GENERATOR_MODEL_DIR DATA_DIR OUT [STEPS]" >&2
+    exit 2
+fi
+GEN=$(cd "$1" && pwd)
+DATA=$(cd "$2" && pwd)
+OUT=$(mkdir -p "$3" && cd "$3" && pwd)
+STEPS=${4:-${NANO_FD_STEPS:-2000}}
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+THREADS=${NANO_THREADS:-2}
+FRAMES=${NANO_ABLATION_FRAMES:-200}
+export OMP_NUM_THREADS=$THREADS
+PY=${PYTHON:-python}
+if [ -z "${PYTHON:-}" ] && [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$REPO/.venv/bin/python" ]; then
+    PY="$REPO/.venv/bin/python"
+fi
+for f in "$GEN/model_index.json" "$DATA/synthetic/frames.txt"; do
+    [ -e "$f" ] || { echo "$0: missing $f" >&2; exit 2; }
+done
+
+variant() {                       # variant NAME [overrides...]
+    local name=$1
+    shift
+    if [ -e "$OUT/$name/model/model_index.json" ]; then
+        echo "== $name: done already ($OUT/$name/model)"
+        return
+    fi
+    echo "== $name ($STEPS steps): $*"
+    local t0
+    t0=$(date +%s)
+    "$PY" -m fiffdepth_ros.cli.train --config "$REPO/config/nano/fiffdepth.yaml" \
+        model.init="$GEN" data.root="$DATA" data.split_root="$DATA" output_dir="$OUT/$name" \
+        train.max_steps="$STEPS" train.lr_schedule.total_steps="$STEPS" "$@"
+    echo "$name $(( $(date +%s) - t0 ))" >> "$OUT/variant_seconds.txt"
+}
+
+variant full
+variant traj0 method.weights.traj=0
+variant direct method.real_supervision=direct
+variant noreal data.real=null train.batch_size_real=0
+
+echo "== held-out evaluation ($FRAMES frames per domain)"
+"$PY" "$REPO/bench/nano_quality.py" --heldout-only --frames "$FRAMES" --threads "$THREADS" \
+    --model "full=$OUT/full/model" --model "traj0=$OUT/traj0/model" \
+    --model "direct=$OUT/direct/model" --model "noreal=$OUT/noreal/model" \
+    --json "$OUT/ablation.json" | tee "$OUT/ablation.txt"
