@@ -5,20 +5,24 @@ Writes --bags synthetic recordings (--frames each, 10 Hz, raw rgb8 + camera_info
 one long recording, builds the tiny random model, then measures:
 
   sequential   run_sequential: one model in this process, bags one after another (no Ray)
-  ray 1 / 2    run_fleet on a local Ray instance with that many model actors (1 CPU each)
-  chunked      the long recording alone, on 2 actors, in --chunk-seconds chunks
+  ray 1 / 2    run_fleet on a local Ray instance with that many model actors (1 CPU each);
+               every bag read by a reader actor, finished and written by a writer actor
+  long bag     the long recording alone: sequential, and on Ray with 2 model actors (its
+               batches spread over both)
 
 Per row: processing wall time (Ray start-up and actor start-up, which include the model load,
-are timed apart), bags/s, frames/s, the sum of the bags' own wall time (busy time: what the
-workers did), the share of it inside the model, and the ratio to the 1-worker row. At the end
-the per-actor memory (resident and peak, MiB) of the 2-worker fleet. Outputs are checked to be
-identical message for message to the sequential ones, so the numbers are for the same work.
+are timed apart), bags/s, frames/s, the ratio to the 1-worker row (the long bag on Ray: to its
+sequential run), and where the time goes: busy milliseconds per frame reading + decoding, in
+the model, finishing (scale fit, messages, CDR) and writing (on Ray each in its own process, so
+they overlap). At the end the resident and peak memory of every Ray actor (model actors,
+readers, writers). Outputs are checked to be identical message for message to the sequential
+ones, so the numbers are for the same work.
 
     python bench/fleet_throughput.py [--bags 6] [--frames 40] [--res 128] [--width 320]
-                                     [--chunk-seconds 2] [--long-frames 120]
+                                     [--long-frames 120]
 
-The CPU count matters: with 2 cores shared with other jobs, two 1-CPU actors compete with
-everything else on the machine; the load average is printed before and after.
+The CPU count matters: with 2 cores shared with other jobs, the actors compete with everything
+else on the machine; the load average is printed before and after.
 """
 import argparse
 import os
@@ -47,31 +51,30 @@ def contents(path):
 def row(label, outcomes, wall, base=None):
     done = [o for o in outcomes if o.status == 'done']
     frames = sum(o.frames for o in done)
-    busy = sum(o.wall_s for o in done)
-    model = sum(o.model_s for o in done)
     r = dict(label=label, bags=len(done), frames=frames, wall=wall, bps=len(done) / wall,
-             fps=frames / wall, busy=busy, model_share=model / busy if busy else 0.0)
+             fps=frames / wall)
+    for stage in ('read', 'model', 'finish', 'write'):
+        r[stage] = 1e3 * sum(getattr(o, f'{stage}_s') for o in done) / max(frames, 1)
     r['ratio'] = r['fps'] / base['fps'] if base else None
     return r
 
 
 def print_rows(rows):
-    print('| run | bags | frames | wall s | bags/s | frames/s | speed-up | busy s (sum of '
-          'bags) | model share of busy |')
-    print('| --- | --- | --- | --- | --- | --- | --- | --- | --- |')
+    print('| run | bags | frames | wall s | bags/s | frames/s | speed-up | ms/frame: read+decode '
+          '| model | finish | write |')
+    print('| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |')
     for r in rows:
         ratio = f"{r['ratio']:.2f}" if r['ratio'] is not None else '-'
         print(f"| {r['label']} | {r['bags']} | {r['frames']} | {r['wall']:.1f} | "
-              f"{r['bps']:.3f} | {r['fps']:.2f} | {ratio} | {r['busy']:.1f} | "
-              f"{100 * r['model_share']:.0f}% |")
+              f"{r['bps']:.3f} | {r['fps']:.2f} | {ratio} | {r['read']:.1f} | "
+              f"{r['model']:.1f} | {r['finish']:.1f} | {r['write']:.1f} |")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--bags', type=int, default=6)
     ap.add_argument('--frames', type=int, default=40, help='frames per bag')
-    ap.add_argument('--long-frames', type=int, default=120, help='frames of the chunked bag')
-    ap.add_argument('--chunk-seconds', type=float, default=2.0)
+    ap.add_argument('--long-frames', type=int, default=120, help='frames of the long bag')
     ap.add_argument('--width', type=int, default=320, help='image width (height 3/4 of it)')
     ap.add_argument('--res', type=int, default=128, help='processing_res')
     args = ap.parse_args()
@@ -100,8 +103,7 @@ def main():
         model = build_tiny_checkpoint(tmp / 'tiny')
         print(f'# input: {args.bags} bags x {args.frames} frames {spec["width"]}x'
               f'{spec["height"]} (+ camera_info, 16x512 LiDAR), tiny random model at '
-              f'processing_res {args.res}; long bag {args.long_frames} frames, '
-              f'{args.chunk_seconds:g} s chunks')
+              f'processing_res {args.res}; long bag {args.long_frames} frames')
 
         def parse(out):
             a = build_parser().parse_args(
@@ -122,6 +124,10 @@ def main():
         seq = run_sequential(jobs, a, params, log=quiet)
         rows.append(row('sequential (no Ray, model loaded)', seq, time.perf_counter() - t0))
         reference = {j.name: contents(j.output) for j in jobs}
+        long_seq = expand_inputs([str(tmp / 'long' / 'long')], tmp / 'long_seq')
+        t0 = time.perf_counter()
+        long_rows = [row('long bag, sequential', run_sequential(long_seq, a, params, log=quiet),
+                         time.perf_counter() - t0)]
 
         t0 = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
@@ -133,7 +139,7 @@ def main():
             jobs = expand_inputs([str(tmp / 'in')], tmp / f'ray{workers}')
             t0 = time.perf_counter()
             fleet = Fleet(ray, params, FleetOptions(workers=workers), threads=1)
-            fleet.memory(timeout_s=600)                  # waits until every actor has loaded
+            fleet.wait_ready(timeout_s=600)             # every actor has loaded the model
             start = time.perf_counter() - t0
             t0 = time.perf_counter()
             result = run_fleet(jobs, a, params, FleetOptions(), fleet=fleet)
@@ -143,29 +149,26 @@ def main():
             rows.append(r)
             same = all(contents(j.output) == reference[j.name] for j in jobs)
             print(f'# {workers} actor(s) started (model loaded) in {start:.1f} s; outputs '
-                  f'identical to sequential: {same}')
+                  f'identical to sequential: {same}; batches per actor {result.actor_batches}')
             if workers == 2:
-                long_job = expand_inputs([str(tmp / 'long' / 'long')], tmp / 'chunked')
-                seq_long = expand_inputs([str(tmp / 'long' / 'long')], tmp / 'long_seq')
+                long_job = expand_inputs([str(tmp / 'long' / 'long')], tmp / 'long_ray')
                 t0 = time.perf_counter()
-                whole = run_fleet(seq_long, a, params, FleetOptions(), fleet=fleet)
-                rows.append(row('long bag, whole, 2 workers', whole.outcomes,
-                                time.perf_counter() - t0))
-                t0 = time.perf_counter()
-                chunked = run_fleet(long_job, a, params,
-                                    FleetOptions(chunk_s=args.chunk_seconds), fleet=fleet)
-                rows.append(row(f'long bag, {chunked.outcomes[0].chunks} chunks, 2 workers',
-                                chunked.outcomes, time.perf_counter() - t0, rows[-1]))
-                print('# chunked long bag identical to its whole run: '
-                      f'{contents(long_job[0].output) == contents(seq_long[0].output)}')
-                memory = fleet.memory()
+                one = run_fleet(long_job, a, params, FleetOptions(bags_in_flight=1),
+                                fleet=fleet)
+                long_rows.append(row('long bag alone, ray, 2 workers', one.outcomes,
+                                     time.perf_counter() - t0, long_rows[0]))
+                print('# long bag on 2 workers identical to its sequential run: '
+                      f'{contents(long_job[0].output) == contents(long_seq[0].output)}; '
+                      f'batches per actor {one.actor_batches}')
+                memory = result.actor_memory + result.io_memory
             fleet.close()
         ray.shutdown()
     print()
-    print_rows(rows)
-    print('# speed-up: frames/s over the 1-worker row (the chunked row: over the whole long bag)')
+    print_rows(rows + long_rows)
+    print('# speed-up: frames/s over the 1-worker row (the long bag on Ray: over its '
+          'sequential run)')
     for m in memory:
-        print(f"# actor pid {m['pid']}: resident {m['rss_mib']:.0f} MiB, peak "
+        print(f"# {m['kind']} actor pid {m['pid']}: resident {m['rss_mib']:.0f} MiB, peak "
               f"{m['peak_mib']:.0f} MiB")
     print(f'# load average after: {os.getloadavg()[0]:.2f}')
 

@@ -582,6 +582,8 @@ class _Driver:
         self.batch = args.batch_size or (4 if fleet.traits.get('cuda') else 1)
         self.load = [0] * n                 # predict calls in flight per model actor
         self.batches = [0] * n
+        self.dead: set[int] = set()         # model actors lost for good (restarts used up)
+        self.actor_ids = [a._actor_id.hex() for a in fleet.actors]
         self.waiting: dict = {}             # ref -> (flow, kind, extra)
         self.flows: list[_Flow] = []
         self.stopping = False
@@ -610,7 +612,12 @@ class _Driver:
                         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0,
                                             fetch_local=False)
                     for ref in ready:
-                        self._on_ready(ref, *self.waiting.pop(ref))
+                        entry = self.waiting.pop(ref)
+                        try:
+                            self._on_ready(ref, *entry)
+                        except KeyboardInterrupt:     # handled again after the stop
+                            self.waiting[ref] = entry
+                            raise
                     if time.perf_counter() >= next_report:
                         next_report = time.perf_counter() + 0.2
                         self._report()
@@ -644,7 +651,10 @@ class _Driver:
         while (not self.stopping and not flow.read_done
                and len(flow.pending) < self.batches_in_flight):
             meta, groups, items = flow.reader.next_batch.options(num_returns=3).remote()
-            a = min(range(len(self.load)), key=self.load.__getitem__)
+            alive = [i for i in range(len(self.load)) if i not in self.dead]
+            if not alive:
+                raise FleetUnavailable('every model actor died and could not be restarted')
+            a = min(alive, key=self.load.__getitem__)
             self.load[a] += 1
             self.batches[a] += 1
             predicted = self.fleet.actors[a].predict.remote(groups)
@@ -683,7 +693,7 @@ class _Driver:
             flow.read_s += value['read_s']
             if value['done'] and not flow.read_done:
                 flow.read_done, flow.final = True, value
-        elif kind == 'write':
+        elif kind == 'write' and ref in flow.pending:
             flow.pending.remove(ref)
             flow.frames += value
         elif kind == 'close':
@@ -692,6 +702,9 @@ class _Driver:
 
     def _attempt_failed(self, flow: _Flow, exc: Exception) -> None:
         job = flow.job
+        lost = getattr(exc, 'actor_id', None)
+        if lost is not None and str(lost) in self.actor_ids:
+            self.dead.add(self.actor_ids.index(str(lost)))     # past its restarts: not again
         text = str(exc).strip().split('\n')[0][:200]
         for pool, actor in ((self.fleet.readers, flow.reader), (self.fleet.writers, flow.writer)):
             pool.discard(actor)
