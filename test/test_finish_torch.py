@@ -24,6 +24,8 @@ from fiffdepth_ros.sync import FrameInputs
 ROOM = SyntheticRoom(320, 240, lidar_lines=32)
 FRAME = ROOM.render(t=0.3)
 STAMP = 1_700_000_000 * 10**9
+# The locally corrected depth on the torch path: float32 rounding apart (16 ulp; measured <= 6).
+LOCAL_RTOL = 2e-6
 
 
 def _same_anchors(a: Anchors, b: Anchors):
@@ -95,7 +97,11 @@ def test_scale_plan_applied_in_torch_matches_numpy(space, local):
     got, report = finisher.recover(ScaleRecovery(cfg), torch.from_numpy(relative), anchors, 1.0)
     assert report == ref_report and report.status == 'fitted'
     assert (report.local_inliers > 0) is local
-    np.testing.assert_array_equal(got.numpy(), ref_depth)     # NaN in the same places too
+    if local:       # torch's and numpy's float32 log differ in the last bits: a few ulp
+        np.testing.assert_allclose(got.numpy(), ref_depth, rtol=LOCAL_RTOL, atol=0)
+        np.testing.assert_array_equal(np.isnan(got.numpy()), np.isnan(ref_depth))
+    else:
+        np.testing.assert_array_equal(got.numpy(), ref_depth)     # NaN in the same places too
     assert np.isnan(ref_depth).any()                          # the range clip did something
 
 
@@ -161,7 +167,9 @@ def _inputs(backend, frame, stamp):
                                     'local_correction': False}])
 def test_pipeline_on_the_torch_path_publishes_the_numpy_paths_bytes(estimator, extra):
     """Two frames through both pipelines (the temporal filter carries state): every message
-    byte for byte, the reports and the host depth equal."""
+    byte for byte, the reports and the host depth equal; with the local correction the metric
+    images and clouds to float32 rounding (16UC1 to the millimetre)."""
+    local = _config(**extra).scale.local_correction
     backend = RclpyBackend()
     numpy_pipe = DepthPipeline(estimator, _config(**extra), backend, finish_device=None)
     torch_pipe = DepthPipeline(estimator, _config(**extra), backend, finish_device='cpu')
@@ -173,9 +181,27 @@ def test_pipeline_on_the_torch_path_publishes_the_numpy_paths_bytes(estimator, e
         assert got.report == ref.report and got.metric == ref.metric and ref.metric
         assert set(got.messages) == set(ref.messages) == set(OUTPUTS)
         for name, msg in ref.messages.items():
+            if local and name in ('depth', 'points', 'colorized'):
+                _close_data(got.messages[name], msg)
+                got.messages[name].data = msg.data
             assert got.messages[name] == msg, name      # rclpy messages compare every field
-        np.testing.assert_array_equal(got.depth, ref.depth)
+        if local:
+            np.testing.assert_allclose(got.depth, ref.depth, rtol=LOCAL_RTOL, atol=0)
+            np.testing.assert_array_equal(np.isnan(got.depth), np.isnan(ref.depth))
+        else:
+            np.testing.assert_array_equal(got.depth, ref.depth)
         assert isinstance(got.depth, np.ndarray)
+
+
+def _close_data(got, ref):
+    if getattr(ref, 'encoding', '') in ('16UC1', 'rgb8'):
+        # 16UC1: one millimetre of rounding; colourised: one step of the colour map.
+        kind, most = (np.uint16, 1) if ref.encoding == '16UC1' else (np.uint8, 8)
+        diff = np.frombuffer(got.data, kind).astype(int) - np.frombuffer(ref.data, kind)
+        assert np.abs(diff).max() <= most and np.count_nonzero(diff) < 0.01 * len(diff)
+        return
+    a, b = np.frombuffer(got.data, np.float32), np.frombuffer(ref.data, np.float32)
+    np.testing.assert_allclose(a, b, rtol=LOCAL_RTOL, atol=0, equal_nan=True)
 
 
 def test_auto_finishes_on_the_device_only_for_cuda_models(estimator):

@@ -1,7 +1,8 @@
 """Dense depth on a device: the scale recovery plan applied where the relative depth is.
 
-Twins of ``scale.fit.apply_fit``, ``ScaleRecovery.apply`` (range clip) and
-``conversions.depth_image.depth_to_16uc1``, in the same float32 arithmetic.
+Twins of ``scale.fit.apply_fit``, ``ScaleRecovery.apply`` (range clip; the local correction is
+``finish.local_correction``) and ``conversions.depth_image.depth_to_16uc1``, in the same
+float32 arithmetic.
 """
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 import torch
 
 from ..scale.recovery import Plan, ScaleRecovery
+from .local_correction import local_correction_torch
 
 
 @torch.inference_mode()
@@ -35,13 +37,13 @@ def apply_plan_torch(recovery: ScaleRecovery, relative: torch.Tensor, plan: Plan
                      ) -> torch.Tensor:
     """``recovery.apply(relative, plan)`` on the relative depth's device.
 
-    The local correction has no torch twin yet: its coarse grids are built on the host from
-    the anchors, and the dense image makes a round trip for it (two copies of HxW float32).
+    The local correction's coarse grid is built on the host from the anchors; its dense read
+    runs on the device (``finish.local_correction``): no HxW image crosses for it.
     """
     depth = apply_fit_torch(relative, plan.scale, plan.shift, plan.space)
     if plan.local is not None:
-        corrected = recovery.correct_locally(depth.cpu().numpy(), plan)
-        depth = torch.from_numpy(corrected).to(relative.device)
+        depth, weights, _ = local_correction_torch(depth, *plan.local, recovery.local_options)
+        plan.report.local_inliers = int(np.count_nonzero(weights))
     return clip_range_torch(depth, plan.min_depth, plan.max_depth)
 
 

@@ -1,0 +1,115 @@
+"""The local correction on a device: the twin of ``scale.local_correction.local_correction``.
+
+The coarse grid comes from the anchors alone (``correction_grid``: thousands of values, numpy on
+the host, the same code as the CPU path); what touches every pixel runs here, where the aligned
+depth already is: the half-resolution log guide and its extent, the trilinear read of the grid
+(OpenCV's ``remap`` reproduced: exact weights in OpenCV 5, 1/32-pixel steps in 4), the bilinear
+upsampling (``cv2.resize``'s half-pixel rule, as ``F.interpolate`` with ``align_corners=False``)
+and the product with the aligned depth. To the host go the aligned depth at the anchors and two
+numbers (the guide's extent); to the device the grid (tens of kB).
+
+The result equals the numpy path's to float32 rounding (torch's and numpy's log differ in the
+last bits; the tests state the tolerance).
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..scale.local_correction import (_SLICE_STEP, LocalCorrectionOptions, _pixel_maps,
+                                      correction_grid)
+
+_TAB = 32            # OpenCV 4's INTER_TAB_SIZE: its remap weighs in steps of 1/32
+
+
+@torch.inference_mode()
+def local_correction_torch(aligned: torch.Tensor, rows, cols, depth, weight=None,
+                           options: LocalCorrectionOptions = LocalCorrectionOptions()):
+    """(corrected depth tensor, weights, sigma) as ``local_correction`` gives (depth,
+    weights, sigma) for the same arguments; ``aligned`` is an HxW float32 tensor (NaN
+    invalid) on any device; rows/cols/depth/weight are host arrays (the anchors)."""
+    aligned = aligned.float()
+    h, w = aligned.shape
+    guide = extent = None
+    if options.edge_aware:
+        guide = torch.log(aligned[::_SLICE_STEP, ::_SLICE_STEP])   # NaN / -inf: invalid
+        sub = guide[::2, ::2]
+        finite = torch.isfinite(sub)
+        inf = torch.tensor(float('inf'), device=sub.device)
+        lo, hi = torch.stack([torch.where(finite, sub, inf).amin(),
+                              torch.where(finite, sub, -inf).amax()]).cpu().tolist()
+        extent = (lo, hi) if lo <= hi else None
+    flat = aligned.reshape(-1)
+
+    def sample(r, c):
+        index = torch.from_numpy(np.asarray(r, np.int64) * w + np.asarray(c, np.int64))
+        return flat[index.to(aligned.device)].cpu().numpy()
+
+    plan = correction_grid((h, w), rows, cols, depth, weight, sample, extent, options)
+    if plan.factor is None:
+        return aligned.clone(), plan.weights, np.nan
+    factor = torch.from_numpy(plan.factor).to(aligned.device)
+    half = _slice_torch(factor, plan.grid, guide)
+    up = F.interpolate(half[None, None], size=(h, w), mode='bilinear', align_corners=False)
+    return up[0, 0] * aligned, plan.weights, plan.sigma
+
+
+def _slice_torch(factor: torch.Tensor, grid, guide: torch.Tensor | None) -> torch.Tensor:
+    """``scale.local_correction._slice`` in torch: the grid at every half-resolution pixel."""
+    gx, gy = (torch.from_numpy(m).to(factor.device) for m in _pixel_maps(grid))
+    if grid.axis is None:
+        return _remap_linear(factor[:, :, 0], gx, gy)
+    gh, gw, bins = factor.shape
+    gb = (guide - np.float32(grid.axis.g0)) * np.float32(1.0 / grid.axis.width)
+    # NaN (invalid aligned depth) -> bin 0, as the numpy path's fmax: a finite factor there.
+    gb = torch.fmax(gb, torch.zeros((), device=gb.device)).clamp_(max=float(bins - 1))
+    b0 = gb.to(torch.int32).clamp_(0, bins - 2).float()     # truncation = floor (gb >= 0)
+    gb = gb - b0                                             # fraction towards bin b0 + 1
+    map_x = b0 * np.float32(gw) + gx
+    tiles = factor.permute(0, 2, 1).reshape(gh, bins * gw)   # bin b at x offset b * gw
+    lo = _remap_linear(tiles, map_x, gy)
+    hi = _remap_linear(tiles, map_x + np.float32(gw), gy)
+    return (hi - lo) * gb + lo
+
+
+def _remap_linear(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> torch.Tensor:
+    """``cv2.remap(src, map_x, map_y, INTER_LINEAR)`` with its constant 0 border, as this
+    OpenCV computes it (see ``_remap_steps``)."""
+    steps = _remap_steps()
+    if steps is None:
+        x0, y0 = torch.floor(map_x), torch.floor(map_y)
+        ax, ay = map_x - x0, map_y - y0
+        x0, y0 = x0.to(torch.int64), y0.to(torch.int64)
+    else:
+        sx = torch.round(map_x * np.float32(steps)).to(torch.int64)    # half to even: cvRound
+        sy = torch.round(map_y * np.float32(steps)).to(torch.int64)
+        x0 = torch.div(sx, steps, rounding_mode='floor')
+        y0 = torch.div(sy, steps, rounding_mode='floor')
+        ax = (sx - x0 * steps).float() * np.float32(1.0 / steps)
+        ay = (sy - y0 * steps).float() * np.float32(1.0 / steps)
+    h, w = src.shape
+    padded = F.pad(src[None, None], (1, 1, 1, 1))[0, 0].reshape(-1)    # the 0 border
+    stride = w + 2
+
+    def tap(dy, dx):
+        yy = (y0 + dy).clamp_(-1, h) + 1
+        xx = (x0 + dx).clamp_(-1, w) + 1
+        return padded[yy * stride + xx]
+
+    bx, by = 1.0 - ax, 1.0 - ay
+    return (tap(0, 0) * (by * bx) + tap(0, 1) * (by * ax)
+            + tap(1, 0) * (ay * bx) + tap(1, 1) * (ay * ax))
+
+
+@functools.lru_cache(maxsize=None)
+def _remap_steps() -> int | None:
+    """How this OpenCV's remap weighs float images: OpenCV 4 rounds the coordinates to 1/32
+    pixel (INTER_TAB_SIZE) and weighs by those steps; OpenCV 5 uses the exact fractions
+    (None). Probed once, so the device path follows the numpy path it stands in for."""
+    import cv2
+    out = cv2.remap(np.array([[0.0, 1.0]], np.float32), np.full((1, 1), 0.3, np.float32),
+                    np.zeros((1, 1), np.float32), interpolation=cv2.INTER_LINEAR)
+    return None if abs(float(out[0, 0]) - 0.3) < 1e-4 else _TAB
