@@ -24,7 +24,8 @@ ARGUMENTS = [
                          'metric anchors (empty = none)'),
     ('params_file', PathJoinSubstitution([FindPackageShare('fiffdepth_ros'), 'config',
                                           'default.yaml']), 'parameters file'),
-    ('model', '', 'FiffDepth checkpoint folder or hub id (empty = the params_file value)'),
+    ('model', '', "checkpoint folder, hub id or 'nano' (empty = the params_file value; the "
+                  "package's default.yaml: nano, the built-in demonstration model)"),
     ('device', 'auto', 'auto (CUDA when available), cpu, cuda or cuda:N'),
     ('use_sim_time', 'false', 'use /clock, e.g. when replaying a bag'),
     ('managed', 'false', 'true: a lifecycle (managed) node, brought up by a lifecycle manager '
