@@ -223,6 +223,9 @@ def _split_run(rec, name, extra, out):
         batches.append([len(g) for g in groups])
         writer.write(_transported(items), _transported(groups),
                      _transported(model.predict(_transported(groups))))
+        if len(batches) == 1:         # a batch out of order is refused, not written
+            with pytest.raises(RuntimeError, match='arrived after'):
+                writer.write(_transported(items), [], ([], 0.0))
         read_s += meta['read_s']
         if meta['done']:
             return writer.close(meta, read_s, complete=True), job, batches

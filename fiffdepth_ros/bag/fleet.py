@@ -20,7 +20,9 @@ What runs where, per recording (bag)::
   batch's images (a batch goes to the actor with the fewest in flight, so one long bag spreads
   over every actor). It never touches a file.
 * The **writer** (one per bag at a time: a bag writer is stateful) receives the batches in bag
-  order, runs the pipeline's ``finish`` (scale fit with its temporal filter, messages) and
+  order (Ray runs a single-threaded actor's calls from one submitter in submission order;
+  readers and writers have no task retries, which would void that; each batch carries the
+  reader's sequence number and the writer checks it), runs the pipeline's ``finish`` (scale fit with its temporal filter, messages) and
   writes through the same :class:`~fiffdepth_ros.bag.runner.OutputStage` as ``process_bag``,
   under ``OUTPUT_ROOT/.partial/<name>``; closed after a complete read it is renamed to
   ``OUTPUT_ROOT/<name>``. Hence the same messages, message for message, as the sequential run,
@@ -213,6 +215,7 @@ class ReaderImpl:
     def __init__(self):
         self.reader = None
         self.items = None
+        self.seq = 0
         self._connections: dict = {}
 
     def open(self, job: BagJob, args, params: dict, batch: int) -> Opened:
@@ -230,16 +233,18 @@ class ReaderImpl:
             self.source = frame_source(bag_args, plan, self.reader, backend, None)
             self.items = iter(self.source)
             self.batcher = Batcher(batch)
+            self.seq = 0
             return Opened(plan, _estimated_frames(self.reader, plan.topics, plan.window), '',
                           os.getpid())
         except Exception as exc:        # this bag's own problem: the driver reports it
             self.close()
             return Opened(error=describe_error(exc), pid=os.getpid())
 
-    def next_batch(self) -> tuple[dict, list, list]:
-        """(meta, image groups, items): the items in bag order up to and including one model
-        batch (groups: that batch's images; more than one only when a batch ended early on an
-        image size change). meta['done'] once the bag is read (with its read stats)."""
+    def next_batch(self) -> tuple[dict, list, tuple]:
+        """(meta, image groups, (sequence number, items)): the items in bag order up to and
+        including one model batch (groups: that batch's images; more than one only when a
+        batch ended early on an image size change). meta['done'] once the bag is read (with
+        its read stats)."""
         from .runner import prepare_item
         t0 = time.perf_counter()
         items: list = []
@@ -261,7 +266,8 @@ class ReaderImpl:
         if done and self.reader is not None:
             meta.update(read=self.source.stats, read_error=self.reader.read_error)
             self.close()
-        return meta, groups, items
+        self.seq += 1
+        return meta, groups, (self.seq, items)
 
     def _for_transport(self, item):
         """What the writer needs of an item, picklable: a frame without its image (that travels
@@ -321,16 +327,20 @@ class WriterImpl:
                                                          backend, self.partial),
                                 plan.topics_by_output, self.stats)
             stage.open()
-            self.stage = stage
+            self.stage, self.seq = stage, 0
             return {'error': '', 'pid': os.getpid()}
         except Exception as exc:
             self.abort()
             return {'error': describe_error(exc), 'pid': os.getpid()}
 
-    def write(self, items: list, groups: list, predicted: tuple) -> int:
+    def write(self, batch: tuple, groups: list, predicted: tuple) -> int:
         """One batch, in bag order; returns the selected frames it finished (or skipped)."""
         from .frames import SkipItem
         from .runner import _Inferred, _Prepared
+        seq, items = batch
+        if seq != self.seq + 1:           # never write a batch out of order
+            raise RuntimeError(f'batch {seq} arrived after batch {self.seq}')
+        self.seq = seq
         results, model_s = predicted
         self.stats.model_s += model_s
         per_frame = ((rgb, group if isinstance(group, str) else group[i])
