@@ -153,7 +153,8 @@ def test_predict_with_nano_gives_a_finite_depth_image(tmp_path, capsys):
     assert depth.shape == (120, 160) and depth.dtype == np.float32
     assert np.isfinite(depth).all() and depth.min() >= 0.0 and depth.max() <= 1.0
     assert depth.std() > 1e-4                      # not a constant image
-    assert 'fiffdepth model' in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert 'fiffdepth model' in err and 'model nano (family fiffdepth; built-in, ' in err
 
 
 def test_model_line_says_model_family_and_where_from():

@@ -119,6 +119,8 @@ def main(argv=None) -> int:
         return 2
     names = output_names(images)
     disparity = estimator.output_space == 'disparity'
+    from ..model.runtime import model_line
+    print(f'model {model_line(estimator.describe())}', file=sys.stderr)
     print(f'{estimator.family} model'
           + (': outputs are disparity (larger = nearer)' if disparity else ''), file=sys.stderr)
     failed = []
