@@ -391,8 +391,7 @@ _REMOTES: dict = {}
 def _remotes(ray):
     if not _REMOTES:
         _REMOTES['model'] = ray.remote(ModelActorImpl)
-        reader = ray.remote(ReaderImpl)
-        _REMOTES['reader'] = reader
+        _REMOTES['reader'] = ray.remote(ReaderImpl)
         _REMOTES['writer'] = ray.remote(WriterImpl)
     return _REMOTES
 
@@ -516,8 +515,9 @@ def run_fleet(jobs: list[BagJob], args, params: dict, options: FleetOptions,
               stop: threading.Event | None = None, fleet: Fleet | None = None) -> FleetResult:
     """Process ``jobs`` on Ray; outcomes in the jobs' order. ``bar``: a FleetBar. ``stop``
     set (or Ctrl-C): running bags stop and stay partial, the rest are not started.
-    ``on_progress(snapshot)``: called about every 0.2 s (bags' frames, attempts, reader / writer
-    pids; the model actors' pids). ``fleet``: actors to use (made with the same params; then
+    ``on_progress(snapshot)``: called about every 0.2 s (per running bag: frames done,
+    expected, attempt, reader and writer pids; 'load': batches in flight per model actor).
+    ``fleet``: actors to use (made with the same params; then
     ``options`` only sets the bags and batches in flight and the bag retries); by default this
     call makes and ends its own."""
     ray = require_ray()
@@ -536,6 +536,7 @@ def run_fleet(jobs: list[BagJob], args, params: dict, options: FleetOptions,
         try:
             if fleet is None:
                 fleet = Fleet(ray, params, options, args.threads, log)
+            if not fleet.traits:
                 fleet.wait_ready()
             result.actors = fleet.size
             driver = _Driver(ray, fleet, options, args, params, outcomes, bar, on_progress, log)
