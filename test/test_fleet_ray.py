@@ -1,5 +1,6 @@
-"""process_bags on a local Ray instance (2 CPUs): one instance, one set of model actors and
-pools of reader / writer actors for the whole module (Ray and actor start-up cost seconds each).
+"""process_bags on a local two-node Ray cluster (2 CPUs): the driver's node with no CPU for
+models, and a node with 2 CPUs where the model actors go; one cluster, one set of model actors
+and pools of reader / writer actors for the whole module (start-ups cost seconds each).
 
 Outputs are compared message for message with the single-bag ``process_bag`` run of the same
 recording (fleet_helpers.sequential_reference); the killed workers are real SIGKILLs of the
@@ -11,6 +12,7 @@ import threading
 
 import pytest
 import ray
+from ray.cluster_utils import Cluster
 
 from fleet_helpers import (COMMON, ReusedModel, contents, make_recordings, sequential_reference,
                            warm_prompt_cache)
@@ -40,7 +42,10 @@ def setup(tmp_path_factory, tiny_checkpoint):
     # Other jobs may fill this machine's memory: Ray's own OOM killer would kill our workers
     # (the kernel's still guards the machine).
     os.environ.setdefault('RAY_memory_monitor_refresh_ms', '0')
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    cluster = Cluster(initialize_head=True, head_node_args={'num_cpus': 0,
+                                                            'include_dashboard': False})
+    cluster.add_node(num_cpus=2)
+    ray.init(address=cluster.address, log_to_driver=False)
     fleet = Fleet(ray, params, FleetOptions(workers=2, retries=2), threads=1)
     # The actors load the model while the references run here.
     model = ReusedModel()
@@ -57,6 +62,7 @@ def setup(tmp_path_factory, tiny_checkpoint):
     yield dict(root=root, refs=refs, argv=argv, args=args, params=params, fleet=fleet)
     fleet.close()
     ray.shutdown()
+    cluster.shutdown()
 
 
 def fleet_run(setup, names, args=None, out='out', **kwargs):
@@ -107,10 +113,12 @@ def test_broken_bags_are_reported_and_the_others_finish(first_run, setup):
     # Per actor: its process and memory, for the benchmark's table.
     assert len(first_run.actor_memory) == 2 and all(m['rss_mib'] > 0
                                                      for m in first_run.actor_memory)
-    # Readers and writers are their own processes, not the model actors'.
-    io = first_run.io_memory
+    # Readers and writers are their own processes, on the driver's node (where the files are);
+    # the model actors on the other node, which never opens a recording.
+    io, driver = first_run.io_memory, ray.get_runtime_context().get_node_id()
     assert {m['kind'] for m in io} == {'reader', 'writer'}
-    assert not {m['pid'] for m in io} & {m['pid'] for m in first_run.actor_memory}
+    assert {m['node'] for m in io} == {driver}
+    assert driver not in {m['node'] for m in first_run.actor_memory}
 
 
 def test_a_rerun_skips_finished_bags(first_run, setup, capsys):

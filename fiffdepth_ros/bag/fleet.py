@@ -32,7 +32,7 @@ What runs where, per recording (bag)::
   batches of each between its reader and its writer (``batches_in_flight``, default 2 N).
 
 Placement (``io_node``): ``'driver'`` (default) schedules readers and writers on the driver's
-node (Ray's soft NodeAffinitySchedulingStrategy): inputs and the output root must be on the
+node (Ray's NodeAffinitySchedulingStrategy, hard): inputs and the output root must be on the
 driver's machine, no shared filesystem is needed, frames travel to the model actors on other
 nodes through Ray's object store. ``'any'`` spreads readers and writers over the cluster
 (SPREAD): inputs and the output root must then be on a filesystem every node sees. Model actors
@@ -135,8 +135,9 @@ def _memory_mib(kind: str) -> dict:
             key, _, value = line.partition(':')
             if key in ('VmRSS', 'VmHWM'):
                 status[key] = int(value.split()[0]) / 1024.0
-    return {'kind': kind, 'pid': os.getpid(), 'rss_mib': status.get('VmRSS'),
-            'peak_mib': status.get('VmHWM')}
+    import ray
+    return {'kind': kind, 'pid': os.getpid(), 'node': ray.get_runtime_context().get_node_id(),
+            'rss_mib': status.get('VmRSS'), 'peak_mib': status.get('VmHWM')}
 
 
 class ModelActorImpl:
@@ -466,7 +467,10 @@ class Fleet:
         if options.io_node == 'driver':
             from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
             io['scheduling_strategy'] = NodeAffinitySchedulingStrategy(
-                ray.get_runtime_context().get_node_id(), soft=True)
+                # Hard: a soft affinity was seen placing some of them on another node while
+                # this one was alive and feasible (Ray 2.60, two-node test cluster), where the
+                # files are not. The driver's node dying ends the run anyway.
+                ray.get_runtime_context().get_node_id(), soft=False)
         else:
             io['scheduling_strategy'] = 'SPREAD'
         self.readers = _Pool(ray, lambda: remotes['reader'].options(**io).remote())
