@@ -243,6 +243,25 @@ def test_the_ray_path_s_parts_write_the_sequential_output(recordings, name, extr
         assert [n for b in batches for n in b] == [2] * 6
 
 
+def test_actor_count_leaves_room_for_reserved_reader_and_writer_cpus():
+    from fiffdepth_ros.bag.fleet import FleetOptions, _actor_shape, _check_fits
+
+    class Cluster:                       # what the sizing asks of Ray
+        def __init__(self, **resources):
+            self.resources = resources
+
+        def cluster_resources(self):
+            return self.resources
+    cpus8, gpus2 = Cluster(CPU=8.0), Cluster(CPU=8.0, GPU=2.0)
+    assert _actor_shape(cpus8, FleetOptions()) == (8, 1.0, 0.0)
+    # 1 CPU per actor + 2 x 0.5 for the reader and writer of its bag in flight: 4 actors.
+    assert _actor_shape(cpus8, FleetOptions(io_cpus=0.5)) == (4, 1.0, 0.0)
+    assert _actor_shape(gpus2, FleetOptions(gpus_per_actor=0.5)) == (4, 1.0, 0.5)
+    _check_fits(cpus8, FleetOptions(io_cpus=0.5), 4, 1.0)
+    with pytest.raises(FleetUnavailable, match=r'= 16 CPUs, the cluster has 8'):
+        _check_fits(cpus8, FleetOptions(io_cpus=0.5), 8, 1.0)
+
+
 def test_the_parser_is_the_process_bag_parser_plus_fleet_options():
     # argparse.Namespace travels to Ray actors: it must pickle.
     import pickle

@@ -37,7 +37,9 @@ driver's machine, no shared filesystem is needed, frames travel to the model act
 nodes through Ray's object store. ``'any'`` spreads readers and writers over the cluster
 (SPREAD): inputs and the output root must then be on a filesystem every node sees. Model actors
 need only the model (a hub id, or a checkpoint folder present on their node). ``io_cpus``: CPUs
-each reader and writer reserves (default 0: their work is small beside the model's).
+each reader and writer reserves (default 0: none; finishing and writing are a sizeable share of
+a frame's CPU, see bench/fleet_throughput.py, so on CPU-only clusters reserving some keeps the
+model actors from taking every core; the default actor count then leaves room for them).
 
 Faults: a model actor whose process dies is restarted by Ray (it reloads the model) and its
 batches are retried (``retries``): the bag goes on and completes. A reader or writer that dies
@@ -407,7 +409,22 @@ def _actor_shape(ray, options: FleetOptions) -> tuple[int, float, float]:
         return options.workers, options.cpus_per_actor, per_gpu
     if per_gpu > 0:
         return max(1, int(gpus // per_gpu)), options.cpus_per_actor, per_gpu
-    return max(1, int(cpus // max(options.cpus_per_actor, 1e-3))), options.cpus_per_actor, 0.0
+    # Without GPUs each actor comes with a bag in flight: its reader's and writer's CPUs too.
+    per_actor = max(options.cpus_per_actor + 2 * options.io_cpus, 1e-3)
+    return max(1, int(cpus // per_actor)), options.cpus_per_actor, 0.0
+
+
+def _check_fits(ray, options: FleetOptions, size: int, cpus: float) -> None:
+    """Reserved CPUs that the cluster cannot hold would leave readers or writers waiting for
+    ever: refuse at the start instead."""
+    total = ray.cluster_resources().get('CPU', 0.0)
+    bags = max(1, options.bags_in_flight or size)
+    need = size * cpus + 2 * options.io_cpus * bags
+    if options.io_cpus > 0 and need > total + 1e-9:
+        raise FleetUnavailable(
+            f'{size} model actor(s) x {cpus:g} CPU + {bags} bag(s) in flight x 2 x '
+            f'{options.io_cpus:g} CPU (reader, writer) = {need:g} CPUs, the cluster has '
+            f'{total:g}: lower --workers, --cpus-per-actor, --io-cpus or --bags-in-flight')
 
 
 def _death(ray, exc: Exception) -> bool:
@@ -458,6 +475,7 @@ class Fleet:
         self.ray, self.params, self.options = ray, params, options
         remotes = _remotes(ray)
         self.size, cpus, gpus = _actor_shape(ray, options)
+        _check_fits(ray, options, self.size, cpus)
         self.threads = threads or max(1, int(cpus))
         self.actors = [remotes['model'].options(
             num_cpus=cpus, num_gpus=gpus, max_restarts=options.retries,
