@@ -66,7 +66,8 @@ def setup(tmp_path_factory, tiny_checkpoint):
 
 
 def fleet_run(setup, names, args=None, out='out', **kwargs):
-    options = FleetOptions(retries=2, bags_in_flight=kwargs.pop('bags_in_flight', None))
+    options = FleetOptions(retries=2, bags_in_flight=kwargs.pop('bags_in_flight', None),
+                           batches_in_flight=kwargs.pop('batches_in_flight', None))
     inputs = [str(setup['root'] / 'in' / n) for n in names]
     return run_fleet(expand_inputs(inputs, setup['root'] / out), args or setup['args'],
                      setup['params'], options, fleet=setup['fleet'], **kwargs)
@@ -93,11 +94,13 @@ def test_one_long_bag_spreads_over_both_actors_and_equals_its_sequential_output(
     """--stride 2 --batch-size 2: the reader selects and batches the frames as the sequential
     run does, the batches go to both model actors, the writer puts them back in bag order."""
     args = build_parser().parse_args(['unused'] + setup['argv'] + list(STRIDE2))
-    result = fleet_run(setup, ['long'], args=args, out='out_s2', bags_in_flight=1)
+    result = fleet_run(setup, ['long'], args=args, out='out_s2', bags_in_flight=1,
+                       batches_in_flight=3)
     long = result.outcomes[0]
     assert long.status == 'done', long.error
     assert long.frames == 12                   # 24 images, every second one
     assert all(n > 0 for n in result.actor_batches), result.actor_batches
+    assert result.peak_batches_in_flight == 3  # bounded, and more than one at a time
     assert contents(setup['root'] / 'out_s2' / 'long') == setup['refs']['long_s2']
 
 

@@ -107,6 +107,7 @@ class FleetResult:
     actor_memory: list[dict] = field(default_factory=list)   # per model actor: pid, rss/peak MiB
     io_memory: list[dict] = field(default_factory=list)      # per reader / writer actor
     actor_batches: list[int] = field(default_factory=list)   # batches predicted per model actor
+    peak_batches_in_flight: int = 0      # the most batches one bag ever had in flight
 
 
 def connect(ray, options: FleetOptions, log) -> bool:
@@ -564,6 +565,7 @@ def run_fleet(jobs: list[BagJob], args, params: dict, options: FleetOptions,
             driver = _Driver(ray, fleet, options, args, params, outcomes, bar, on_progress, log)
             driver.run(todo, stop or threading.Event())
             result.actor_batches = driver.batches
+            result.peak_batches_in_flight = driver.peak_in_flight
             try:
                 result.actor_memory = fleet.memory()
                 result.io_memory = fleet.io_memory()
@@ -615,6 +617,7 @@ class _Driver:
         self.batch = args.batch_size or (4 if fleet.traits.get('cuda') else 1)
         self.load = [0] * n                 # predict calls in flight per model actor
         self.batches = [0] * n
+        self.peak_in_flight = 0
         self.dead: set[int] = set()         # model actors lost for good (restarts used up)
         self.actor_ids = [a._actor_id.hex() for a in fleet.actors]
         self.waiting: dict = {}             # ref -> (flow, kind, extra)
@@ -696,6 +699,7 @@ class _Driver:
             self.waiting[predicted] = (flow, 'predict', a)
             self.waiting[written] = (flow, 'write', None)
             flow.pending.append(written)
+            self.peak_in_flight = max(self.peak_in_flight, len(flow.pending))
         if not flow.pending and (flow.read_done or self.stopping):
             flow.state = 'closing'
             ref = flow.writer.close.remote(flow.final, flow.read_s, flow.read_done)
@@ -768,7 +772,8 @@ class _Driver:
 
     def _report(self) -> None:
         running = {f.job.name: {'frames': f.frames, 'expected': f.expected,
-                                'attempt': f.attempt, **f.pids} for f in self.flows}
+                                'attempt': f.attempt, 'in_flight': len(f.pending), **f.pids}
+                   for f in self.flows}
         if self.bar is not None:
             frames = self.frames_done + sum(f.frames for f in self.flows)
             self.bar.set_state(frames, list(self.expected.values()), len(self.outcomes))
