@@ -174,3 +174,39 @@ def test_stage_switch_errors():
         architecture({'model': {'architecture': {'decoder': {}}}})
     for name in ('autoencoder', 'generator', 'fiffdepth'):
         assert load_config(NANO / f'{name}.yaml')['stage'] == name
+
+
+def test_autoencoder_batch_adds_depth_targets_and_crops_reproducibly():
+    from types import SimpleNamespace
+    from fiffdepth_ros.training.config import ConfigError
+    from fiffdepth_ros.training.stages.autoencoder import AutoencoderStage
+    from fiffdepth_ros.training.targets import quantile_normalize
+    g = torch.Generator().manual_seed(0)
+    depth = 1.0 + 9.0 * torch.rand(2, 1, 32, 48, generator=g)
+    valid = torch.ones(2, 1, 32, 48, dtype=torch.bool)
+    batch = {'syn': {'rgb': torch.rand(2, 3, 32, 48, generator=g) * 2 - 1, 'depth': depth,
+                     'valid': valid, 'seed': torch.tensor([3, 4])},
+             'real': {'rgb': torch.rand(1, 3, 32, 48, generator=g) * 2 - 1,
+                      'seed': torch.tensor([9])}}
+
+    def trainer(**options):
+        cfg = {'method': {'depth_quantile': 0.02,
+                          'autoencoder': {'kl_weight': 1e-6, 'depth_maps': False,
+                                          'crop_hw': None, **options}}}
+        return SimpleNamespace(cfg=cfg, accelerator=SimpleNamespace(device='cpu'))
+
+    plain = AutoencoderStage.pixels_of(trainer(), batch)
+    assert plain.shape == (3, 3, 32, 48)
+    full = AutoencoderStage.pixels_of(trainer(depth_maps=True), batch)
+    assert full.shape == (5, 3, 32, 48) and torch.equal(full[:3], plain)
+    norm = quantile_normalize(depth, valid, 0.02)
+    assert torch.equal(full[3:], norm.expand(-1, 3, -1, -1))      # grey: one map, 3 channels
+    crop = AutoencoderStage.pixels_of(trainer(depth_maps=True, crop_hw=[16, 24]), batch)
+    assert crop.shape == (5, 3, 16, 24)
+    again = AutoencoderStage.pixels_of(trainer(depth_maps=True, crop_hw=[16, 24]), batch)
+    assert torch.equal(crop, again)                             # drawn from the sample seeds
+    windows = [(t, l) for t in range(17) for l in range(25)
+               if torch.equal(full[..., t:t + 16, l:l + 24], crop)]
+    assert len(windows) == 1                                    # one crop of every image
+    with pytest.raises(ConfigError, match='crop_hw'):
+        AutoencoderStage.pixels_of(trainer(crop_hw=[40, 24]), batch)

@@ -34,7 +34,11 @@ DEFAULTS: dict = {
         'timesteps_min': 1,                # trajectory t uniform in [min, num_train_timesteps - 1]
         'real_supervision': 'filter',      # filter: U(U(x0,0),-1) vs pseudo-labels (the method);
                                            # direct: U(x0,0) vs them (ablation, step.py)
-        'autoencoder': {'kl_weight': 1.0e-4},   # stage autoencoder: L1 + kl_weight x KL/element
+        'autoencoder': {                   # stage autoencoder (training/stages/autoencoder.py)
+            'kl_weight': 1.0e-6,           # L1 + kl_weight x KL per latent element
+            'depth_maps': False,           # also reconstruct the synthetic depth targets
+            'crop_hw': None,               # [h, w]: train on one random crop per batch
+        },
     },
     'data': {
         'root': '.',                       # relative dataset dirs are resolved against this

@@ -73,9 +73,22 @@ def build_teacher(preset: str = 'nano', input_size: int = 140, seed: int = 0):
     torch.manual_seed(seed)
     model = DepthAnythingForDepthEstimation(config)
     with torch.no_grad():
+        # Transformers initialises every convolution as N(0, 0.02), a choice for weights that
+        # are about to be overwritten by a checkpoint. Trained from scratch, the DPT neck and
+        # head then shrink the signal layer by layer (output spread 6e-7 at init, measured) and
+        # the teacher never leaves a constant map. He initialisation (ReLU networks) keeps it;
+        # the last convolution stays small so the output starts with a spread of about 1.
+        for part in (model.neck, model.head):
+            for module in part.modules():
+                if isinstance(module, (torch.nn.Conv2d, torch.nn.ConvTranspose2d)):
+                    torch.nn.init.kaiming_normal_(module.weight, nonlinearity='relu')
+                    if module.bias is not None:
+                        module.bias.zero_()
+        torch.nn.init.normal_(model.head.conv3.weight, std=0.02)
         # The relative head ends in a ReLU: start its input positive, or a random init can
-        # give a constant zero map whose gradient is zero (a dead teacher).
-        model.head.conv3.bias.fill_(1.0)
+        # give a constant zero map whose gradient is zero (a dead teacher); 3 leaves room
+        # below the median for the normalised disparity of far pixels (the sky: about -3).
+        model.head.conv3.bias.fill_(3.0)
     return model
 
 
@@ -165,8 +178,12 @@ def ssi_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> to
 def gradient_matching_loss(pred, target, mask, scales: int = 4) -> torch.Tensor:
     """MiDaS' multi-scale gradient matching on the normalised maps (B, H, W)."""
     residual = (_normalise(pred, mask) - _normalise(target, mask)) * mask
-    mask = mask.float()
-    total = pred.new_zeros(())
+    return _gradient_terms(residual, mask.float(), scales)
+
+
+def _gradient_terms(residual, mask, scales: int) -> torch.Tensor:
+    """Multi-scale mean |horizontal / vertical difference| of the masked residual."""
+    total = residual.new_zeros(())
     for k in range(scales):
         step = 2 ** k
         r, m = residual[:, ::step, ::step], mask[:, ::step, ::step]
@@ -176,11 +193,42 @@ def gradient_matching_loss(pred, target, mask, scales: int = 4) -> torch.Tensor:
     return total / scales
 
 
-def teacher_loss(pred, target, mask, gm_weight: float = 2.0, scales: int = 4):
-    """Depth Anything V2's synthetic-data loss: L_ssi + gm_weight * L_gm."""
+def teacher_loss(pred, target, mask, gm_weight: float = 2.0, scales: int = 4,
+                 pin_scale: bool = True):
+    """Depth Anything V2's synthetic-data loss, L_ssi + gm_weight * L_gm; with ``pin_scale``
+    the prediction is only shifted by its median, not divided by its spread (the target still
+    is): the network learns to output the normalised disparity itself.
+
+    Why pin: the fully invariant loss cannot see the prediction's spread, and a network trained
+    from scratch drifts to a near-constant output (spread ~1e-4, measured); the loss's gradient
+    then grows as 1 / spread, gradient clipping shrinks every step to noise and the teacher
+    stops learning. A pretrained Depth Anything never gets there. Pseudo-labels stay
+    affine-invariant disparity either way (fiffdepth-pseudolabel normalises them again)."""
+    if pin_scale:
+        return pinned_loss(pred, target, mask, gm_weight, scales)
     loss = ssi_loss(pred, target, mask)
     if gm_weight:
         loss = loss + gm_weight * gradient_matching_loss(pred, target, mask, scales)
+    return loss
+
+
+def _shifted(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """x - median over the mask, per image."""
+    out = torch.zeros_like(x)
+    for i in range(x.shape[0]):
+        values = x[i][mask[i]]
+        if values.numel():
+            out[i] = x[i] - values.median()
+    return out
+
+
+def pinned_loss(pred, target, mask, gm_weight: float = 2.0, scales: int = 4):
+    """The MAE and gradient matching of ``teacher_loss`` between the median-shifted prediction
+    and the median/MAD-normalised target."""
+    residual = (_shifted(pred, mask) - _normalise(target, mask)) * mask
+    loss = residual.abs().sum() / mask.sum().clamp_min(1)
+    if gm_weight:
+        loss = loss + gm_weight * _gradient_terms(residual, mask.float(), scales)
     return loss
 
 
@@ -274,7 +322,7 @@ def train_teacher(out_dir, steps: int = 2000, batch_size: int = 8, input_size: i
                 'procedural synthetic frames (exact depth) only',
         'preset': preset, 'input_size': input_size, 'render_hw': list(render_hw),
         'steps': steps, 'batch_size': batch_size, 'lr': lr, 'warmup': warmup,
-        'gm_weight': gm_weight, 'init_seed': seed,
+        'gm_weight': gm_weight, 'loss': 'pinned-scale (teacher_loss)', 'init_seed': seed,
         'train_seeds': [seed_start, seed_start + pool - 1], 'domain': 'synthetic',
         'generator_version': procedural.GENERATOR_VERSION,
         'parameters': sum(p.numel() for p in model.parameters()),
