@@ -454,9 +454,12 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
                      nearest=dense)
     state = fields.build(v, wv * u, options.min_support, False)
     field = state[:, :, 0, :fields.grid.bins]
-    np.clip(field, -options.max_correction, options.max_correction, out=field)
+    # np.minimum/maximum: np.clip on this strided view costs ~10x (its wrapper's copies).
+    limit = np.float32(options.max_correction)
+    factor = np.maximum(field, -limit)
+    np.minimum(factor, limit, out=factor)
     weights[used] = u
-    return CorrectionGrid(np.exp(field), fields.grid, weights, sigma)
+    return CorrectionGrid(np.exp(factor, out=factor), fields.grid, weights, sigma)
 
 
 def log_guide(aligned: np.ndarray) -> np.ndarray:
@@ -533,7 +536,7 @@ def _slice(field: np.ndarray, grid: _Grid, guide) -> np.ndarray:
     np.minimum(gb, np.float32(bins - 1), out=gb)
     b0 = _WORK.get('b0', shape, np.int32)
     b0[...] = gb                                          # truncation = floor (gb >= 0)
-    np.clip(b0, 0, bins - 2, out=b0)
+    np.minimum(b0, bins - 2, out=b0)                      # b0 >= 0 already (gb >= 0)
     map_x = _WORK.get('map_x', shape, np.float32)
     map_x[...] = b0
     gb -= map_x                                           # fraction towards bin b0 + 1
