@@ -29,9 +29,9 @@ CONFIG="$REPO/config/nano"
 SYN=${NANO_SYN_FRAMES:-2000}
 REAL=${NANO_REAL_FRAMES:-1000}
 VAL=${NANO_VAL_FRAMES:-200}
-TEACHER_STEPS=${NANO_TEACHER_STEPS:-300}
-AE_STEPS=${NANO_AE_STEPS:-900}
-GEN_STEPS=${NANO_GEN_STEPS:-1200}
+TEACHER_STEPS=${NANO_TEACHER_STEPS:-400}
+AE_STEPS=${NANO_AE_STEPS:-2000}
+GEN_STEPS=${NANO_GEN_STEPS:-800}
 FD_STEPS=${NANO_FD_STEPS:-2000}
 THREADS=${NANO_THREADS:-2}
 W=128; H=96                       # frames as rendered; config/nano trains at this size
@@ -85,7 +85,7 @@ train() {                         # train STAGE [overrides...]
 stage render "$DATA/val/frames.txt" render
 stage teacher "$OUT/teacher/model.safetensors" \
     $PY -m fiffdepth_ros.training.teacher --out "$OUT/teacher" --steps "$TEACHER_STEPS" \
-    --input-size $TEACHER_INPUT --threads "$THREADS" --workers 1 --val-frames 32
+    --lr 1e-3 --input-size $TEACHER_INPUT --threads "$THREADS" --workers 1 --val-frames 32
 stage pseudolabel "$DATA/labels/.complete" bash -c \
     "$PY -m fiffdepth_ros.cli.pseudolabel --teacher '$OUT/teacher' --images '$DATA/real/rgb' \
      --out '$DATA/labels' --input-size $TEACHER_INPUT --workers 1 --no-progress \
