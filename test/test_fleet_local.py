@@ -205,15 +205,25 @@ def _transported(value):
     return pickle.loads(pickle.dumps(value, protocol=5))
 
 
-def _split_run(rec, name, extra, out):
+def _split_run(rec, name, extra, out, model_fails_at=None):
     """The Ray path's reader, model actor and writer driven in this process, each value
-    pickled between them as it travels between Ray processes."""
+    pickled between them as it travels between Ray processes. ``model_fails_at``: the model
+    call (0-based) that raises, as an out-of-memory would."""
     args = build_parser().parse_args(argv(rec, rec['root'] / 'in' / name, out=out)
                                      + list(extra))
     params = resolve_params(args)
     job = expand_inputs(args.inputs, rec['root'] / out)[0]
     model = ModelActorImpl(params, threads=1)
     assert model.ready() == ''
+    if model_fails_at is not None:
+        real, calls = model.pipeline.predict, []
+
+        def predict(frames):
+            calls.append(len(frames))
+            if len(calls) == model_fails_at + 1:
+                raise MemoryError('no memory left for this batch')
+            return real(frames)
+        model.pipeline.predict = predict
     reader, writer = ReaderImpl(), WriterImpl()
     opened = _transported(reader.open(job, args, params, args.batch_size or 1))
     assert writer.open(job, args, opened, model.traits())['error'] == ''
@@ -241,6 +251,16 @@ def test_the_ray_path_s_parts_write_the_sequential_output(recordings, name, extr
     assert not partial_path(job).exists()
     if ref == 'long_s2':             # the sequential run's batches: every second image, in pairs
         assert [n for b in batches for n in b] == [2] * 6
+
+
+def test_a_failed_model_call_skips_its_frames_and_the_bag_goes_on(recordings):
+    outcome, job, _ = _split_run(recordings, 'b', (), 'split_oom', model_fails_at=1)
+    assert outcome.status == DONE, outcome.error
+    assert (outcome.frames, outcome.skipped) == (2, 1)     # the second frame was lost
+    messages, _ = contents(job.output)
+    depth = [m[1] for m in messages if m[0] == '/camera/depth/image']
+    reference = [m[1] for m in recordings['refs']['b'][0] if m[0] == '/camera/depth/image']
+    assert depth == [reference[0], reference[2]]
 
 
 def test_actor_count_leaves_room_for_reserved_reader_and_writer_cpus():

@@ -728,7 +728,7 @@ class _Driver:
             flow.state = 'running'
         elif kind == 'meta':
             flow.read_s += value['read_s']
-            if value['done'] and not flow.read_done:
+            if 'read' in value:   # the call that reached the end (later ones find it closed)
                 flow.read_done, flow.final = True, value
         elif kind == 'write' and ref in flow.pending:
             flow.pending.remove(ref)
