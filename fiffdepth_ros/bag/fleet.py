@@ -2,13 +2,13 @@
 
 What runs where, per recording (bag)::
 
-    driver (run_fleet)               reader actor            model actors x N     writer actor
-      jobs; skips complete outputs    (near the input)         (GPUs, or CPUs)      (near the output)
-      <= B bags in flight             BagReader, FrameSource   the loaded model     pipeline.finish
-      <= K batches in flight a bag    matching, decode         pipeline.predict     (scale filter),
-      submits, counts, one bar        (pipeline.prepare),      of one batch         CDR, BagWriter:
-      per-bag table                   the run's batches  ---------------------->    .partial, renamed
-                                        by object reference   ----- relative ---->  when closed
+    driver (run_fleet)             reader actor           model actors x N    writer actor
+      jobs; skips complete           (near the input)       (GPUs, or CPUs)     (near the output)
+      outputs                        BagReader,             the loaded model    pipeline.finish
+      <= B bags in flight            FrameSource matching,  pipeline.predict    (scale filter),
+      <= K batches in flight a bag   decode (prepare),      of one batch        CDR, BagWriter:
+      submits, counts: one bar,      the run's batches ------------------->     .partial, renamed
+      the per-bag table                by object reference  --- relative --->   when closed
 
 * The **reader** opens the input, plans the run (``plan_run``: topics, window, extrinsics) and
   yields the run's items in bag order: the same ``FrameSource`` look-ahead matching, the same
@@ -22,9 +22,10 @@ What runs where, per recording (bag)::
 * The **writer** (one per bag at a time: a bag writer is stateful) receives the batches in bag
   order (Ray runs a single-threaded actor's calls from one submitter in submission order;
   readers and writers have no task retries, which would void that; each batch carries the
-  reader's sequence number and the writer checks it), runs the pipeline's ``finish`` (scale fit with its temporal filter, messages) and
-  writes through the same :class:`~fiffdepth_ros.bag.runner.OutputStage` as ``process_bag``,
-  under ``OUTPUT_ROOT/.partial/<name>``; closed after a complete read it is renamed to
+  reader's sequence number and the writer checks it), runs the pipeline's ``finish`` (scale
+  fit with its temporal filter, messages) and writes through the same
+  :class:`~fiffdepth_ros.bag.runner.OutputStage` as ``process_bag``, under
+  ``OUTPUT_ROOT/.partial/<name>``; closed after a complete read it is renamed to
   ``OUTPUT_ROOT/<name>``. Hence the same messages, message for message, as the sequential run,
   for any --stride and --batch-size (on CUDA models the writer finishes with numpy where the
   sequential run finishes on the GPU: equal up to float rounding).
