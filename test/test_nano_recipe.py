@@ -101,6 +101,9 @@ def test_autoencoder_learns_and_writes_an_sd2_checkpoint(chain):
     after = [h for h in ae.history if 'val/val/l1' in h][-1]
     assert after['val/val/l1'] < chain['ae_before']['val/val/l1']
     assert after['val/val/psnr'] > chain['ae_before']['val/val/psnr']
+    # the depth round trip (the ceiling of the depth stage) is measured on the held-out frames
+    assert 0.0 < after['val/val/depth_round_trip_abs_rel'] < 10.0
+    assert 0.0 <= after['val/val/depth_round_trip_delta1'] <= 1.0
     assert 'loss/kl' in ae.history[0]
     from fiffdepth_ros.training.init_checkpoint import resolve_init_checkpoint
     assert resolve_init_checkpoint(str(model)) == model      # the generator can start here

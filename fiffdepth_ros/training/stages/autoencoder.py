@@ -150,22 +150,42 @@ class AutoencoderStage(Stage):
 
     @torch.no_grad()
     def validate(self, trainer, model):
-        """L1 and PSNR of the reconstruction from the posterior's mean on validation images."""
+        """L1 and PSNR of the reconstruction from the posterior's mean on validation images,
+        and the depth round trip (the ceiling of any depth model on this VAE): the true depth,
+        quantile-normalised, encoded, decoded, least-squares aligned: AbsRel and delta1."""
+        from ...evaluation.alignment import align_scale_shift
+        from ...evaluation.metrics import compute_metrics, mean_metrics
+        from ...model.stages import decode_latent, depth_from_decoded
+        from ..targets import encode_depth, quantile_normalize
         device, vae = trainer.accelerator.device, model.vae
+        q = float(trainer.cfg['method']['depth_quantile'])
         results = {}
         limit = int(trainer.cfg['validation']['max_images'])
         for name, dataset in trainer.validation_sets:
-            l1s, psnrs = [], []
+            l1s, psnrs, depth_metrics = [], [], []
             for index in range(min(limit, len(dataset))):
-                pixels = dataset.load(index)['rgb'][None].to(device)
+                sample = dataset.load(index)
+                pixels = sample['rgb'][None].to(device)
                 recon = vae.decode(vae.encode(pixels).latent_dist.mode()).sample.clamp(-1, 1)
                 err = recon.float() - pixels
                 l1s.append(float(err.abs().mean()))
                 mse = float(((err / 2) ** 2).mean())      # on the [0, 1] scale
                 psnrs.append(10.0 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item())
+                if 'depth' in sample and bool(sample['valid'].any()):
+                    depth, valid = sample['depth'][None].to(device), sample['valid'][None].to(device)
+                    latent = encode_depth(vae, quantile_normalize(depth, valid, q), 1.0)
+                    pred = depth_from_decoded(decode_latent(vae, latent, 1.0))[0, 0]
+                    gt, ok = depth[0, 0].cpu().numpy(), valid[0, 0].cpu().numpy()
+                    aligned = align_scale_shift(pred.float().cpu().numpy(), gt, ok,
+                                                min_depth=1e-3, max_depth=float(gt[ok].max()))
+                    depth_metrics.append(compute_metrics(aligned, gt, ok))
             if l1s:
                 results[f'val/{name}/l1'] = sum(l1s) / len(l1s)
                 results[f'val/{name}/psnr'] = sum(psnrs) / len(psnrs)
+            if depth_metrics:
+                m = mean_metrics(depth_metrics)
+                results[f'val/{name}/depth_round_trip_abs_rel'] = m['abs_rel']
+                results[f'val/{name}/depth_round_trip_delta1'] = m['delta1']
         return results
 
     @torch.no_grad()
