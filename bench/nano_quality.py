@@ -38,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from fiffdepth_ros.evaluation.alignment import align_scale_shift  # noqa: E402
 from fiffdepth_ros.evaluation.metrics import compute_metrics, mean_metrics  # noqa: E402
+from fiffdepth_ros.demo.accuracy import DEMO_FRAMES  # noqa: E402
 from fiffdepth_ros.training.data import procedural  # noqa: E402
 
 REAL_FRAMES = ROOT.parent / 'shared' / 'data' / 'rgbd'
@@ -171,6 +172,9 @@ def main(argv=None) -> int:
     base = rows['random tiny']['heldout_synthetic']['abs_rel']
     print(f"{first} / random tiny AbsRel (held-out synthetic): "
           f"{rows[first]['heldout_synthetic']['abs_rel'] / base:.2f}")
+    for name, r in rows.items():
+        if r.get('room_metric', {}).get('withheld'):
+            print(f"{name}: demo frames withheld: {r['room_metric']['withheld'][0]}")
     if not args.heldout_only:
         ours = rows[first]['room_metric']['median_abs_rel']
         random = rows['random tiny']['room_metric']['median_abs_rel']
@@ -199,8 +203,13 @@ def format_table(rows: dict, heldout_only: bool) -> str:
         if not heldout_only:
             metric = r.get('room_metric')
             rgbd = r.get('rgbd')
+            room_metric = None
+            if metric:                 # frames withheld by the node (no scale fit) counted
+                room_metric = _cell(metric['median_abs_rel'])
+                if metric['withheld']:
+                    room_metric += f" ({len(metric['withheld'])}/{DEMO_FRAMES} withheld)"
             cells += [_cell(r['room_relative']['abs_rel']),
-                      _cell(metric['median_abs_rel'] if metric else None),
+                      room_metric or '-',
                       _cell(rgbd['abs_rel'] if rgbd else None),
                       _cell(r.get('ms_640x480'), '.1f')]
         lines.append(' | '.join(cells))

@@ -45,8 +45,10 @@ def room_stream(room, frames: int = DEMO_FRAMES, rate_hz: float = DEMO_RATE_HZ):
 
 def run_in_process(estimator, room, params: dict, frames: int = DEMO_FRAMES,
                    rate_hz: float = DEMO_RATE_HZ, backend=None) -> dict:
-    """The demonstration's stream through DepthPipeline in this process: per streamed frame the
-    metric errors (the warm-up frame is not scored, as in the demo) and the median AbsRel."""
+    """The demonstration's stream through DepthPipeline in this process: per published frame
+    the metric errors (the warm-up frame is not scored, as in the demo), the reasons of the
+    frames whose metric outputs were withheld (no scale fit: the demo never receives them) and
+    the median AbsRel (NaN when every frame was withheld)."""
     from .. import params as P
     from ..conversions.depth_image import rgb_to_image_msg
     from ..conversions.pointcloud import xyz_to_pointcloud
@@ -58,7 +60,7 @@ def run_in_process(estimator, room, params: dict, frames: int = DEMO_FRAMES,
     validated = P.validate({k: v for k, v in params.items() if k in P.SPECS})
     pipe = DepthPipeline(estimator, PipelineConfig.from_params(validated), backend)
     stamp0, period_ns = 1_700_000_000 * 10**9, int(1e9 / rate_hz)
-    scored = []
+    scored, withheld = [], []
     for i, frame in enumerate(room_stream(room, frames, rate_hz)):
         stamp = stamp0 + i * period_ns
         header = backend.header(stamp, params.get('lidar_parent_frame', 'camera_optical'))
@@ -69,8 +71,10 @@ def run_in_process(estimator, room, params: dict, frames: int = DEMO_FRAMES,
                                     backend.header(stamp, params.get('lidar_child_frame',
                                                                      'lidar')), backend))
         result = pipe.process(inputs, outputs=('depth',))
-        if i > 0 and not result.withheld:      # a withheld frame never reaches the demo
+        if i > 0 and result.withheld:          # a withheld frame never reaches the demo
+            withheld.append(result.withheld)
+        elif i > 0:
             scored.append(metric_errors(result.depth, frame.depth))
     errors = [f['abs_rel'] for f in scored if 'abs_rel' in f]
-    return {'frames': scored,
+    return {'frames': scored, 'withheld': withheld,
             'median_abs_rel': float(np.median(errors)) if errors else float('nan')}
