@@ -4,8 +4,12 @@ Starts the installed depth_node as its own process, streams a synthetic room (ca
 camera_info and a LiDAR sweep with a known extrinsic) to it over real DDS from this process,
 records what it publishes and writes to DIR: colourised depth PNGs, the input images, a PLY of one
 point cloud, the diagnostics and a summary with the accuracy against the scene's true depth.
-Without --model the node runs the built-in FiffDepth-nano model (``nano``); the room is not in
-its training data (a different generator from training/data/procedural.py).
+Without --model the node runs a tiny randomly initialised model built here (its relative depth
+means nothing; the metric depth comes from the LiDAR anchors). ``--model nano`` runs the built-in
+FiffDepth-nano; the room is not in its training data (a different generator from
+training/data/procedural.py), and the shipped nano does not generalise to it yet: its prediction
+is uncorrelated with the room's depth, the scale fit is refused and the node withholds every
+metric frame (README, "Built-in model"), so it is not the default until a nano does.
 """
 from __future__ import annotations
 
@@ -19,9 +23,16 @@ import numpy as np
 
 from .accuracy import DEMO_FRAMES, DEMO_RATE_HZ, metric_errors, room_node_params
 
+TINY_NOTE = ('NOTE: no --model given, so this demonstration uses a tiny randomly initialised '
+             'model that it builds itself: its relative depth is NOT meaningful. The metric depth '
+             'you see comes from the LiDAR anchors (global fit + local correction). --model nano '
+             'runs the built-in FiffDepth-nano (which does not generalise to this room yet); '
+             'pass --model with real weights for real predictions.')
 NANO_NOTE = ('NOTE: the model is the built-in FiffDepth-nano (model: nano), trained by this '
-             'package on procedural scenes only: it shows the whole pipeline with learned depth, '
-             'for demonstrations and tests, not a model for a robot. Pass --model with real '
+             'package on procedural scenes only, for demonstrations and tests, not a model for a '
+             'robot. It does not generalise to this room yet (its depth is uncorrelated with the '
+             "room's), so the node refuses the scale fit and withholds the metric outputs rather "
+             'than publish wrong metres. Pass --model with real '
              'weights (a folder or hub id of any supported family) for real predictions.')
 
 
@@ -29,14 +40,16 @@ def parse_args(argv):
     ap = argparse.ArgumentParser(prog='fiffdepth-demo', description=__doc__.split('\n\n')[0])
     ap.add_argument('--output', type=Path, default=Path('demo_output'),
                     help='folder for the results (default: demo_output)')
-    ap.add_argument('--model', default='nano', help="'nano' (the built-in FiffDepth-nano, the "
-                    'default), or a depth checkpoint folder or hub id (any family)')
+    ap.add_argument('--model', default='', help="'nano' (the built-in FiffDepth-nano), or a "
+                    'depth checkpoint folder or hub id (any family) (default: build a tiny '
+                    'random model)')
     ap.add_argument('--frames', type=int, default=DEMO_FRAMES,
                     help=f'frames to stream (default {DEMO_FRAMES})')
     ap.add_argument('--rate', type=float, default=DEMO_RATE_HZ,
                     help=f'stream rate in Hz (default {DEMO_RATE_HZ:g})')
     ap.add_argument('--processing-res', type=int, default=0,
-                    help='model resolution (default: 256 for nano, 768 for other models)')
+                    help='model resolution (default: 256 for nano and the tiny model, 768 '
+                         'for other models)')
     ap.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     ap.add_argument('--model-family', default='auto',
                     help='auto (detected from the checkpoint), fiffdepth, e2e_ft, lotus_d, '
@@ -91,14 +104,19 @@ def main(argv=None) -> int:
 
     import cv2
     model = args.model
-    if is_builtin(model):
+    if not model:
+        from ..model.tiny import build_tiny_checkpoint
+        model = str(build_tiny_checkpoint(out / 'tiny_model'))
+        print(TINY_NOTE, flush=True)
+    elif is_builtin(model):
         try:
             builtin_folder(model)          # a broken install: say so before starting a node
         except ModelLoadError as exc:
             print(f'[demo] {exc}', file=sys.stderr)
             return 1
         print(NANO_NOTE, flush=True)
-    processing_res = args.processing_res or recommended_processing_res(model, 768)
+    processing_res = args.processing_res or (
+        recommended_processing_res(model, 768) if args.model else 256)
 
     room = SyntheticRoom(640, 480, lidar_lines=32)
     params = room_node_params(room, model, processing_res, args.model_family, args.device)
@@ -151,7 +169,9 @@ def main(argv=None) -> int:
         exit_code, seconds = node.stop()
         print(f'[demo] depth_node stopped with exit code {exit_code} in {seconds:.2f} s')
         rclpy.try_shutdown()
-    if is_builtin(model):
+    if not args.model:
+        print(TINY_NOTE)
+    elif is_builtin(model):
         print(NANO_NOTE)
     return code
 
