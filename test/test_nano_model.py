@@ -188,10 +188,10 @@ def test_colcon_install_carries_nano_and_resolves_it_there(install_prefix):
 
 @pytest.mark.timeout(240)
 def test_installed_node_without_a_model_parameter_runs_nano(tmp_path, install_prefix):
-    """The node with no 'model' given at all: nano, said in the startup line; a frame of the
-    demo room comes back as nano's relative depth (depth/relative: finite, in [0, 1], not
-    constant). Its metric output is not asserted: the shipped nano does not generalise to the
-    room, and the node withholds metric frames whose fit it refuses (README)."""
+    """The node with no 'model' given at all: nano, said in the startup line and in
+    /diagnostics; a frame of the demo room comes back as nano's relative depth. (Whether its
+    metric depth is published depends on nano fitting the room's LiDAR anchors, a property of
+    the weights that bench/nano_quality.py reports, so it is not asserted here.)"""
     import rclpy
     from fiffdepth_ros.conversions.backends import stamp_to_ns
     from fiffdepth_ros.conversions.images import image_msg_to_depth
@@ -201,7 +201,7 @@ def test_installed_node_without_a_model_parameter_runs_nano(tmp_path, install_pr
     namespace = f'nano{os.getpid()}'
     node = NodeProcess(tmp_path, {'device': 'cpu', 'processing_res': 128,
                                   'companion_wait': 1.0, 'qos_output_depth': 5,
-                                  'publish_relative': True,
+                                  'publish_relative': True, 'diagnostics_period': 0.2,
                                   **room.static_lidar_params(), 'max_anchor_age': 0.05},
                        prefix=install_prefix, extra_args=['-r', f'__ns:=/{namespace}'])
     rclpy.init()
@@ -211,20 +211,22 @@ def test_installed_node_without_a_model_parameter_runs_nano(tmp_path, install_pr
         assert node.wait_for_log('ready:', 120), node.log()
         assert 'ready: model nano (family fiffdepth; built-in, ' in node.log()
         assert str(install_prefix) in node.log()          # the installed copy, not the source
-        client = StreamClient(namespace=namespace, node_name='nano_e2e', outputs=['depth', 'relative'])
+        client = StreamClient(namespace=namespace, node_name='nano_e2e', outputs=['relative'])
         assert client.wait_for_node(30, lidar=True), node.log()
         frame = room.render()
         stamp = 1_700_000_900 * 1_000_000_000
-        client.warm_up(room, frame, stamp - 500_000_000)
         client.publish_frame(room, frame, stamp)
-        assert client.wait_until(
-            lambda: any(stamp_to_ns(m.header.stamp) == stamp
-                        for m in client.messages('relative')), 30), node.log()
-        msg = next(m for m in client.messages('relative')
-                   if stamp_to_ns(m.header.stamp) == stamp)
-        relative = image_msg_to_depth(msg)
-        assert relative.shape == (240, 320) and np.isfinite(relative).all()
-        assert relative.min() >= 0.0 and relative.max() <= 1.0 and relative.std() > 1e-4
+
+        def relative():
+            return next((m for m in client.messages('relative')
+                         if stamp_to_ns(m.header.stamp) == stamp), None)
+        assert client.wait_until(lambda: relative() is not None, 30), node.log()
+        depth = image_msg_to_depth(relative())
+        assert depth.shape == (240, 320) and np.isfinite(depth).all()
+        assert depth.min() >= 0.0 and depth.max() <= 1.0 and depth.std() > 1e-4
+        assert client.wait_until(lambda: client.latest_diagnostics().get('model') == 'nano', 10)
+        values = client.latest_diagnostics()
+        assert values['family'] == 'fiffdepth' and values['model_source'].startswith('built-in')
     finally:
         if client is not None:
             client.close()
