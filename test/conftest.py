@@ -60,3 +60,21 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
+
+
+# The training-step tests' tiny SD2-like UNet (training mode, seeded) and SD2's scaled-linear
+# alphas_cumprod; module scope: each test module gets its own fresh UNet.
+@pytest.fixture(scope='module')
+def unet():
+    import torch
+    from diffusers import UNet2DConditionModel
+    from fiffdepth_ros.model.tiny import TINY_UNET
+    torch.manual_seed(0)
+    return UNet2DConditionModel(**TINY_UNET).train()
+
+
+@pytest.fixture(scope='module')
+def alphas():
+    from diffusers import DDPMScheduler
+    return DDPMScheduler(beta_schedule='scaled_linear', beta_start=0.00085,
+                         beta_end=0.012).alphas_cumprod

@@ -19,21 +19,6 @@ ROOT_CONFIG = ROOT / 'config' / 'train_fiffdepth.yaml'
 NANO_CONFIG = ROOT / 'config' / 'nano' / 'fiffdepth.yaml'
 
 
-@pytest.fixture(scope='module')
-def unet():
-    from diffusers import UNet2DConditionModel
-    from fiffdepth_ros.model.tiny import TINY_UNET
-    torch.manual_seed(0)
-    return UNet2DConditionModel(**TINY_UNET).train()
-
-
-@pytest.fixture(scope='module')
-def alphas():
-    from diffusers import DDPMScheduler
-    return DDPMScheduler(beta_schedule='scaled_linear', beta_start=0.00085,
-                         beta_end=0.012).alphas_cumprod
-
-
 EMB = torch.randn(1, 2, 32, generator=torch.Generator().manual_seed(3))
 
 

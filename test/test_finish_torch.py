@@ -148,10 +148,8 @@ def test_predict_on_device_is_predict_left_on_the_device(estimator):
 
 
 def _config(**extra):
-    t, q = ROOM.camera_from_lidar.translation, ROOM.camera_from_lidar.quaternion
     return PipelineConfig.from_params(P.validate(dict(
-        use_lidar=True, lidar_translation=list(t), lidar_rotation=list(q),
-        lidar_parent_frame='cam', lidar_child_frame='lidar', publish_relative=True, **extra)))
+        ROOM.static_lidar_params('cam'), publish_relative=True, **extra)))
 
 
 def _inputs(backend, frame, stamp):

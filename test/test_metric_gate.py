@@ -23,9 +23,7 @@ def estimator(tiny_checkpoint):
 
 
 def lidar_params(**extra):
-    t, q = ROOM.camera_from_lidar.translation, ROOM.camera_from_lidar.quaternion
-    return P.validate(dict(use_lidar=True, lidar_translation=list(t), lidar_rotation=list(q),
-                           lidar_parent_frame='cam', lidar_child_frame='lidar', **extra))
+    return P.validate(dict(ROOM.static_lidar_params('cam'), **extra))
 
 
 def frame_inputs(stamp, lidar=True, info=True):

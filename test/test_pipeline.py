@@ -23,10 +23,7 @@ def estimator(tiny_checkpoint):
 
 
 def lidar_config(**extra):
-    t, q = ROOM.camera_from_lidar.translation, ROOM.camera_from_lidar.quaternion
-    return PipelineConfig.from_params(P.validate(dict(
-        use_lidar=True, lidar_translation=list(t), lidar_rotation=list(q),
-        lidar_parent_frame='cam', lidar_child_frame='lidar', **extra)))
+    return PipelineConfig.from_params(P.validate(dict(ROOM.static_lidar_params('cam'), **extra)))
 
 
 def inputs(backend, frame, stamp=STAMP, lidar=True, info=True, stereo=None):

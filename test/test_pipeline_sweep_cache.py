@@ -30,10 +30,7 @@ def test_a_sweep_reused_by_the_next_image_is_not_projected_again(monkeypatch):
                         lambda *a, **k: calls.append(1) or real(*a, **k))
     backend = RosbagsBackend()
     frame = ROOM.render()
-    t, q = ROOM.camera_from_lidar.translation, ROOM.camera_from_lidar.quaternion
-    config = PipelineConfig.from_params(P.validate(dict(
-        use_lidar=True, lidar_translation=list(t), lidar_rotation=list(q),
-        lidar_parent_frame='cam', lidar_child_frame='lidar')))
+    config = PipelineConfig.from_params(P.validate(ROOM.static_lidar_params('cam')))
     pipe = DepthPipeline(FlatModel(frame.depth), config, backend)
     sweep = xyz_to_pointcloud(frame.lidar_points, backend.header(10**18, 'lidar'), backend)
     results = []

@@ -83,10 +83,7 @@ def test_a_reused_sweep_is_decoded_once(monkeypatch):
     monkeypatch.setattr(pipeline_module, 'pointcloud_to_xyz',
                         lambda msg: decoded.append(msg) or real(msg))
     backend = RosbagsBackend()
-    t, q = ROOM.camera_from_lidar.translation, ROOM.camera_from_lidar.quaternion
-    config = PipelineConfig.from_params(P.validate(dict(
-        use_lidar=True, lidar_translation=list(t), lidar_rotation=list(q),
-        lidar_parent_frame='cam', lidar_child_frame='lidar')))
+    config = PipelineConfig.from_params(P.validate(ROOM.static_lidar_params('cam')))
     pipe = DepthPipeline(_Truth(FRAME.depth), config, backend)
     sweep = xyz_to_pointcloud(FRAME.lidar_points, backend.header(10**18, 'lidar'), backend)
     results = []

@@ -9,21 +9,6 @@ from fiffdepth_ros.training.step import MethodSettings, StepInputs, fiffdepth_lo
 pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
-@pytest.fixture(scope='module')
-def unet():
-    from diffusers import UNet2DConditionModel
-    from fiffdepth_ros.model.tiny import TINY_UNET
-    torch.manual_seed(0)
-    return UNet2DConditionModel(**TINY_UNET).train()
-
-
-@pytest.fixture(scope='module')
-def alphas():
-    from diffusers import DDPMScheduler
-    return DDPMScheduler(beta_schedule='scaled_linear', beta_start=0.00085,
-                         beta_end=0.012).alphas_cumprod
-
-
 def _inputs(seed=0, syn=True, real=True):
     g = torch.Generator().manual_seed(seed)
     r = lambda *s: torch.randn(*s, generator=g)            # noqa: E731
