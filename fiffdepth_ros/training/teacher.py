@@ -9,6 +9,8 @@ tiny configuration, trained like Depth Anything on synthetic images with exact d
 - loss: Depth Anything's scale-and-shift-invariant loss (each map shifted by its median and
   divided by its mean absolute deviation, then the mean absolute difference), plus MiDaS'
   multi-scale gradient matching on the normalised maps (Depth Anything V2 weighs them 1 : 2);
+  by default with the prediction's scale pinned (only the target is divided by its spread:
+  ``teacher_loss`` says why a from-scratch network needs it);
 - data: ``procedural`` frames of the ``synthetic`` domain from ``TRAIN_SEEDS`` only; it never
   sees the ``real`` domain, nor its depth, so its pseudo-labels on that domain are a real
   domain transfer, as Depth Anything's are on LAION.
