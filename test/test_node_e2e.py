@@ -256,7 +256,9 @@ def test_qos_best_effort_peers_interoperate(tmp_path, tiny_checkpoint, install_p
     from fiffdepth_ros.conversions.depth_image import rgb_to_image_msg
     from fiffdepth_ros.ros.qos import profile
     node = start_node(tmp_path, tiny_checkpoint, install_prefix, 'qos_e2e')
-    client = StreamClient(namespace=ns('qos_e2e'), node_name='e2e_qos', outputs=['depth'])
+    # keep: the recorder stores what the function gives, not the message.
+    client = StreamClient(namespace=ns('qos_e2e'), node_name='e2e_qos', outputs=['depth'],
+                          keep={'depth': lambda m: (m.width, m.height)})
     try:
         assert client.wait_for_node(30), node.log()
         got = []
@@ -276,6 +278,8 @@ def test_qos_best_effort_peers_interoperate(tmp_path, tiny_checkpoint, install_p
         time.sleep(0.5)
         assert 're-subscribing' in node.log(), node.log()
         assert (got[0].width, got[0].height) == (160, 120)
+        assert client.wait_until(lambda: client.count('depth') > 0, 5.0)
+        assert client.messages('depth')[0] == (160, 120)
     finally:
         client.close()
         node.stop()
