@@ -234,7 +234,7 @@ def test_installed_node_without_a_model_parameter_runs_nano(tmp_path, install_pr
         rclpy.try_shutdown()
 
 
-def test_nano_ceiling_bench_scores_the_vae_round_trip_better_than_a_random_unet(capsys):
+def test_nano_ceiling_bench_round_trip_beats_the_models_own_pass(capsys):
     """bench/nano_ceiling.py on two held-out frames: the numbers it prints are metrics (in
     range), the normalised target alone is nearly exact, and nano's VAE round trip of the true
     depth beats its own (imperfect) t = 0 pass."""
