@@ -4,7 +4,6 @@ In one process (a private rclpy context, no spinning needed): the node's publish
 test's subscriptions through DDS discovery, frames go in through the node's own callbacks, and
 the builders of the outputs nobody asked for fail the test if they run.
 """
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from fiffdepth_ros import pipeline as pipeline_module
 from fiffdepth_ros.conversions.backends import RclpyBackend
 from fiffdepth_ros.conversions.depth_image import rgb_to_image_msg
 from fiffdepth_ros.conversions.pointcloud import DepthCloudBuilder, xyz_to_pointcloud
+from fiffdepth_ros.demo.harness import wait_until
 from fiffdepth_ros.demo.scene import SyntheticRoom
 from fiffdepth_ros.ros.depth_node import DepthNode
 
@@ -64,12 +64,7 @@ def _feed(node, i):
 
 
 def _until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
+    return wait_until(predicate, timeout, poll_s=0.02)
 
 
 def test_outputs_without_subscribers_are_neither_built_nor_published(node_and_listener,

@@ -3,6 +3,7 @@ import threading
 
 import pytest
 
+from fiffdepth_ros.demo.harness import wait_until
 from fiffdepth_ros.ros.overlap import HandOff, LatestOnly
 
 
@@ -109,13 +110,7 @@ def test_sequential_without_handler_raises():
 
 
 def _eventually(predicate, timeout=5.0):
-    import time
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
+    return wait_until(predicate, timeout, poll_s=0.01)
 
 
 def test_wait_free_returns_once_the_back_stage_took_the_waiting_frame():

@@ -19,6 +19,16 @@ from pathlib import Path
 import yaml
 
 
+def wait_until(predicate, timeout_s: float, poll_s: float = 0.05) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout_s`` passed; its last value."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll_s)
+    return predicate()
+
+
 def large_data_profile() -> str:
     """Path of the package's Fast DDS profile for large messages (see the file's comment)."""
     return str(Path(__file__).resolve().parents[1] / 'resources' / 'fastdds_large_data.xml')
@@ -229,12 +239,7 @@ class StreamClient:
             self.received.clear()
 
     def wait_until(self, predicate, timeout_s: float, poll_s: float = 0.05) -> bool:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(poll_s)
-        return predicate()
+        return wait_until(predicate, timeout_s, poll_s)
 
     def wait_for_node(self, timeout_s: float, compressed: bool = False,
                       lidar: bool = False) -> bool:
