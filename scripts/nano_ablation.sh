@@ -31,10 +31,9 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 THREADS=${NANO_THREADS:-2}
 FRAMES=${NANO_ABLATION_FRAMES:-200}
 export OMP_NUM_THREADS=$THREADS
-PY=${PYTHON:-python}
-if [ -z "${PYTHON:-}" ] && [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$REPO/.venv/bin/python" ]; then
-    PY="$REPO/.venv/bin/python"
-fi
+# shellcheck source=scripts/nano_common.sh
+. "$REPO/scripts/nano_common.sh"
+PY=$(nano_python "$REPO")
 for f in "$GEN/model_index.json" "$DATA/synthetic/frames.txt"; do
     [ -e "$f" ] || { echo "$0: missing $f" >&2; exit 2; }
 done
@@ -42,17 +41,11 @@ done
 variant() {                       # variant NAME [overrides...]
     local name=$1
     shift
-    if [ -e "$OUT/$name/model/model_index.json" ]; then
-        echo "== $name: done already ($OUT/$name/model)"
-        return
-    fi
-    echo "== $name ($STEPS steps): $*"
-    local t0
-    t0=$(date +%s)
-    "$PY" -m fiffdepth_ros.cli.train --config "$REPO/config/nano/fiffdepth.yaml" \
+    echo "-- $name: $STEPS steps${*:+, $*}"
+    timed_stage "$name" "$OUT/$name/model/model_index.json" "$OUT/variant_seconds.txt" \
+        "$PY" -m fiffdepth_ros.cli.train --config "$REPO/config/nano/fiffdepth.yaml" \
         model.init="$GEN" data.root="$DATA" data.split_root="$DATA" output_dir="$OUT/$name" \
         train.max_steps="$STEPS" train.lr_schedule.total_steps="$STEPS" "$@"
-    echo "$name $(( $(date +%s) - t0 ))" >> "$OUT/variant_seconds.txt"
 }
 
 variant full

@@ -37,26 +37,15 @@ THREADS=${NANO_THREADS:-2}
 W=128; H=96                       # frames as rendered; config/nano trains at this size
 TEACHER_INPUT=112
 export OMP_NUM_THREADS=$THREADS
-PY=${PYTHON:-python}
-if [ -z "${PYTHON:-}" ] && [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$REPO/.venv/bin/python" ]; then
-    PY="$REPO/.venv/bin/python"          # scripts/setup.sh's environment, when not activated
-fi
+# shellcheck source=scripts/nano_common.sh
+. "$REPO/scripts/nano_common.sh"
+PY=$(nano_python "$REPO")
 DATA="$OUT/data"
 TIMES="$OUT/stage_seconds.txt"
 touch "$TIMES"
 
 stage() {                         # stage NAME DONE_MARKER COMMAND...: run unless done, timed
-    local name=$1 done=$2
-    shift 2
-    if [ -e "$done" ]; then
-        echo "== $name: done already ($done)"
-        return
-    fi
-    echo "== $name"
-    local t0
-    t0=$(date +%s)
-    "$@"
-    echo "$name $(( $(date +%s) - t0 ))" >> "$TIMES"
+    timed_stage "$1" "$2" "$TIMES" "${@:3}"
 }
 
 render() {
