@@ -73,6 +73,8 @@ def test_second_start_uses_the_cache_and_never_loads_the_text_encoder(
     first, computed = load_empty_embedding(ckpt, cache)
     assert computed and embedding_path(ckpt, cache).is_file()
     assert first.shape == (1, 2, 32)       # BOS, EOS: padding='do_not_pad'
+    # computed and cached alike: ordinary tensors that autograd may save (the trainer's use)
+    assert not first.is_inference() and not first.requires_grad
 
     def refuse(*args, **kwargs):
         raise AssertionError('the text encoder/tokenizer was loaded on a cached start')
@@ -80,7 +82,7 @@ def test_second_start_uses_the_cache_and_never_loads_the_text_encoder(
     monkeypatch.setattr(transformers.CLIPTokenizer, 'from_pretrained', refuse)
     monkeypatch.setattr(transformers.CLIPTextModel, '__init__', refuse)   # not built either
     again, computed = load_empty_embedding(resolve_checkpoint(str(own_checkpoint)), cache)
-    assert not computed and torch.equal(again, first)
+    assert not computed and torch.equal(again, first) and not again.is_inference()
     est = DepthEstimator.from_pretrained(str(own_checkpoint), device='cpu', processing_res=32,
                                          cache_dir=str(cache))
     assert torch.equal(est._embedding, first)

@@ -213,3 +213,47 @@ def test_autoencoder_batch_adds_depth_targets_and_crops_reproducibly():
     assert len(windows) == 1                                    # one crop of every image
     with pytest.raises(ConfigError, match='crop_hw'):
         AutoencoderStage.pixels_of(trainer(crop_hw=[40, 24]), batch)
+
+
+def _train_cli(config, cache, *overrides):
+    """``fiffdepth-train`` as a new user runs it: a fresh process, its own empty caches."""
+    import os
+    import subprocess
+    import sys
+    cache.mkdir(parents=True)
+    env = dict(os.environ, FIFFDEPTH_CACHE=str(cache / 'fiffdepth'), HF_HOME=str(cache / 'hf'),
+               OMP_NUM_THREADS='1')
+    out = subprocess.run([sys.executable, '-m', 'fiffdepth_ros.cli.train', '--config',
+                          str(config), *overrides], env=env, capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_every_train_stage_runs_from_an_empty_cache_in_a_fresh_process(data, tmp_path):
+    """The first training on a new machine computes the empty-prompt embedding itself (nothing
+    cached): every stage that takes it must train on it (it once crashed with 'Inference tensors
+    cannot be saved for backward' until a second run found the embedding cached)."""
+    size = f'[{HW[0]}, {HW[1]}]'
+    common = [f'data.root={data}', f'data.split_root={data}', 'train.max_steps=2',
+              'train.log_every=1', 'train.checkpoint_every=1000',
+              # batch 1: the embedding reaches the UNet as it is, not as an expanded view
+              'train.batch_size_synthetic=1', 'train.batch_size_real=1', 'data.num_workers=0', 'validation.max_images=1',
+              'train.lr_schedule={name: constant, warmup_steps: 0}',
+              f'data.synthetic=[{{kind: rgbd_folder, dir: synthetic, '
+              f'filenames: synthetic/frames.txt, resize_to_hw: {size}, max_depth: 80.0}}]',
+              f'data.real={{images: real/rgb, pseudo_labels: labels, resize_to_hw: {size}}}',
+              f'validation.datasets=[{{kind: rgbd_folder, name: val, dir: val, '
+              f'filenames: val/frames.txt, resize_to_hw: {size}, max_depth: 80.0}}]']
+    init = []
+    for stage in ('autoencoder', 'generator', 'fiffdepth'):
+        cache = tmp_path / f'cache_{stage}'
+        out = _train_cli(NANO / f'{stage}.yaml', cache, *common, *init,
+                         f'output_dir={tmp_path / stage}',
+                         *(SMALL_ARCH if stage == 'autoencoder' else []))
+        model = tmp_path / stage / 'model'
+        assert (model / 'model_index.json').is_file(), out.stdout[-2000:]
+        if stage != 'autoencoder':
+            # the embedding was computed in this process (the cache was empty) and cached
+            assert len(list((cache / 'fiffdepth' / 'empty_prompt').glob('*.safetensors'))) == 1
+        init = [f'model.init={model}']

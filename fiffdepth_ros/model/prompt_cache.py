@@ -35,7 +35,12 @@ def embedding_path(checkpoint: Checkpoint, cache_dir=None) -> Path:
 
 
 def compute_empty_embedding(checkpoint: Checkpoint):
-    """Tokenise "" without padding (2 tokens) and run the text encoder: (1, 2, D) float32."""
+    """Tokenise "" without padding (2 tokens) and run the text encoder: (1, 2, D) float32.
+
+    An ordinary tensor (computed under ``no_grad``, not ``inference_mode``), the same kind as one
+    read back from the cache: the trainer feeds it to a UNet whose autograd saves it for
+    backward, which an inference tensor refuses. So a first run on a new machine (nothing
+    cached) and a later one (read from the cache) train alike."""
     import torch
     from transformers import CLIPTextModel, CLIPTokenizer
     checkpoint.ensure_text_parts()
@@ -51,7 +56,7 @@ def compute_empty_embedding(checkpoint: Checkpoint):
     max_length = min(tokenizer.model_max_length, encoder.config.max_position_embeddings)
     tokens = tokenizer('', padding=EMPTY_PROMPT_PADDING, max_length=max_length, truncation=True,
                        return_tensors='pt')
-    with torch.inference_mode():
+    with torch.no_grad():
         embedding = encoder(tokens.input_ids)[0].float().contiguous()
     return embedding
 
