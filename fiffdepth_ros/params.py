@@ -101,8 +101,9 @@ _SPECS = (
               "'cuda:N'", read_only=True),
     ParamSpec('precision', 'auto', "'auto' (fp16 on CUDA, fp32 on CPU), 'fp16' or 'fp32'",
               choices=('auto', 'fp16', 'fp32'), read_only=True),
-    ParamSpec('processing_res', 768, 'longer image side seen by the model, in pixels (0 = native '
-              'size); lower is faster and coarser', min=0, max=8192),
+    ParamSpec('processing_res', -1, 'longer image side seen by the model, in pixels (-1 = the '
+              "model's own: its model_index.json default_processing_resolution, else 768; 0 = "
+              'native size); lower is faster and coarser', min=-1, max=8192),
     ParamSpec('upcast_vae', False, 'decode the VAE in fp32 even in fp16 mode (if fp16 overflows)',
               read_only=True),
     ParamSpec('compile', False, 'torch.compile the UNet and VAE (slow first frame)',

@@ -60,7 +60,8 @@ def _run(stage, data, out, *overrides, steps=12):
         f'data.real={{images: real/rgb, pseudo_labels: labels, resize_to_hw: {size}}}',
         f'validation.datasets=[{{kind: rgbd_folder, name: val, dir: val, '
         f'filenames: val/frames.txt, resize_to_hw: {size}, max_depth: 80.0}}]',
-        *overrides])
+        # the wiring on 6 frames: no zoom crops (test_train_data checks data.zoom itself)
+        'data.zoom=null', *overrides])
     return Trainer(cfg)
 
 
@@ -154,6 +155,9 @@ def test_fiffdepth_stage_transforms_the_generator_and_exports_a_depth_model(chai
     assert 'val/val/abs_rel' in fd.history[-1]
     index = json.loads((model / 'model_index.json').read_text())
     assert index['_class_name'] == 'DirectPipeline'
+    # config/nano: a disparity model trained at 128 says so, and the engine honours both
+    assert index['prediction_type'] == 'disparity'
+    assert index['default_processing_resolution'] == 128
     a, b = _weights(chain['gen_model'] / 'unet'), _weights(model / 'unet')
     assert not torch.equal(a['conv_in.weight'], b['conv_in.weight'])
     from fiffdepth_ros.model.estimator import DepthEstimator
@@ -166,6 +170,13 @@ def test_fiffdepth_stage_transforms_the_generator_and_exports_a_depth_model(chai
     depth = est.predict(frame.rgb)
     assert depth.shape == (60, 80) and np.isfinite(depth).all()
     assert depth.min() >= 0 and depth.max() <= 1 and depth.std() > 0
+    assert est.output_space == 'disparity' and est.processing_res == 64
+    own = DepthEstimator.from_pretrained(str(model), device='cpu', precision='fp32')
+    assert own.processing_res == 128 and own.describe()['output_space'] == 'disparity'
+    own.processing_res = -1                      # the node's runtime setting: the model's own
+    assert own.processing_res == 128
+    own.processing_res = 0
+    assert own.target_size(60, 80) == (60, 80)
 
 
 def test_stage_switch_errors():

@@ -19,7 +19,7 @@ def test_defaults_validate_and_every_spec_is_documented():
 
 @pytest.mark.parametrize('name, bad, expect', [
     ('precision', 'fp8', "one of 'auto', 'fp16', 'fp32'"),
-    ('processing_res', -1, 'an integer in [0, 8192]'),
+    ('processing_res', -2, 'an integer in [-1, 8192]'),
     ('processing_res', 1.5, 'an integer'),
     ('processing_res', True, 'an integer'),
     ('max_range', 'far', 'a number'),
@@ -104,7 +104,10 @@ def test_jetson_config_is_lighter_than_default():
     default = P.validate(P.load_yaml(ROOT / 'config' / 'default.yaml'))
     jetson = P.validate(P.load_yaml(ROOT / 'config' / 'jetson.yaml'))
     assert jetson['precision'] == 'fp16'
-    assert jetson['processing_res'] < default['processing_res']
+    # default: the model's own resolution (-1), which for the releases' SD2 models is 768
+    from fiffdepth_ros.model.estimator import DEFAULT_PROCESSING_RES
+    assert default['processing_res'] == -1
+    assert 0 < jetson['processing_res'] < DEFAULT_PROCESSING_RES
 
 
 def test_readme_parameter_table_is_in_sync():

@@ -141,3 +141,36 @@ def test_planned_samples_collate(tmp_path):
     batch = collate([PlannedSamples(synthetic, None)[d] for d in plan.micro_batch(0)])
     assert set(batch) == {'syn'} and batch['syn']['rgb'].shape == (2, 3, 16, 24)
     assert batch['syn']['valid'].dtype == torch.bool and batch['syn']['seed'].shape == (2,)
+
+
+def test_zoom_draws_from_the_sample_seed_and_crops_the_window(tmp_path):
+    """data.zoom [p, max]: per sample (its seed), with probability p a window 1/z of the frame
+    (z log-uniform in [1, max]) is cropped and resized back; the same seed, the same crop."""
+    from fiffdepth_ros.training.data.common import resize_sample, zoom_crop
+    from fiffdepth_ros.training.data.mixing import zoom_draw
+    draws = [zoom_draw(seed, [0.5, 2.0]) for seed in range(400)]
+    zoomed = [d for d in draws if d is not None]
+    assert 150 < len(zoomed) < 250                           # about half
+    assert all(1.0 <= z <= 2.0 and 0 <= u <= 1 and 0 <= v <= 1 for z, u, v in zoomed)
+    assert min(z for z, _, _ in zoomed) < 1.1 and max(z for z, _, _ in zoomed) > 1.9
+    assert zoom_draw(7, [0.5, 2.0]) == zoom_draw(7, [0.5, 2.0])
+    assert zoom_draw(7, None) is None and zoom_draw(7, [1.0, 1.0]) is None
+    write_rgbd_folder(tmp_path / 'f', n=1, hw=(32, 48))
+    data = {'root': str(tmp_path), 'split_root': str(tmp_path), 'real': None,
+            'synthetic': [{'kind': 'rgbd_folder', 'dir': 'f', 'filenames': 'f/list.txt'}]}
+    (dataset,), _, _ = build_training_data(data, need_real=False)
+    plain = dataset.load(0)
+    sample = dataset.load(0, zoom=(2.0, 1.0, 0.0))           # top-right quarter, 2x larger
+    assert sample['rgb'].shape == plain['rgb'].shape == (3, 32, 48)
+    rgb = ((plain['rgb'].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
+    depth = plain['depth'][0].numpy()
+    assert zoom_crop(rgb, depth, (2.0, 1.0, 0.0))[0].shape == (16, 24, 3)
+    ref_rgb, ref_depth = resize_sample(rgb[:16, 24:], depth[:16, 24:], (32, 48))
+    np.testing.assert_allclose(sample['depth'][0].numpy(), ref_depth)
+    assert np.abs(((sample['rgb'].permute(1, 2, 0).numpy() + 1) * 127.5)
+                  - ref_rgb).max() <= 1.0
+    # PlannedSamples applies it from the seed in the descriptor
+    seed = next(s for s in range(100) if zoom_draw(s, [1.0, 2.0])[0] > 1.5)
+    a = PlannedSamples([dataset], None, zoom=[1.0, 2.0])[('syn', 0, 0, False, seed)]
+    b = dataset.load(0, zoom=zoom_draw(seed, [1.0, 2.0]))
+    assert torch.equal(a['rgb'], b['rgb']) and not torch.equal(a['rgb'], plain['rgb'])

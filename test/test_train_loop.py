@@ -236,6 +236,16 @@ def test_export_loads_in_the_engine_and_the_release_interface(workspace, tmp_pat
 
     pipe = DirectPipeline.from_pretrained(str(out))
     assert torch.equal(pipe.unet.conv_in.weight, unet.conv_in.weight)
+    # a disparity model's model_index.json (method.target_space: disparity) loads there too:
+    # the release ignores the key it does not take
+    from fiffdepth_ros.training.export import released_model_index
+    disparity_index = released_model_index(128, 'disparity')
+    assert disparity_index['prediction_type'] == 'disparity'
+    (out / 'model_index.json').write_text(json.dumps(disparity_index))
+    pipe = DirectPipeline.from_pretrained(str(out))
+    assert torch.equal(pipe.unet.conv_in.weight, unet.conv_in.weight)
+    est = DepthEstimator.from_pretrained(str(out), device='cpu', precision='fp32')
+    assert est.output_space == 'disparity' and est.processing_res == 128
     # and it is again an SD2-layout checkpoint training can start from
     from fiffdepth_ros.training.init_checkpoint import resolve_init_checkpoint
     assert resolve_init_checkpoint(str(out)) == out

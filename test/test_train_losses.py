@@ -149,3 +149,42 @@ def test_schedule_refuses_the_filter_timestep():
         schedule_coefficients(alphas, torch.tensor([0]))
     sa, sb = schedule_coefficients(alphas, torch.tensor([999]))
     assert float(sa) ** 2 == pytest.approx(0.01, rel=1e-5)
+
+
+def test_disparity_target_matches_numpy_and_orders_near_high():
+    """method.target_space: disparity -- 1 / depth on valid pixels, the same quantile
+    normalisation, holes filled as far (-1); checked against a numpy computation."""
+    depth = torch.rand(2, 1, 10, 12, generator=torch.Generator().manual_seed(3)) * 20 + 0.5
+    valid = _mask((2, 1, 10, 12), 4)
+    out = targets.normalized_target(depth, valid, 0.02, 'disparity')
+    for b in range(2):
+        d = depth[b, 0].numpy().astype(np.float64)
+        v = valid[b, 0].numpy()
+        disp = 1.0 / d[v]
+        lo, hi = np.quantile(disp, [0.02, 0.98])
+        ref = np.clip((disp - lo) / (hi - lo) * 2 - 1, -1, 1)
+        np.testing.assert_allclose(out[b, 0].numpy()[v], ref, atol=1e-5)
+        assert np.all(out[b, 0].numpy()[~v] == -1.0)        # invalid -> far, i.e. low disparity
+        near, far = np.unravel_index(np.argmin(np.where(v, d, np.inf)), d.shape), \
+            np.unravel_index(np.argmax(np.where(v, d, -np.inf)), d.shape)
+        assert out[b, 0][near] == 1.0 and out[b, 0][far] == -1.0
+    torch.testing.assert_close(targets.normalized_target(depth, valid, 0.02, 'depth'),
+                               targets.quantile_normalize(depth, valid, 0.02))
+    with pytest.raises(ValueError, match='target space'):
+        targets.normalized_target(depth, valid, 0.02, 'log')
+
+
+def test_disparity_space_uses_pseudo_labels_as_they_are():
+    """A teacher's affine disparity in a disparity target: normalised directly, no conversion;
+    an affine change of the label does not change the target."""
+    depth = torch.linspace(1.0, 10.0, 64).view(1, 1, 8, 8)
+    label = 3.0 / depth + 0.2
+    out = targets.pseudo_label_to_normalized(label, 'inverse', 0.02, 20.0, space='disparity')
+    ones = torch.ones_like(label, dtype=torch.bool)
+    torch.testing.assert_close(out, targets.quantile_normalize(label, ones, 0.02))
+    torch.testing.assert_close(out, targets.pseudo_label_to_normalized(
+        2.5 * label - 0.1, 'negate', 0.02, 5.0, space='disparity'), atol=1e-5, rtol=1e-5)
+    # and it equals the synthetic disparity target of the same depth when the shift is 0
+    torch.testing.assert_close(
+        targets.pseudo_label_to_normalized(3.0 / depth, space='disparity'),
+        targets.normalized_target(depth, ones, 0.02, 'disparity'), atol=1e-5, rtol=1e-5)

@@ -27,8 +27,8 @@ def parse_args(argv):
     ap.add_argument('--input', required=True, type=Path, help='an image file or a folder')
     ap.add_argument('--output', required=True, type=Path, help='output folder')
     ap.add_argument('--processing-res', type=int, default=None,
-                    help='longer side seen by the model (0 = native size; default 768, 256 for '
-                         'nano)')
+                    help="longer side seen by the model (0 = native size; default: the model's "
+                         'own default_processing_resolution, else 768; nano: 128)')
     ap.add_argument('--device', default='auto', help='auto (CUDA if available), cpu, cuda')
     precision = ap.add_mutually_exclusive_group()
     precision.add_argument('--fp16', dest='precision', action='store_const', const='fp16',
@@ -48,9 +48,8 @@ def parse_args(argv):
     ap.set_defaults(precision='auto')
     args = ap.parse_args(argv)
     if args.processing_res is None:
-        from ..model.builtin import recommended_processing_res
-        args.processing_res = recommended_processing_res(args.model, 768)
-    if args.processing_res < 0:
+        args.processing_res = -1              # the model's own default_processing_resolution
+    elif args.processing_res < 0:
         ap.error('--processing-res must be >= 0')
     if args.batch_size < 1:
         ap.error('--batch-size must be >= 1')

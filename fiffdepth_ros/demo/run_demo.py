@@ -48,8 +48,8 @@ def parse_args(argv):
     ap.add_argument('--rate', type=float, default=DEMO_RATE_HZ,
                     help=f'stream rate in Hz (default {DEMO_RATE_HZ:g})')
     ap.add_argument('--processing-res', type=int, default=0,
-                    help='model resolution (default: 256 for nano and the tiny model, 768 '
-                         'for other models)')
+                    help="model resolution (default: the model's own, e.g. 128 for nano; 256 "
+                         'for the random tiny model)')
     ap.add_argument('--device', default='auto', help='auto, cpu, cuda or cuda:N')
     ap.add_argument('--model-family', default='auto',
                     help='auto (detected from the checkpoint), fiffdepth, e2e_ft, lotus_d, '
@@ -97,7 +97,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     from ..conversions.images import image_msg_to_depth, image_to_rgb
-    from ..model.builtin import builtin_folder, is_builtin, recommended_processing_res
+    from ..model.builtin import builtin_folder, is_builtin
     from ..model.checkpoint import ModelLoadError
     from .harness import NodeProcess, StreamClient, isolated_ros_env
     from .scene import SyntheticRoom
@@ -115,8 +115,8 @@ def main(argv=None) -> int:
             print(f'[demo] {exc}', file=sys.stderr)
             return 1
         print(NANO_NOTE, flush=True)
-    processing_res = args.processing_res or (
-        recommended_processing_res(model, 768) if args.model else 256)
+    # A given model runs at its own resolution (model_index.json), the random one at 256.
+    processing_res = args.processing_res or (-1 if args.model else 256)
 
     room = SyntheticRoom(640, 480, lidar_lines=32)
     params = room_node_params(room, model, processing_res, args.model_family, args.device)

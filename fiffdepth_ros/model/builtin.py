@@ -5,7 +5,9 @@
 ``nano`` is FiffDepth-nano (scripts/train_nano.sh): a few MiB of weights trained by this package
 on procedural scenes only, for demonstrations and tests, not for a robot. It lives in the package
 itself (``fiffdepth_ros/resources/nano``, installed as package data by pip and colcon alike), so
-it is found wherever ``fiffdepth_ros`` is importable. A built-in name wins over a local folder of
+it is found wherever ``fiffdepth_ros`` is importable. The resolution it runs at is its own
+model_index.json's default_processing_resolution (the size it was trained at), which every tool
+and the node use unless told otherwise (``processing_res: -1``, the default). A built-in name wins over a local folder of
 the same name in the working directory (pass ``./nano`` for that folder).
 """
 from __future__ import annotations
@@ -15,10 +17,6 @@ from pathlib import Path
 DEFAULT_MODEL = 'nano'
 # name -> folder below fiffdepth_ros/resources
 _FOLDERS = {'nano': 'nano'}
-# The longer side each built-in model is meant to see where a tool picks it (fiffdepth-predict,
-# the demo): nano was trained on 128x96 frames; at 256 a 640x480 frame takes ~0.1 s on a small
-# CPU, at the node's generic default of 768 about 2 s (bench/nano_quality.py measures it).
-_PROCESSING_RES = {'nano': 256}
 _RESOURCES = Path(__file__).resolve().parents[1] / 'resources'
 # What a released-layout folder must hold before it is handed to the loader.
 _REQUIRED = ('model_index.json', 'unet/config.json', 'vae/config.json')
@@ -30,11 +28,6 @@ def builtin_names() -> tuple[str, ...]:
 
 def is_builtin(model: str) -> bool:
     return model in _FOLDERS
-
-
-def recommended_processing_res(model: str, otherwise: int) -> int:
-    """The processing resolution a tool uses for ``model`` when none is given."""
-    return _PROCESSING_RES.get(model, otherwise)
 
 
 def builtin_folder(name: str) -> Path:

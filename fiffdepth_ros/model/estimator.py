@@ -35,6 +35,7 @@ from .families.fiffdepth import FiffDepth
 
 log = logging.getLogger(__name__)
 
+DEFAULT_PROCESSING_RES = 768      # the releases' default longer side
 DEFAULT_SCALING_FACTOR = 0.18215
 
 
@@ -128,7 +129,10 @@ class DepthEstimator:
         self.strategy = family if family is not None else FiffDepth()
         self.device = resolve_device(str(device))
         self.dtype = resolve_dtype(precision, self.device)
-        self.processing_res = int(processing_res)
+        # What a negative processing_res means: the model's own resolution (from_pretrained
+        # reads the checkpoint's default_processing_resolution).
+        self.default_processing_res = DEFAULT_PROCESSING_RES
+        self.processing_res = processing_res
         self.model_name = model_name
         self.model_source = 'modules given in memory'   # from_pretrained: where it was found
         # A family running its own pipeline (Marigold) decodes in the VAE's one dtype.
@@ -153,6 +157,18 @@ class DepthEstimator:
             self.vae.decoder = torch.compile(self.vae.decoder)
             # (An fp32 re-decode after an fp16 overflow recompiles the decoder once.)
         self.strategy.prepare(self)
+
+    @property
+    def processing_res(self) -> int:
+        """The longer side the model sees (0: native size). Set a negative value for the
+        model's own (``default_processing_res``: model_index.json's
+        default_processing_resolution, as diffusers' Marigold pipeline reads it, else 768)."""
+        return self._processing_res
+
+    @processing_res.setter
+    def processing_res(self, value) -> None:
+        value = -1 if value is None else int(value)
+        self._processing_res = self.default_processing_res if value < 0 else value
 
     @property
     def family(self) -> str:
@@ -195,7 +211,7 @@ class DepthEstimator:
     # ------------------------------------------------------------------ construction
     @classmethod
     def from_pretrained(cls, model: str, device: str = 'auto', precision: str = 'auto',
-                        processing_res: int = 768, upcast_vae: bool = False,
+                        processing_res: int | None = -1, upcast_vae: bool = False,
                         compile: bool = False, cache_dir: str | None = None,
                         hub_cache_dir: str | None = None, model_family: str = 'auto',
                         denoising_steps: int = 0, ensemble_size: int = 1,
@@ -207,7 +223,8 @@ class DepthEstimator:
         precision: 'auto' (fp16 on CUDA, fp32 on CPU), 'fp16' or 'fp32'; fp16 on the CPU is
             mapped to fp32 with a warning (half-precision CPU convolutions are slow or missing).
             In fp16 the checkpoint's fp16 variant files are loaded when it has them.
-        processing_res: longer side the model sees (0 = native size); settable later.
+        processing_res: longer side the model sees (0 = native size; negative or None = the
+            checkpoint's own default_processing_resolution, else 768); settable later.
         upcast_vae: decode in fp32 when running fp16 (for checkpoints whose fp16 decode
             overflows; without it an overflowing frame is re-decoded in fp32 and a warning says
             so once).
@@ -231,7 +248,8 @@ class DepthEstimator:
                              f"{', '.join(FAMILY_CHOICES)}")
         checkpoint = resolve_checkpoint(model, cache_dir=hub_cache_dir,
                                         variant=FP16 if dtype == torch.float16 else None)
-        family = make_family(read_info(checkpoint), model_family,
+        info = read_info(checkpoint)
+        family = make_family(info, model_family,
                              denoising_steps=denoising_steps, ensemble_size=ensemble_size,
                              seed=seed)
         embedding, _ = load_empty_embedding(checkpoint, cache_dir)
@@ -239,8 +257,10 @@ class DepthEstimator:
         unet, vae = load_unet_and_vae(checkpoint, dtype, vae_dtype=vae_dtype)
         estimator = cls(unet, vae, embedding, device=device,
                         precision='fp16' if dtype == torch.float16 else 'fp32',
-                        processing_res=processing_res, upcast_vae=upcast_vae, compile=compile,
+                        processing_res=0, upcast_vae=upcast_vae, compile=compile,
                         model_name=model, family=family)
+        estimator.default_processing_res = info.default_processing_res
+        estimator.processing_res = processing_res
         estimator.model_source = checkpoint.origin
         return estimator
 

@@ -30,6 +30,9 @@ DEFAULTS: dict = {
         'weights': {'mae': 1.0, 'gm': 0.5, 'traj': 0.2},
         'gm_scales': 4,                    # MiDaS multi-scale gradient matching (1 = single)
         'depth_quantile': 0.02,            # 2 % / 98 % quantiles -> [-1, 1]
+        'target_space': 'depth',           # depth | disparity: what the model predicts
+                                           # (Marigold's prediction_type; recorded in the
+                                           # export's model_index.json, honoured at inference)
         'pseudo_label': {'conversion': 'inverse', 'max_depth_ratio': 20.0},
         'timesteps_min': 1,                # trajectory t uniform in [min, num_train_timesteps - 1]
         'real_supervision': 'filter',      # filter: U(U(x0,0),-1) vs pseudo-labels (the method);
@@ -46,7 +49,14 @@ DEFAULTS: dict = {
         'synthetic': [],                   # list of dataset specs (see data/factory.py)
         'real': None,                      # {'images': ..., 'pseudo_labels': ..., ...}
         'lr_flip_p': 0.5,
+        'zoom': None,                      # [p, max]: with probability p a sample is a random
+                                           # crop 1/z of its size (z log-uniform in [1, max]),
+                                           # resized back: objects seen larger than rendered
         'num_workers': 2,
+    },
+    'export': {
+        'default_processing_resolution': 768,   # model_index.json: the longer side the tools
+                                                # run the model at unless told otherwise
     },
     'validation': {
         'datasets': [],                    # held-out synthetic specs, evaluated with GT
@@ -166,7 +176,17 @@ def validate(cfg: dict) -> None:
     if method['real_supervision'] not in REAL_SUPERVISION:
         raise ConfigError(f"method.real_supervision must be one of {list(REAL_SUPERVISION)}, "
                           f"got {method['real_supervision']!r}")
-    from .targets import PSEUDO_LABEL_CONVERSIONS
+    from .targets import PSEUDO_LABEL_CONVERSIONS, TARGET_SPACES
+    if method['target_space'] not in TARGET_SPACES:
+        raise ConfigError(f"method.target_space must be one of {list(TARGET_SPACES)}, "
+                          f"got {method['target_space']!r}")
+    zoom = cfg['data']['zoom']
+    if zoom is not None and not (isinstance(zoom, (list, tuple)) and len(zoom) == 2
+                                 and 0.0 <= float(zoom[0]) <= 1.0 and float(zoom[1]) >= 1.0):
+        raise ConfigError(f'data.zoom must be null or [probability in [0, 1], max zoom >= 1], '
+                          f'got {zoom!r}')
+    if int(cfg['export']['default_processing_resolution']) < 0:
+        raise ConfigError('export.default_processing_resolution must be >= 0')
     if method['pseudo_label']['conversion'] not in PSEUDO_LABEL_CONVERSIONS:
         raise ConfigError(f"method.pseudo_label.conversion must be one of "
                           f"{sorted(PSEUDO_LABEL_CONVERSIONS)}")

@@ -126,7 +126,8 @@ class Trainer:
         sampler = PlanSampler(plan, start_step * accum, int(tcfg['max_steps']) * accum)
         workers = int(self.cfg['data']['num_workers'])
         return torch.utils.data.DataLoader(
-            PlannedSamples(self.synthetic, self.real), batch_sampler=sampler,
+            PlannedSamples(self.synthetic, self.real, self.cfg['data']['zoom']),
+            batch_sampler=sampler,
             collate_fn=collate, num_workers=workers, pin_memory=acc.device.type == 'cuda',
             persistent_workers=False, prefetch_factor=4 if workers else None)
 

@@ -183,17 +183,18 @@ def build_inputs(batch: dict, vae, scaling_factor: float, num_train_timesteps: i
     """A collated micro-batch (see data.mixing.collate) -> StepInputs: images and targets
     through the frozen VAE, validity max-pooled to the latent grid, per-sample draws."""
     from ..model.stages import encode_image
-    from .targets import encode_depth, latent_mask, pseudo_label_to_normalized, \
-        quantile_normalize, vae_factor
+    from .targets import encode_depth, latent_mask, normalized_target, \
+        pseudo_label_to_normalized, vae_factor
     dtype = next(vae.encoder.parameters()).dtype
     factor = vae_factor(vae)
     q = float(method['depth_quantile'])
+    space = method.get('target_space', 'depth')
     out = StepInputs()
     syn = batch.get('syn')
     if syn is not None:
         valid = syn['valid'].to(device)
         x0 = encode_image(vae, syn['rgb'].to(device, dtype), scaling_factor).float()
-        norm = quantile_normalize(syn['depth'].to(device), valid, q)
+        norm = normalized_target(syn['depth'].to(device), valid, q, space)
         out.syn_latent = x0
         out.syn_target = encode_depth(vae, norm, scaling_factor).float()
         out.syn_mask = latent_mask(valid, factor)
@@ -204,7 +205,7 @@ def build_inputs(batch: dict, vae, scaling_factor: float, num_train_timesteps: i
     if real is not None:
         pl = method['pseudo_label']
         norm = pseudo_label_to_normalized(real['label'].to(device), pl['conversion'], q,
-                                          float(pl.get('max_depth_ratio', 20.0)))
+                                          float(pl.get('max_depth_ratio', 20.0)), space)
         out.real_latent = encode_image(vae, real['rgb'].to(device, dtype), scaling_factor).float()
         out.real_target = encode_depth(vae, norm, scaling_factor).float()
         out.real_mask = torch.ones_like(out.real_latent[:, :1], dtype=torch.bool)

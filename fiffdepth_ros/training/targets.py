@@ -4,6 +4,10 @@ Marigold's convention for depth targets: per image, the 2 % and 98 % quantiles o
 map to -1 and 1, values outside are clipped; the map is stacked to 3 channels and encoded with the
 frozen VAE (the Gaussian's mean x scaling factor). The loss masks come from the pixel validity,
 max-pooled 8x8 to the latent grid: a latent cell counts when any pixel under it is valid.
+
+``method.target_space: disparity`` (Marigold's and Lotus' ``prediction_type: disparity``): the
+map normalised is 1 / depth instead (near = 1, far = -1, holes filled as far), and the teacher's
+affine-invariant disparity pseudo-labels are normalised as they are, with no inversion.
 """
 from __future__ import annotations
 
@@ -28,6 +32,21 @@ def quantile_normalize(depth: torch.Tensor, valid: torch.Tensor, quantile: float
     span = (hi - lo).clamp_min(1e-6).view(b, 1, 1, 1)
     norm = ((depth.float() - lo.view(b, 1, 1, 1)) / span * 2.0 - 1.0).clamp(-1.0, 1.0)
     return torch.where(valid, norm, torch.full_like(norm, fill_invalid))
+
+
+TARGET_SPACES = ('depth', 'disparity')
+
+
+def normalized_target(depth: torch.Tensor, valid: torch.Tensor, quantile: float,
+                      space: str = 'depth') -> torch.Tensor:
+    """(B, 1, H, W) metric or affine depth -> the [-1, 1] target map in ``space``."""
+    if space == 'depth':
+        return quantile_normalize(depth, valid, quantile)
+    if space == 'disparity':
+        disparity = torch.where(valid, 1.0 / depth.float().clamp_min(1e-6),
+                                torch.zeros_like(depth, dtype=torch.float32))
+        return quantile_normalize(disparity, valid, quantile, fill_invalid=-1.0)
+    raise ValueError(f"target space must be one of {TARGET_SPACES}, got '{space}'")
 
 
 def disparity_to_depth_inverse(disparity: torch.Tensor, quantile: float = 0.02,
@@ -67,10 +86,16 @@ PSEUDO_LABEL_CONVERSIONS = {
 
 
 def pseudo_label_to_normalized(disparity: torch.Tensor, conversion: str = 'inverse',
-                               quantile: float = 0.02, max_depth_ratio: float = 20.0
-                               ) -> torch.Tensor:
-    """(B, 1, H, W) teacher disparity -> [-1, 1] depth target, the same quantile normalisation
-    as the synthetic targets (every pixel valid)."""
+                               quantile: float = 0.02, max_depth_ratio: float = 20.0,
+                               space: str = 'depth') -> torch.Tensor:
+    """(B, 1, H, W) teacher disparity -> [-1, 1] target in ``space``, the same quantile
+    normalisation as the synthetic targets (every pixel valid). In disparity space the label is
+    normalised as it is (``conversion`` and ``max_depth_ratio`` only serve depth targets)."""
+    if space == 'disparity':
+        label = disparity.float()
+        return quantile_normalize(label, torch.ones_like(label, dtype=torch.bool), quantile)
+    if space != 'depth':
+        raise ValueError(f"target space must be one of {TARGET_SPACES}, got '{space}'")
     try:
         convert = PSEUDO_LABEL_CONVERSIONS[conversion]
     except KeyError:

@@ -48,6 +48,16 @@ class CheckpointInfo:
         return str(self.model_index.get('_class_name', ''))
 
     @property
+    def default_processing_res(self) -> int:
+        """model_index.json's default_processing_resolution (Marigold's and the released
+        DirectPipeline's key), else 768, the releases' default."""
+        value = self.model_index.get('default_processing_resolution')
+        try:
+            return int(value) if value is not None and int(value) >= 0 else 768
+        except (TypeError, ValueError):
+            return 768
+
+    @property
     def scheduler_class(self) -> str:
         return str((self.scheduler_config or {}).get('_class_name', ''))
 

@@ -112,10 +112,22 @@ def resize_sample(rgb: np.ndarray, depth: np.ndarray, size_hw) -> tuple[np.ndarr
     """RGB with area averaging, depth with nearest neighbours (never blends across edges)."""
     h, w = int(size_hw[0]), int(size_hw[1])
     if rgb.shape[:2] != (h, w):
-        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        enlarge = h > rgb.shape[0] or w > rgb.shape[1]
+        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_LINEAR if enlarge
+                         else cv2.INTER_AREA)
     if depth.shape[:2] != (h, w):
         depth = cv2.resize(depth, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
     return rgb, depth
+
+
+def zoom_crop(rgb: np.ndarray, depth: np.ndarray, zoom) -> tuple[np.ndarray, np.ndarray]:
+    """``zoom`` = (z, u, v): the window 1/z of the frame's size at relative place (u, v), so
+    that, resized back, its objects look z times larger (the data.zoom augmentation)."""
+    z, u, v = zoom
+    h, w = rgb.shape[:2]
+    ch, cw = max(1, int(round(h / z))), max(1, int(round(w / z)))
+    top, left = int(round((h - ch) * v)), int(round((w - cw) * u))
+    return rgb[top:top + ch, left:left + cw], depth[top:top + ch, left:left + cw]
 
 
 def make_sample(rgb: np.ndarray, depth: np.ndarray, min_depth: float, max_depth: float,
@@ -170,7 +182,9 @@ class RGBDDataset:
     def crop(self, rgb, depth):
         return rgb, depth
 
-    def load(self, index: int, flip: bool = False) -> dict:
+    def load(self, index: int, flip: bool = False, zoom=None) -> dict:
+        """``zoom``: (z, u, v) of zoom_crop, applied after the dataset's crop; the crop is then
+        resized to ``resize_to_hw`` (or back to the frame's size)."""
         rgb_rel, depth_rel = self.rows[index][:2]
         rgb = decode_image(self.source.read(rgb_rel), f'{self.source.root}/{rgb_rel}')
         depth = self.read_depth(depth_rel)
@@ -180,6 +194,10 @@ class RGBDDataset:
             raise DataError(f'{self.name}: {depth_rel} is {depth.shape[1]}x{depth.shape[0]} '
                             f'but {rgb_rel} is {rgb.shape[1]}x{rgb.shape[0]}')
         rgb, depth = self.crop(rgb, depth)
-        if self.resize_to_hw:
-            rgb, depth = resize_sample(rgb, depth, self.resize_to_hw)
+        size_hw = self.resize_to_hw
+        if zoom is not None:
+            size_hw = size_hw or rgb.shape[:2]
+            rgb, depth = zoom_crop(rgb, depth, zoom)
+        if size_hw:
+            rgb, depth = resize_sample(rgb, depth, size_hw)
         return make_sample(rgb, depth, self.min_depth, self.max_depth, flip)

@@ -76,11 +76,26 @@ class PlanSampler:
         return self.stop - self.start
 
 
-class PlannedSamples(torch.utils.data.Dataset):
-    """Indexed by descriptors from the plan (a map-style dataset with tuple keys)."""
+def zoom_draw(seed: int, zoom) -> tuple[float, float, float] | None:
+    """``zoom`` = [p, max] (``data.zoom``): with probability p, (z, u, v): a crop 1/z of the
+    sample's size (z log-uniform in [1, max]) at relative place (u, v); else None. Drawn from
+    the sample's own seed, so a resumed or multi-process run reads the same crops."""
+    if not zoom or float(zoom[0]) <= 0.0 or float(zoom[1]) <= 1.0:
+        return None
+    rng = np.random.default_rng([int(seed), 0x200])
+    if rng.random() >= float(zoom[0]):
+        return None
+    z = float(np.exp(rng.uniform(0.0, np.log(float(zoom[1])))))
+    return z, float(rng.random()), float(rng.random())
 
-    def __init__(self, synthetic, real):
+
+class PlannedSamples(torch.utils.data.Dataset):
+    """Indexed by descriptors from the plan (a map-style dataset with tuple keys); ``zoom``:
+    the data.zoom augmentation (see zoom_draw)."""
+
+    def __init__(self, synthetic, real, zoom=None):
         self.synthetic, self.real = list(synthetic), real
+        self.zoom = zoom
 
     def __len__(self) -> int:
         return sum(len(d) for d in self.synthetic) + (len(self.real) if self.real else 0)
@@ -88,10 +103,14 @@ class PlannedSamples(torch.utils.data.Dataset):
     def __getitem__(self, descriptor):
         if descriptor[0] == 'syn':
             _, dataset, index, flip, seed = descriptor
-            sample = self.synthetic[dataset].load(index, flip=flip)
+            zoom = zoom_draw(seed, self.zoom)
+            sample = (self.synthetic[dataset].load(index, flip=flip) if zoom is None else
+                      self.synthetic[dataset].load(index, flip=flip, zoom=zoom))
         else:
             _, index, flip, cu, cv, seed = descriptor
-            sample = self.real.load(index, flip=flip, crop_u=cu, crop_v=cv)
+            zoom = zoom_draw(seed, self.zoom)
+            sample = self.real.load(index, flip=flip, crop_u=cu, crop_v=cv,
+                                    zoom=1.0 if zoom is None else zoom[0])
         sample['kind'] = descriptor[0]
         sample['seed'] = seed
         return sample

@@ -1080,9 +1080,16 @@ def write_frame(out_dir, frame: ProceduralFrame, depth_format: str = 'png16') ->
     return f'{paths} {fx:.6f} {fy:.6f} {cx:.6f} {cy:.6f}'
 
 
+def _write_one(job) -> str:
+    out_dir, seed, domain, width, height, depth_format = job
+    return write_frame(out_dir, render_frame(seed, domain, width, height), depth_format)
+
+
 def write_frames(out_dir, seeds, domain: str = 'synthetic', width: int = 256, height: int = 192,
-                 depth_format: str = 'png16', progress: bool = False) -> Path:
-    """Render and write the frames of ``seeds``; returns the list file's path."""
+                 depth_format: str = 'png16', progress: bool = False, workers: int = 1) -> Path:
+    """Render and write the frames of ``seeds``; returns the list file's path. ``workers`` > 1
+    renders in that many processes (every frame depends on its seed alone, so the files are
+    the same; the list keeps the seeds' order)."""
     if depth_format not in DEPTH_FORMATS:
         raise ValueError(f'depth_format must be one of {DEPTH_FORMATS}')
     out_dir = Path(out_dir)
@@ -1090,12 +1097,21 @@ def write_frames(out_dir, seeds, domain: str = 'synthetic', width: int = 256, he
     if depth_format != 'none':
         (out_dir / 'depth').mkdir(parents=True, exist_ok=True)
     seeds = list(seeds)
-    iterator = seeds
-    if progress:
-        from tqdm import tqdm
-        iterator = tqdm(seeds, desc=f'{domain} frames', unit='frame')
-    lines = [write_frame(out_dir, render_frame(s, domain, width, height), depth_format)
-             for s in iterator]
+    jobs = [(out_dir, s, domain, width, height, depth_format) for s in seeds]
+    if int(workers) > 1:
+        import multiprocessing
+        with multiprocessing.get_context('spawn').Pool(int(workers)) as pool:
+            results = pool.imap(_write_one, jobs, chunksize=32)
+            if progress:
+                from tqdm import tqdm
+                results = tqdm(results, total=len(jobs), desc=f'{domain} frames', unit='frame')
+            lines = list(results)
+    else:
+        iterator = jobs
+        if progress:
+            from tqdm import tqdm
+            iterator = tqdm(jobs, desc=f'{domain} frames', unit='frame')
+        lines = [_write_one(job) for job in iterator]
     list_path = out_dir / LIST_FILE
     list_path.write_text('\n'.join(lines) + '\n')
     (out_dir / 'meta.json').write_text(json.dumps({
@@ -1146,6 +1162,8 @@ def main(argv=None) -> int:
     parser.add_argument('--depth-format', choices=DEPTH_FORMATS, default='png16')
     parser.add_argument('--held-out', action='store_true',
                         help='seeds count from the held-out range (validation / benchmarks)')
+    parser.add_argument('--workers', type=int, default=1,
+                        help='render in this many processes (same files, same list order)')
     args = parser.parse_args(argv)
     try:
         seeds = (held_out_seeds(args.count, args.seed_start) if args.held_out
@@ -1153,7 +1171,7 @@ def main(argv=None) -> int:
     except ValueError as exc:
         parser.error(str(exc))
     path = write_frames(args.out, seeds, args.domain, args.width, args.height,
-                        args.depth_format, progress=True)
+                        args.depth_format, progress=True, workers=args.workers)
     print(f'wrote {len(seeds)} {args.domain} frames, list file {path}')
     return 0
 

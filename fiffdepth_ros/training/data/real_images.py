@@ -146,14 +146,15 @@ class RealWithLabels:
     def check_files(self) -> None:
         self.labels.check_covers(self.images)
 
-    def load(self, index: int, flip: bool = False, crop_u: float = 0.5, crop_v: float = 0.5
-             ) -> dict:
-        """crop_u, crop_v in [0, 1]: where the crop window sits (0.5 = centred)."""
+    def load(self, index: int, flip: bool = False, crop_u: float = 0.5, crop_v: float = 0.5,
+             zoom: float = 1.0) -> dict:
+        """crop_u, crop_v in [0, 1]: where the crop window sits (0.5 = centred); ``zoom`` >= 1:
+        the image is resized ``zoom`` times larger than covering first (data.zoom)."""
         rgb = self.images.read(index)
         label = self.labels.read(self.images.ids[index])
         th, tw = self.size_hw
         h, w = rgb.shape[:2]
-        scale = max(th / h, tw / w)
+        scale = max(th / h, tw / w) * max(1.0, float(zoom))
         rh, rw = max(th, round(h * scale)), max(tw, round(w * scale))
         rgb = cv2.resize(rgb, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1
                          else cv2.INTER_LINEAR)

@@ -126,14 +126,16 @@ class AutoencoderStage(Stage):
         """What one micro-batch reconstructs: its images, the synthetic frames' normalised depth
         targets as grey images (``depth_maps``), one random crop of all (``crop_hw``) whose place
         is drawn from the batch's sample seeds (resume and multi-process runs draw the same)."""
-        from ..targets import quantile_normalize
+        from ..targets import normalized_target
         options = trainer.cfg['method']['autoencoder']
         device = trainer.accelerator.device
         pixels = images_of(batch).to(device)
         if options.get('depth_maps') and 'syn' in batch:
             syn = batch['syn']
-            depth = quantile_normalize(syn['depth'].to(device), syn['valid'].to(device),
-                                       float(trainer.cfg['method']['depth_quantile']))
+            method = trainer.cfg['method']
+            depth = normalized_target(syn['depth'].to(device), syn['valid'].to(device),
+                                      float(method['depth_quantile']),
+                                      method.get('target_space', 'depth'))
             pixels = torch.cat([pixels, depth.expand(-1, 3, -1, -1).to(pixels.dtype)])
         crop = options.get('crop_hw')
         if crop:
@@ -156,9 +158,10 @@ class AutoencoderStage(Stage):
         from ...evaluation.alignment import align_scale_shift
         from ...evaluation.metrics import compute_metrics, mean_metrics
         from ...model.stages import decode_latent, depth_from_decoded
-        from ..targets import encode_depth, quantile_normalize
+        from ..targets import encode_depth, normalized_target
         device, vae = trainer.accelerator.device, model.vae
         q = float(trainer.cfg['method']['depth_quantile'])
+        space = trainer.cfg['method'].get('target_space', 'depth')
         results = {}
         limit = int(trainer.cfg['validation']['max_images'])
         for name, dataset in trainer.validation_sets:
@@ -173,10 +176,10 @@ class AutoencoderStage(Stage):
                 psnrs.append(10.0 * torch.log10(torch.tensor(1.0 / max(mse, 1e-12))).item())
                 if 'depth' in sample and bool(sample['valid'].any()):
                     depth, valid = sample['depth'][None].to(device), sample['valid'][None].to(device)
-                    latent = encode_depth(vae, quantile_normalize(depth, valid, q), 1.0)
+                    latent = encode_depth(vae, normalized_target(depth, valid, q, space), 1.0)
                     pred = depth_from_decoded(decode_latent(vae, latent, 1.0))[0, 0]
                     gt, ok = depth[0, 0].cpu().numpy(), valid[0, 0].cpu().numpy()
-                    aligned = align_scale_shift(pred.float().cpu().numpy(), gt, ok,
+                    aligned = align_scale_shift(pred.float().cpu().numpy(), gt, ok, space=space,
                                                 min_depth=1e-3, max_depth=float(gt[ok].max()))
                     depth_metrics.append(compute_metrics(aligned, gt, ok))
             if l1s:

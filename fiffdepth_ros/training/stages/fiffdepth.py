@@ -37,6 +37,7 @@ class FiffDepthStage(Stage):
         from ...evaluation.metrics import compute_metrics, mean_metrics
         from ...model.stages import decode_latent, depth_from_decoded, encode_image, unet_pass
         results = {}
+        space = trainer.cfg['method'].get('target_space', 'depth')    # the model's output
         limit = int(trainer.cfg['validation']['max_images'])
         for name, dataset in trainer.validation_sets:
             per_image = []
@@ -53,7 +54,7 @@ class FiffDepthStage(Stage):
                 valid = sample['valid'][0].numpy()
                 if valid.sum() < 2:
                     continue
-                aligned = align_scale_shift(pred, gt, valid, space='depth',
+                aligned = align_scale_shift(pred, gt, valid, space=space,
                                             min_depth=dataset.min_depth,
                                             max_depth=dataset.max_depth)
                 per_image.append(compute_metrics(aligned, gt, valid))
@@ -64,4 +65,7 @@ class FiffDepthStage(Stage):
         return results
 
     def export(self, trainer, unet, out_dir):
-        return export_model(unet, trainer.init_root, out_dir)
+        return export_model(
+            unet, trainer.init_root, out_dir,
+            processing_res=int(trainer.cfg['export']['default_processing_resolution']),
+            prediction_type=trainer.cfg['method'].get('target_space', 'depth'))
