@@ -1,22 +1,28 @@
 """FiffDepth-nano quality: the built-in model beside the random tiny model and a planar baseline.
 
-    python bench/nano_quality.py [--model nano|DIR|NAME=DIR ...] [--frames 200] [--json OUT]
-                                 [--heldout-only] [--speed-frames 20] [--threads N]
+    python bench/nano_quality.py [--model nano|DIR|NAME=DIR ...] [--regressor NAME=DIR ...]
+                                 [--frames 200] [--json OUT] [--heldout-only]
+                                 [--speed-frames 20] [--threads N] [--processing-res N]
 
 Rows: each ``--model`` (default: the built-in ``nano``; ``NAME=DIR`` labels a row, repeatable,
-as scripts/nano_ablation.sh does), the random tiny model of fiffdepth_ros.model.tiny and
+as scripts/nano_ablation.sh does), each ``--regressor`` (a snapshot of the plain pixel-space
+regressor of bench/nano_regressor.py), the random tiny model of fiffdepth_ros.model.tiny and
 "depth grows with image row" (prediction = row index: a floor plane seen by a level camera).
+Every prediction is aligned in its model's own output space (depth, or disparity for a model
+trained with method.target_space: disparity), as the papers' least-squares protocol does.
 Columns:
   (a) held-out procedural frames (training/data/procedural.py, seeds the recipe neither trains
-      nor validates on), both domains: AbsRel and delta1 after least-squares scale and shift in
-      depth (evaluation.alignment / evaluation.metrics), at the frames' native 128x96;
+      nor validates on), both domains: AbsRel and delta1 after least-squares scale and shift
+      (evaluation.alignment / evaluation.metrics), at the frames' native 128x96;
   (b) the demo's synthetic room (demo/scene.py, a different generator, never trained on), the
       demo's 12 streamed frames: relative AbsRel after alignment, and the demo's metric AbsRel
       with the 32-line LiDAR through the node's own pipeline (demo/accuracy.py: the demo's
       parameters, scale fit, temporal filter, local correction; median over frames);
   (c) the real frames in ../shared/data/rgbd (read in place): AbsRel after alignment;
   (d) speed: DepthEstimator.predict (what fiffdepth-predict and the node run per frame) on a
-      640x480 frame at processing_res 256, median of --speed-frames after 3 warm-up frames.
+      640x480 frame, median of --speed-frames after 3 warm-up frames.
+(b)-(d) run each model at its own processing resolution (model_index.json; the tools' and the
+node's default), the random tiny model at 256 (as the demo runs it), unless --processing-res.
 Every number is measured when it runs; --heldout-only computes (a) alone.
 """
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / 'bench'))         # nano_regressor (the --regressor rows)
 
 from fiffdepth_ros.evaluation.alignment import align_scale_shift  # noqa: E402
 from fiffdepth_ros.evaluation.metrics import compute_metrics, mean_metrics  # noqa: E402
@@ -60,11 +67,12 @@ def real_frames():
     return out, names
 
 
-def aligned_metrics(predict, frames, max_depth: float) -> dict:
-    """Mean AbsRel / delta1 (evaluation.metrics) after least-squares scale and shift."""
+def aligned_metrics(predict, frames, max_depth: float, space: str = 'depth') -> dict:
+    """Mean AbsRel / delta1 (evaluation.metrics) after least-squares scale and shift in
+    ``space`` (the prediction's own: 'depth' or 'disparity')."""
     per_image = []
     for rgb, depth, valid in frames:
-        aligned = align_scale_shift(predict(rgb), depth, valid, space='depth', min_depth=1e-3,
+        aligned = align_scale_shift(predict(rgb), depth, valid, space=space, min_depth=1e-3,
                                     max_depth=max_depth)
         per_image.append(compute_metrics(aligned, depth, valid))
     return mean_metrics(per_image)
@@ -112,8 +120,11 @@ def main(argv=None) -> int:
     ap.add_argument('--frames', type=int, default=200, help='held-out frames per domain')
     ap.add_argument('--seed-offset', type=int, default=10000,
                     help='first held-out seed offset (the recipe validates on offsets 0..)')
-    ap.add_argument('--processing-res', type=int, default=256,
-                    help='processing_res on the 640x480 frames (room, rgbd, speed)')
+    ap.add_argument('--regressor', action='append', default=[], metavar='NAME=DIR',
+                    help='a bench/nano_regressor.py snapshot as a row; repeatable')
+    ap.add_argument('--processing-res', type=int, default=None,
+                    help="processing_res on the 640x480 frames (room, rgbd, speed); default: "
+                         "each model's own, 256 for the random tiny model")
     ap.add_argument('--speed-frames', type=int, default=20)
     ap.add_argument('--threads', type=int, default=max(1, len(os.sched_getaffinity(0)) - 1),
                     help="torch CPU threads (default: the node's choice, one core fewer than "
@@ -140,18 +151,44 @@ def main(argv=None) -> int:
         for name, where in models.items():
             native = DepthEstimator.from_pretrained(where, device='cpu', precision='fp32',
                                                     processing_res=0, cache_dir=tmp)
-            row = {f'heldout_{d}': aligned_metrics(native.predict, f, procedural.MAX_VALID_DEPTH)
+            space = native.output_space
+            row = {f'heldout_{d}': aligned_metrics(native.predict, f, procedural.MAX_VALID_DEPTH,
+                                                   space)
                    for d, f in domains.items()}
+            row['output_space'] = space
             if not args.heldout_only:
+                res = args.processing_res
+                if res is None:
+                    res = 256 if name == 'random tiny' else -1
                 est = DepthEstimator.from_pretrained(where, device='cpu', precision='fp32',
-                                                     processing_res=args.processing_res,
-                                                     cache_dir=tmp)
-                row['room_relative'] = aligned_metrics(est.predict, room_frames, ROOM_MAX_DEPTH)
-                params = room_node_params(room, where, args.processing_res, device='cpu')
+                                                     processing_res=res, cache_dir=tmp)
+                row['processing_res'] = est.processing_res
+                row['room_relative'] = aligned_metrics(est.predict, room_frames, ROOM_MAX_DEPTH,
+                                                       space)
+                params = room_node_params(room, where, est.processing_res, device='cpu')
                 row['room_metric'] = run_in_process(est, room, params)
-                row['rgbd'] = aligned_metrics(est.predict, real, RGBD_MAX_DEPTH) if real else None
+                row['rgbd'] = (aligned_metrics(est.predict, real, RGBD_MAX_DEPTH, space)
+                               if real else None)
                 row['ms_640x480'] = median_ms(est.predict, speed_image, args.speed_frames)
             rows[name] = row
+        for spec in args.regressor:
+            from nano_regressor import Regressor
+            name, _, where = spec.rpartition('=')
+            reg = Regressor(where, processing_res=0)
+            row = {f'heldout_{d}': aligned_metrics(reg.predict, f, procedural.MAX_VALID_DEPTH,
+                                                   reg.output_space)
+                   for d, f in domains.items()}
+            row['output_space'] = reg.output_space
+            row['regressor'] = reg.meta.get('snapshot')
+            if not args.heldout_only:
+                reg.processing_res = args.processing_res or 128
+                row['processing_res'] = reg.processing_res
+                row['room_relative'] = aligned_metrics(reg.predict, room_frames, ROOM_MAX_DEPTH,
+                                                       reg.output_space)
+                row['rgbd'] = (aligned_metrics(reg.predict, real, RGBD_MAX_DEPTH,
+                                               reg.output_space) if real else None)
+                row['ms_640x480'] = median_ms(reg.predict, speed_image, args.speed_frames)
+            rows[name or f'regressor {where}'] = row
         rows['row baseline'] = {f'heldout_{d}': aligned_metrics(row_baseline, f,
                                                                 procedural.MAX_VALID_DEPTH)
                                 for d, f in domains.items()}
@@ -162,11 +199,12 @@ def main(argv=None) -> int:
 
     others = '' if args.heldout_only else (
         f'room ({len(room_frames)} demo frames) and rgbd ({len(real)} real frames: '
-        f'{", ".join(real_names)}) at processing_res {args.processing_res} (640x480); ')
+        f'{", ".join(real_names)}) at each row\'s processing_res (640x480); ')
     print(f'held-out procedural frames: {args.frames} per domain (synthetic, real-like), 128x96 '
           f'native, seeds {seeds.start}..{seeds.stop - 1}; {others}least-squares scale+shift in '
-          f'depth; torch threads {args.threads}; CPU cores {len(os.sched_getaffinity(0))}, load '
-          f'average {os.getloadavg()[0]:.2f}; {time.time() - t_start:.0f} s')
+          f"each model's output space; torch threads {args.threads}; CPU cores "
+          f'{len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f}; '
+          f'{time.time() - t_start:.0f} s')
     print(format_table(rows, args.heldout_only))
     first = next(iter(models))
     base = rows['random tiny']['heldout_synthetic']['abs_rel']
@@ -192,12 +230,12 @@ def _cell(value, fmt='.3f') -> str:
 
 
 def format_table(rows: dict, heldout_only: bool) -> str:
-    head = ['model', 'syn AbsRel', 'syn d1', 'real-like AbsRel', 'real-like d1']
+    head = ['model', 'space', 'syn AbsRel', 'syn d1', 'real-like AbsRel', 'real-like d1']
     if not heldout_only:
-        head += ['room rel AbsRel', 'room metric AbsRel', 'rgbd AbsRel', 'ms/frame@256']
+        head += ['room rel AbsRel', 'room metric AbsRel', 'rgbd AbsRel', 'res', 'ms/frame']
     lines = [' | '.join(head)]
     for name, r in rows.items():
-        cells = [name, _cell(r['heldout_synthetic']['abs_rel']),
+        cells = [name, r.get('output_space', 'depth'), _cell(r['heldout_synthetic']['abs_rel']),
                  _cell(r['heldout_synthetic']['delta1']), _cell(r['heldout_real']['abs_rel']),
                  _cell(r['heldout_real']['delta1'])]
         if not heldout_only:
@@ -211,6 +249,7 @@ def format_table(rows: dict, heldout_only: bool) -> str:
             cells += [_cell(r['room_relative']['abs_rel']),
                       room_metric or '-',
                       _cell(rgbd['abs_rel'] if rgbd else None),
+                      str(r.get('processing_res', '-')),
                       _cell(r.get('ms_640x480'), '.1f')]
         lines.append(' | '.join(cells))
     return '\n'.join(lines)

@@ -3,7 +3,8 @@
 #                                scripts/setup.sh's .venv when no environment is active
 #   timed_stage NAME DONE TIMES COMMAND...
 #                                run COMMAND unless the file DONE exists; append
-#                                "NAME SECONDS" to TIMES when it ran
+#                                "NAME SECONDS" (wall) to TIMES and "NAME SECONDS" (CPU time of
+#                                the stage's processes, user + system) to TIMES.cpu when it ran
 nano_python() {
     if [ -n "${PYTHON:-}" ]; then
         echo "$PYTHON"
@@ -14,6 +15,20 @@ nano_python() {
     fi
 }
 
+children_cpu_seconds() {           # user + system seconds of this shell's finished children
+    # `times` in this shell (a pipe or $(...) would run it in a subshell with no children)
+    local out
+    out=$(mktemp)
+    times > "$out"
+    awk 'NR == 2 {
+        total = 0
+        for (i = 1; i <= 2; i++) {
+            split($i, p, "m"); sub("s", "", p[2]); total += p[1] * 60 + p[2]
+        }
+        printf "%d\n", total }' "$out"
+    rm -f "$out"
+}
+
 timed_stage() {
     local name=$1 done=$2 times=$3
     shift 3
@@ -22,8 +37,13 @@ timed_stage() {
         return
     fi
     echo "== $name"
-    local t0
+    local t0 c0 c1 cpu
     t0=$(date +%s)
+    cpu=$(mktemp)
+    children_cpu_seconds > "$cpu"; c0=$(cat "$cpu")
     "$@"
+    children_cpu_seconds > "$cpu"; c1=$(cat "$cpu")
+    rm -f "$cpu"
     echo "$name $(( $(date +%s) - t0 ))" >> "$times"
+    echo "$name $(( c1 - c0 ))" >> "$times.cpu"
 }

@@ -268,3 +268,39 @@ def test_every_train_stage_runs_from_an_empty_cache_in_a_fresh_process(data, tmp
             # the embedding was computed in this process (the cache was empty) and cached
             assert len(list((cache / 'fiffdepth' / 'empty_prompt').glob('*.safetensors'))) == 1
         init = [f'model.init={model}']
+
+
+def test_regressor_bench_trains_on_the_recipe_data_and_is_scored_beside_nano(data, tmp_path,
+                                                                             capsys):
+    """bench/nano_regressor.py (the plain pixel-space comparison) on the recipe's data layout:
+    a CPU-seconds budget with snapshots, the recipe's target space; bench/nano_quality.py
+    scores a snapshot as a row in its own output space."""
+    import importlib.util
+    import sys
+
+    def load(name):
+        spec = importlib.util.spec_from_file_location(name, ROOT / 'bench' / f'{name}.py')
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+        return module
+    regressor = load('nano_regressor')
+    meta = regressor.train(data, tmp_path / 'reg', budget_cpu_s=4.0, snapshots=[1.0],
+                           log_every=1)
+    assert meta['steps'] >= 1 and meta['target_space'] == 'disparity'
+    assert [s['folder'] for s in meta['snapshots']] == ['cpu-00001', 'cpu-00004']
+    assert all(s['cpu_s'] >= mark for s, mark in zip(meta['snapshots'], (1.0, 4.0)))
+    assert 3.0e6 < meta['parameters'] < 5.0e6             # about nano's 4.1M
+    snap = regressor.Regressor(tmp_path / 'reg' / 'cpu-00004')
+    assert snap.output_space == 'disparity' and snap.processing_res == 128
+    out = snap.predict(np.zeros((60, 80, 3), np.uint8))
+    assert out.shape == (60, 80) and np.isfinite(out).all()
+    quality = load('nano_quality')
+    assert quality.main(['--heldout-only', '--frames', '2', '--threads', '1', '--regressor',
+                         f"plain={tmp_path / 'reg' / 'cpu-00004'}",
+                         '--json', str(tmp_path / 'q.json')]) == 0
+    rows = json.loads((tmp_path / 'q.json').read_text())['rows']
+    assert set(rows) == {'nano', 'plain', 'random tiny', 'row baseline'}
+    assert rows['plain']['output_space'] == 'disparity'
+    assert 0.0 < rows['plain']['heldout_synthetic']['abs_rel'] < 10.0
+    assert 'plain | disparity' in capsys.readouterr().out
