@@ -234,6 +234,11 @@ class StreamClient:
         with self.lock:
             return [m for _, m in self.received[name]]
 
+    def receipts(self, name: str) -> list:
+        """(wall-clock receipt time in seconds, message or its kept summary) of ``name``."""
+        with self.lock:
+            return list(self.received[name])
+
     def clear(self) -> None:
         with self.lock:
             self.received.clear()

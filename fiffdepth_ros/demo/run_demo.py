@@ -176,6 +176,20 @@ def main(argv=None) -> int:
     return code
 
 
+def stream_latency(receipts, sent_stamps) -> dict | None:
+    """Stamp -> receipt latency (ms) of every depth image answering a frame this run sent:
+    (receipt wall time, message) pairs; the stamps are the senders' wall-clock times. Over all
+    the frames the demo ran (the node's own statistics leave its first seconds out, which is
+    the whole of a short demo)."""
+    from ..conversions.backends import stamp_to_ns
+    ms = [1000.0 * (t - stamp_to_ns(msg.header.stamp) / 1e9) for t, msg in receipts
+          if stamp_to_ns(msg.header.stamp) in sent_stamps]
+    if not ms:
+        return None
+    return {'frames': len(ms), 'median_ms': float(np.median(ms)),
+            'p90_ms': float(np.percentile(ms, 90)), 'max_ms': float(np.max(ms))}
+
+
 def _write_results(out, client, frames, room, image_msg_to_depth, image_to_rgb, cv2,
                    model: str = '') -> int:
     from ..conversions.backends import stamp_to_ns
@@ -214,6 +228,9 @@ def _write_results(out, client, frames, room, image_msg_to_depth, image_to_rgb, 
     errors = [f['abs_rel'] for f in summary['frames'] if 'abs_rel' in f]
     if errors:
         summary['median_abs_rel'] = float(np.median(errors))
+    latency = stream_latency(client.receipts('depth'), set(frames))
+    if latency:
+        summary['latency'] = latency
     lines = []
     if 'diagnostics' in summary:           # which model ran, as the node itself reports it
         values = summary['diagnostics']['values']
@@ -229,6 +246,10 @@ def _write_results(out, client, frames, room, image_msg_to_depth, image_to_rgb, 
                  f"{summary['depth_images_received']}, clouds {summary['clouds_received']}")
     if errors:
         lines.append(f'metric depth vs true scene depth: median AbsRel {np.median(errors):.3f}')
+    if latency:
+        lines.append(f"latency camera stamp -> depth image received, over the {latency['frames']} "
+                     f"frames streamed: median {latency['median_ms']:.0f} ms, p90 "
+                     f"{latency['p90_ms']:.0f} ms, max {latency['max_ms']:.0f} ms")
     if 'diagnostics' in summary:
         d = summary['diagnostics']
         lines.append(f"diagnostics: {d['message']}")
