@@ -130,6 +130,9 @@ def main(argv=None) -> int:
                     help="torch CPU threads (default: the node's choice, one core fewer than "
                          'available)')
     ap.add_argument('--heldout-only', action='store_true', help='column (a) only')
+    ap.add_argument('--group-seeds', action='store_true',
+                    help="rows named 'VARIANT@sSEED' (scripts/nano_ablation.sh) are also "
+                         'summarised per variant: mean +- standard deviation over the seeds')
     ap.add_argument('--json', type=Path, help='write the table as JSON here')
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -218,11 +221,46 @@ def main(argv=None) -> int:
         random = rows['random tiny']['room_metric']['median_abs_rel']
         print(f'{first} / random tiny demo metric AbsRel (32-line LiDAR): {ours:.3f} / '
               f'{random:.3f} = {ours / random:.2f}')
+    groups = seed_summary(rows) if args.group_seeds else {}
+    if groups:
+        print(format_groups(groups))
     if args.json:
         args.json.write_text(json.dumps({'settings': vars(args) | {'json': str(args.json)},
                                          'seeds': [seeds.start, seeds.stop - 1],
-                                         'rows': rows}, indent=1, default=str))
+                                         'rows': rows, 'groups': groups}, indent=1,
+                                        default=str))
     return 0
+
+
+GROUP_METRICS = [(f'heldout_{d}', m) for d in ('synthetic', 'real') for m in ('abs_rel', 'delta1')]
+
+
+def seed_summary(rows: dict) -> dict:
+    """{variant: {'seeds': n, 'heldout_synthetic/abs_rel': [mean, std], ...}} over the rows
+    named 'VARIANT@sSEED'; std is the sample standard deviation (ddof 1; 0 for one seed)."""
+    by_variant: dict[str, list[dict]] = {}
+    for name, row in rows.items():
+        variant, sep, seed = name.rpartition('@s')
+        if sep and seed.isdigit():
+            by_variant.setdefault(variant, []).append(row)
+    out = {}
+    for variant, runs in by_variant.items():
+        entry = {'seeds': len(runs)}
+        for part, metric in GROUP_METRICS:
+            values = np.array([r[part][metric] for r in runs], dtype=np.float64)
+            std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+            entry[f'{part}/{metric}'] = [float(values.mean()), std]
+        out[variant] = entry
+    return out
+
+
+def format_groups(groups: dict) -> str:
+    lines = ['variant | seeds | syn AbsRel | syn d1 | real-like AbsRel | real-like d1 '
+             '(mean +- std over seeds)']
+    for variant, g in groups.items():
+        cells = [f'{g[f"{p}/{m}"][0]:.3f} +- {g[f"{p}/{m}"][1]:.3f}' for p, m in GROUP_METRICS]
+        lines.append(' | '.join([variant, str(g['seeds'])] + cells))
+    return '\n'.join(lines)
 
 
 def _cell(value, fmt='.3f') -> str:

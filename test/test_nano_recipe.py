@@ -304,3 +304,25 @@ def test_regressor_bench_trains_on_the_recipe_data_and_is_scored_beside_nano(dat
     assert rows['plain']['output_space'] == 'disparity'
     assert 0.0 < rows['plain']['heldout_synthetic']['abs_rel'] < 10.0
     assert 'plain | disparity' in capsys.readouterr().out
+
+
+def test_ablation_seed_summary_is_mean_and_sample_std():
+    """bench/nano_quality.py --group-seeds (scripts/nano_ablation.sh): rows 'VARIANT@sSEED'
+    become mean +- sample standard deviation per variant; other rows are left out."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('nano_quality_g', ROOT / 'bench' /
+                                                  'nano_quality.py')
+    quality = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(quality)
+
+    def row(a, b):
+        return {'heldout_synthetic': {'abs_rel': a, 'delta1': 1 - a},
+                'heldout_real': {'abs_rel': b, 'delta1': 1 - b}}
+    rows = {'full@s1': row(0.2, 0.3), 'full@s2': row(0.4, 0.5), 'full@s3': row(0.3, 0.4),
+            'noreal@s1': row(0.5, 0.6), 'random tiny': row(0.9, 0.9)}
+    groups = quality.seed_summary(rows)
+    assert set(groups) == {'full', 'noreal'} and groups['full']['seeds'] == 3
+    mean, std = groups['full']['heldout_synthetic/abs_rel']
+    assert mean == pytest.approx(0.3) and std == pytest.approx(0.1)     # ddof 1
+    assert groups['noreal']['heldout_real/abs_rel'] == [pytest.approx(0.6), 0.0]
+    assert 'full | 3 | 0.300 +- 0.100' in quality.format_groups(groups)
