@@ -4,7 +4,8 @@
                                  [--quantile 0.005] [--threads 1]
 
 Held-out synthetic frames (the seeds bench/nano_quality.py scores, rendered at each size), AbsRel
-/ delta1 after least-squares scale and shift (evaluation.alignment / evaluation.metrics):
+/ delta1 after least-squares scale and shift (evaluation.alignment / evaluation.metrics) in the
+model's output space (model_index.json prediction_type: depth, or disparity):
   target        the normalised training target itself (the quantile clipping's cost alone);
   ceiling       the target encoded and decoded by the model's VAE: what a perfect UNet would
                 give (the latent the VAE encodes the true depth to);
@@ -32,7 +33,8 @@ from fiffdepth_ros.model.prompt_cache import load_empty_embedding  # noqa: E402
 from fiffdepth_ros.model.stages import (decode_latent, depth_from_decoded,  # noqa: E402
                                         encode_image, unet_pass)
 from fiffdepth_ros.training.data import procedural  # noqa: E402
-from fiffdepth_ros.training.targets import encode_depth, quantile_normalize  # noqa: E402
+from fiffdepth_ros.training.targets import (encode_depth, normalized_target,  # noqa: E402
+                                            quantile_normalize)
 
 MAX_DEPTH = 80.0          # config/nano/base.yaml's max_depth for the procedural frames
 NOISE = (0.01, 0.03, 0.1)
@@ -44,35 +46,41 @@ def scored(pred, gt, valid, space='depth') -> dict:
 
 
 def load(model: str):
-    """(vae, unet, scaling factor, empty-prompt embedding) of a FiffDepth-layout checkpoint."""
+    """(vae, unet, scaling factor, empty-prompt embedding, output space) of a FiffDepth-layout
+    checkpoint."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    from fiffdepth_ros.model.families import read_info
+    from fiffdepth_ros.model.families.fiffdepth import FiffDepth
     checkpoint = resolve_checkpoint(model)
+    space = FiffDepth(read_info(checkpoint)).output_space
     vae = AutoencoderKL.from_pretrained(checkpoint.root / 'vae').eval()
     unet = UNet2DConditionModel.from_pretrained(checkpoint.root / 'unet').eval()
     embedding, _ = load_empty_embedding(checkpoint)
-    return vae, unet, vae.config.scaling_factor, embedding
+    return vae, unet, vae.config.scaling_factor, embedding, space
 
 
 def measure(parts, seeds, width, height, quantile) -> dict:
-    vae, unet, sf, embedding = parts
+    vae, unet, sf, embedding, space = parts
     rows: dict[str, list] = {}
     mae, mae_mean = [], []
     for seed in seeds:
         f = procedural.render_frame(seed, 'synthetic', width, height)
         gt = np.where(f.valid, f.depth, 0).astype(np.float32)
         valid_t = torch.from_numpy(f.valid)[None, None]
-        target = quantile_normalize(torch.from_numpy(gt)[None, None], valid_t, quantile)
+        target = normalized_target(torch.from_numpy(gt)[None, None], valid_t, quantile, space)
         rgb = torch.from_numpy(f.rgb).permute(2, 0, 1)[None].float() / 127.5 - 1.0
         with torch.no_grad():
             z_target = encode_depth(vae, target, sf)
             z_pred = unet_pass(unet, encode_image(vae, rgb, sf), 0, embedding)
             for name, z in (('ceiling', z_target), ('model t=0', z_pred)):
                 decoded = depth_from_decoded(decode_latent(vae, z, sf))[0, 0].numpy()
-                rows.setdefault(name, []).append(scored(decoded, gt, f.valid))
+                rows.setdefault(name, []).append(scored(decoded, gt, f.valid, space))
         mae.append(float((z_pred - z_target).abs().mean()))
         mae_mean.append(float((z_target - z_target.mean()).abs().mean()))
-        norm = target[0, 0].numpy()
-        rows.setdefault('target', []).append(scored(norm, gt, f.valid))
+        norm = quantile_normalize(torch.from_numpy(gt)[None, None], valid_t,
+                                  quantile)[0, 0].numpy()
+        rows.setdefault('target', []).append(scored(target[0, 0].numpy() + (
+            2.0 if space == 'disparity' else 0.0), gt, f.valid, space))
         inverse = np.where(f.valid, 1.0 / np.maximum(gt, 1e-3), 0.0).astype(np.float32)
         norm_inv = quantile_normalize(torch.from_numpy(inverse)[None, None], valid_t,
                                       quantile)[0, 0].numpy()
@@ -106,7 +114,7 @@ def main(argv=None) -> int:
     seeds = procedural.held_out_seeds(args.frames, args.seed_offset)
     print(f'# {args.model}: {args.frames} held-out synthetic frames (seeds {seeds.start}..'
           f'{seeds.stop - 1}), quantile {args.quantile:g}, AbsRel / delta1 after least-squares '
-          'alignment')
+          f'alignment in {parts[-1]}')
     for size in args.sizes.split(','):
         width, height = (int(v) for v in size.lower().split('x'))
         result = measure(parts, seeds, width, height, args.quantile)

@@ -243,6 +243,10 @@ def predict_disparity(model, rgb_uint8: torch.Tensor) -> torch.Tensor:
     return pred
 
 
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
 @torch.no_grad()
 def evaluate(model, seeds, input_size: int, render_hw=(192, 256), max_depth: float = 80.0,
              domain: str = 'synthetic'):
@@ -253,7 +257,7 @@ def evaluate(model, seeds, input_size: int, render_hw=(192, 256), max_depth: flo
     absrel, delta1, losses = [], [], []
     for seed in seeds:
         rgb, disp, mask = teacher_frame(seed, input_size, render_hw, domain=domain)
-        pred = predict_disparity(model, rgb[None])[0]
+        pred = predict_disparity(model, rgb[None].to(_device_of(model)))[0].float().cpu()
         losses.append(float(ssi_loss(pred[None], disp[None], mask[None])))
         depth = torch.where(disp > 0, 1.0 / disp.clamp_min(1e-12), torch.inf)
         ok = torch.isfinite(depth) & (depth <= max_depth)
@@ -279,13 +283,16 @@ def train_teacher(out_dir, steps: int = 2000, batch_size: int = 8, input_size: i
                   seed_start: int = 0, pool: int = 20000, preset: str = 'nano',
                   lr: float = 4e-4, warmup: int = 100, gm_weight: float = 2.0, seed: int = 0,
                   log_every: int = 20, num_workers: int = 0, val_frames: int = 32,
-                  render_hw=(192, 256), progress: bool = True) -> dict:
+                  render_hw=(192, 256), progress: bool = True, device: str = 'cpu') -> dict:
     """Train the teacher for ``steps`` steps and save it to ``out_dir``; returns provenance
-    (including the loss history and the held-out metrics)."""
+    (including the loss history and the held-out metrics). ``device``: 'cpu', 'cuda', 'cuda:N'
+    or 'auto' (CUDA when available)."""
+    from ..model.estimator import resolve_device
+    dev = resolve_device(device)
     if steps < 1 or batch_size < 1:
         raise ValueError('steps and batch_size must be >= 1')
     procedural.training_seeds(seed_start, pool)          # refuse held-out seeds up front
-    model = build_teacher(preset, input_size, seed)
+    model = build_teacher(preset, input_size, seed).to(dev)
     model.train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     data = SyntheticTeacherFrames(seed_start, pool, input_size, render_hw)
@@ -301,6 +308,7 @@ def train_teacher(out_dir, steps: int = 2000, batch_size: int = 8, input_size: i
     for step, (rgb, disp, mask) in enumerate(loader):
         for group in optimiser.param_groups:
             group['lr'] = _lr_at(step, steps, lr, warmup)
+        rgb, disp, mask = rgb.to(dev), disp.to(dev), mask.to(dev)
         loss = teacher_loss(predict_disparity(model, rgb), disp, mask, gm_weight)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
@@ -332,8 +340,8 @@ def train_teacher(out_dir, steps: int = 2000, batch_size: int = 8, input_size: i
         # Held-out seeds of both domains; the real-like truth is read for scoring only.
         'held_out': {'seeds': [held_out.start, held_out.stop - 1], **metrics}
         if val_frames else None,
-        'torch': torch.__version__}
-    save_teacher(model, out_dir, input_size, provenance)
+        'torch': torch.__version__, 'device': str(dev)}
+    save_teacher(model.cpu(), out_dir, input_size, provenance)
     return provenance
 
 
@@ -366,6 +374,8 @@ def main(argv=None) -> int:
     parser.add_argument('--workers', type=int, default=1, help='frame-rendering processes')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: default)')
     parser.add_argument('--val-frames', type=int, default=32, help='held-out frames to score')
+    parser.add_argument('--device', default='cpu',
+                        help="'cpu' (default), 'cuda', 'cuda:N' or 'auto' (CUDA when available)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     if args.threads:
@@ -374,7 +384,8 @@ def main(argv=None) -> int:
         result = train_teacher(args.out, args.steps, args.batch_size, args.input_size,
                                args.seed_start, args.pool, args.preset, args.lr,
                                gm_weight=args.gm_weight, seed=args.seed,
-                               num_workers=args.workers, val_frames=args.val_frames)
+                               num_workers=args.workers, val_frames=args.val_frames,
+                               device=args.device)
     except ValueError as exc:
         parser.error(str(exc))
     print(json.dumps({k: result[k] for k in ('steps', 'train_seconds', 'held_out')}, indent=1))
