@@ -288,3 +288,17 @@ def test_cli_writes_a_folder(tmp_path, capsys):
     rgb = cv2.imread(str(tmp_path / 'rgb' / '00000008.png'))[..., ::-1]
     assert np.array_equal(rgb, P.render_frame(8, 'real', 40, 30).rgb)
     assert 'wrote 2 real frames' in capsys.readouterr().out
+
+
+def test_rendering_in_several_processes_writes_the_same_folder(tmp_path):
+    """--workers N: each frame depends on its seed alone, so N processes write the same files
+    and the list keeps the seeds' order."""
+    one = P.write_frames(tmp_path / 'one', range(50, 56), 'synthetic', 40, 30)
+    two = P.write_frames(tmp_path / 'two', range(50, 56), 'synthetic', 40, 30, workers=2)
+    assert one.read_text() == two.read_text()
+    for sub in ('rgb', 'depth'):
+        names = sorted(p.name for p in (tmp_path / 'one' / sub).iterdir())
+        assert names == sorted(p.name for p in (tmp_path / 'two' / sub).iterdir())
+        for name in names:
+            assert (tmp_path / 'one' / sub / name).read_bytes() == \
+                (tmp_path / 'two' / sub / name).read_bytes()
