@@ -19,7 +19,7 @@ def _run(args, env, timeout=900):
     out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=timeout,
                          cwd=ROOT)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-3000:])
-    return out.stdout
+    return out.stdout + out.stderr
 
 
 @pytest.fixture(scope='module')
@@ -41,6 +41,7 @@ def test_train_nano_runs_every_stage_resumes_and_exports(smoke_run):
         assert f'== {stage}\n' in first and f'== {stage}: done already' in second
     for stage in ('autoencoder', 'generator', 'fiffdepth'):
         assert f'== {stage}\n' in second
+        assert f'{stage} step 2/2: loss' in second          # progress, as log lines
     model = run / 'model'
     index = json.loads((model / 'model_index.json').read_text())
     assert index['_class_name'] == 'DirectPipeline'

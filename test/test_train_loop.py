@@ -74,12 +74,18 @@ def _weights(path):
     return load_file(str(path))
 
 
-def test_tiny_run_overfits_and_logs_every_term(workspace, tmp_path):
+def test_tiny_run_overfits_and_logs_every_term(workspace, tmp_path, caplog):
     ws, ckpt = workspace
     cfg = _cfg(ws, ckpt, tmp_path / 'run', max_steps=16, checkpoint_every=100, log_every=4,
                lr_schedule={'name': 'constant', 'warmup_steps': 0})
     trainer = _trainer(cfg)
-    trainer.train()
+    with caplog.at_level('INFO', logger='fiffdepth_ros.training.loop'):
+        trainer.train()
+    # progress_bar: false (a log file): the progress comes as log lines instead
+    lines = [r.getMessage() for r in caplog.records if ' step ' in r.getMessage()
+             and 'loss' in r.getMessage()]
+    assert [line.split(':')[0] for line in lines] == [f'fiffdepth step {s}/16'
+                                                      for s in (4, 8, 12, 16)]
     losses = [h['loss/loss'] for h in trainer.history if 'loss/loss' in h]
     assert len(losses) == 4
     assert losses[-1] < losses[0] / 2.5, losses          # measured: 1.20 -> 0.32 over 16 steps

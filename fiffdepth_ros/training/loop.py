@@ -225,6 +225,11 @@ class Trainer:
                 acc.log(logs, step=step)
                 self.history.append({'step': step, **logs})
                 bar.set_postfix(loss=f"{logs['loss/loss']:.4f}", lr=f"{logs['lr']:.2e}")
+                if bar.disable and acc.is_local_main_process:
+                    # No bar (progress_bar: false, e.g. a log file): the same progress as lines.
+                    log.info('%s step %d/%d: loss %.4f, lr %.2e, %.1f images/s',
+                             self.stage.name, step, max_steps, logs['loss/loss'], logs['lr'],
+                             logs['throughput/images_per_s'])
                 sums, n_logged, t_last = {}, 0, now
             if step % int(self.cfg['validation']['every']) == 0 or step == max_steps:
                 if acc.is_main_process:
