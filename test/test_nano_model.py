@@ -108,8 +108,12 @@ def test_cli_defaults_are_nano(monkeypatch):
     from fiffdepth_ros.cli.predict import parse_args as predict_args
     from fiffdepth_ros.demo.run_demo import parse_args as demo_args
     args = predict_args(['--input', 'x.png', '--output', 'out'])
-    assert args.model == 'nano' and args.processing_res == 256
-    assert predict_args(['--model', '/m', '--input', 'x', '--output', 'o']).processing_res == 768
+    # every model runs at its own resolution unless told (-1): nano at the size it was
+    # trained at, read from its model_index.json (test_nano_runs_at_its_own_resolution)
+    assert args.model == 'nano' and args.processing_res == -1
+    assert predict_args(['--model', '/m', '--input', 'x', '--output', 'o']).processing_res == -1
+    assert predict_args(['--input', 'x', '--output', 'o', '--processing-res', '0']
+                        ).processing_res == 0
     # the demo keeps its random tiny model by default: the shipped nano does not generalise
     # to the demo's room (README); --model nano selects it
     assert demo_args([]).model == '' and demo_args(['--model', 'nano']).model == 'nano'
@@ -254,3 +258,18 @@ def test_nano_ceiling_bench_round_trip_beats_the_models_own_pass(capsys):
     assert result['target']['abs_rel'] < 0.05
     assert result['ceiling']['abs_rel'] < result['model t=0']['abs_rel']
     assert result['depth + noise 0.1']['abs_rel'] > result['depth + noise 0.01']['abs_rel']
+
+
+def test_nano_runs_at_its_own_resolution():
+    """The built-in model's resolution is its model_index.json's default_processing_resolution
+    (what it was trained for), wherever processing_res is left at -1 (every default)."""
+    import json
+    from fiffdepth_ros.model.builtin import builtin_folder
+    from fiffdepth_ros.model.estimator import DepthEstimator
+    from fiffdepth_ros.params import defaults
+    own = json.loads((builtin_folder('nano') / 'model_index.json').read_text())[
+        'default_processing_resolution']
+    assert defaults()['processing_res'] == -1
+    est = DepthEstimator.from_pretrained('nano', device='cpu', precision='fp32')
+    assert 0 < own < 768 and est.processing_res == own
+    assert est.target_size(480, 640) == (int(480 * own / 640), own)
