@@ -22,8 +22,9 @@
 # Sizes and steps come from the environment (defaults: the <= 120 minute budget on a 2-core CPU;
 # see the README for how it was measured): NANO_SYN_FRAMES NANO_REAL_FRAMES NANO_VAL_FRAMES
 # NANO_TEACHER_STEPS NANO_AE_STEPS NANO_GEN_STEPS NANO_FD_STEPS NANO_THREADS. Stages whose output
-# exists are skipped, so an interrupted run continues where it stopped; NANO_UNTIL=STAGE stops
-# after that stage (render, teacher, pseudolabel, autoencoder, generator, fiffdepth).
+# exists are skipped and a training stage that stopped part-way resumes from its last checkpoint
+# (fiffdepth-train --resume latest), so an interrupted run continues where it stopped;
+# NANO_UNTIL=STAGE stops after that stage (render, teacher, pseudolabel, autoencoder, generator, fiffdepth).
 set -euo pipefail
 DEVICE=cpu
 if [ "${1:-}" = "--device" ]; then
@@ -80,8 +81,12 @@ render() {
 }
 
 train() {                         # train STAGE [overrides...]
-    local name=$1 steps
+    local name=$1 steps resume=()
     shift
+    if compgen -G "$OUT/$name/checkpoints/step-*" >/dev/null; then
+        resume=(--resume latest)      # a stage that stopped part-way continues exactly
+        echo "   resuming $name from its last checkpoint"
+    fi
     case $name in
         autoencoder) steps=$AE_STEPS ;;
         generator) steps=$GEN_STEPS ;;
@@ -89,7 +94,7 @@ train() {                         # train STAGE [overrides...]
     esac
     $PY -m fiffdepth_ros.cli.train --config "$CONFIG/$name.yaml" \
         data.root="$DATA" data.split_root="$DATA" output_dir="$OUT/$name" \
-        train.max_steps="$steps" train.lr_schedule.total_steps="$steps" "$@"
+        train.max_steps="$steps" train.lr_schedule.total_steps="$steps" "$@" "${resume[@]}"
 }
 
 stage render "$DATA/val/frames.txt" render

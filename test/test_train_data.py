@@ -174,3 +174,26 @@ def test_zoom_draws_from_the_sample_seed_and_crops_the_window(tmp_path):
     a = PlannedSamples([dataset], None, zoom=[1.0, 2.0])[('syn', 0, 0, False, seed)]
     b = dataset.load(0, zoom=zoom_draw(seed, [1.0, 2.0]))
     assert torch.equal(a['rgb'], b['rgb']) and not torch.equal(a['rgb'], plain['rgb'])
+
+
+def test_a_zoom_window_without_valid_depth_keeps_the_whole_frame(tmp_path):
+    """A zoom crop of sky (no valid depth: no target) falls back to the uncropped frame; it once
+    stopped a nano training with 'a depth map has no valid pixel'."""
+    import cv2
+    root = tmp_path / 'f'
+    (root / 'rgb').mkdir(parents=True)
+    (root / 'depth').mkdir()
+    rgb = np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)
+    mm = np.full((32, 48), 3000, np.uint16)
+    mm[:16] = 0                                                # the top half: sky
+    cv2.imwrite(str(root / 'rgb' / '0.png'), rgb)
+    cv2.imwrite(str(root / 'depth' / '0.png'), mm)
+    (root / 'list.txt').write_text('rgb/0.png depth/0.png\n')
+    data = {'root': str(tmp_path), 'split_root': str(tmp_path), 'real': None,
+            'synthetic': [{'kind': 'rgbd_folder', 'dir': 'f', 'filenames': 'f/list.txt'}]}
+    (dataset,), _, _ = build_training_data(data, need_real=False)
+    whole = dataset.load(0)
+    sky = dataset.load(0, zoom=(2.0, 1.0, 0.0))               # top-right quarter: all sky
+    assert torch.equal(sky['rgb'], whole['rgb']) and bool(sky['valid'].any())
+    ground = dataset.load(0, zoom=(2.0, 1.0, 1.0))            # bottom-right quarter: valid
+    assert not torch.equal(ground['rgb'], whole['rgb']) and bool(ground['valid'].all())

@@ -120,6 +120,9 @@ def resize_sample(rgb: np.ndarray, depth: np.ndarray, size_hw) -> tuple[np.ndarr
     return rgb, depth
 
 
+MIN_ZOOM_VALID = 0.1     # a zoom window with fewer valid depth pixels is not used
+
+
 def zoom_crop(rgb: np.ndarray, depth: np.ndarray, zoom) -> tuple[np.ndarray, np.ndarray]:
     """``zoom`` = (z, u, v): the window 1/z of the frame's size at relative place (u, v), so
     that, resized back, its objects look z times larger (the data.zoom augmentation)."""
@@ -197,7 +200,12 @@ class RGBDDataset:
         size_hw = self.resize_to_hw
         if zoom is not None:
             size_hw = size_hw or rgb.shape[:2]
-            rgb, depth = zoom_crop(rgb, depth, zoom)
+            crop_rgb, crop_depth = zoom_crop(rgb, depth, zoom)
+            valid = np.isfinite(crop_depth) & (crop_depth > self.min_depth) \
+                & (crop_depth < self.max_depth)
+            # A window of sky (or of any invalid depth) has no target: keep the whole frame.
+            if valid.mean() >= MIN_ZOOM_VALID:
+                rgb, depth = crop_rgb, crop_depth
         if size_hw:
             rgb, depth = resize_sample(rgb, depth, size_hw)
         return make_sample(rgb, depth, self.min_depth, self.max_depth, flip)
