@@ -24,7 +24,8 @@
 # NANO_TEACHER_STEPS NANO_AE_STEPS NANO_GEN_STEPS NANO_FD_STEPS NANO_THREADS. Stages whose output
 # exists are skipped and a training stage that stopped part-way resumes from its last checkpoint
 # (fiffdepth-train --resume latest), so an interrupted run continues where it stopped;
-# NANO_UNTIL=STAGE stops after that stage (render, teacher, pseudolabel, autoencoder, generator, fiffdepth).
+# NANO_UNTIL=STAGE stops after that stage (render, teacher, pseudolabel, autoencoder, generator,
+# fiffdepth).
 set -euo pipefail
 DEVICE=cpu
 if [ "${1:-}" = "--device" ]; then
