@@ -32,7 +32,8 @@ def test_nano_resolves_to_the_packaged_folder():
 def test_nano_family_is_fiffdepth_and_the_weights_are_small():
     from fiffdepth_ros.model.families import make_family, read_info
     family = make_family(read_info(resolve_checkpoint('nano')), 'auto')
-    assert family.name == 'fiffdepth' and family.output_space == 'depth'
+    # v2 predicts disparity (config/nano/base.yaml target_space), and its folder says so
+    assert family.name == 'fiffdepth' and family.output_space == 'disparity'
     weights = sum(p.stat().st_size for p in PACKAGED.rglob('*.safetensors'))
     assert 0 < weights <= 25 * 2**20            # the bound for all parts together
 
