@@ -5,7 +5,9 @@ the host, the same code as the CPU path); what touches every pixel runs here, wh
 depth already is: the half-resolution log guide and its extent, the trilinear read of the grid
 (OpenCV's ``remap`` reproduced: exact weights in OpenCV 5, 1/32-pixel steps in 4), the bilinear
 upsampling (``cv2.resize``'s half-pixel rule, as ``F.interpolate`` with ``align_corners=False``)
-and the product with the aligned depth. To the host go the aligned depth at the anchors and two
+and the product with the aligned depth; with an image guide, the half-resolution lightness and the
+composed guide (the image's half-resolution pixels go to the device, its anchors' lightness is
+read on the host). To the host go the aligned depth at the anchors and two
 numbers (the guide's extent); to the device the grid (tens of kB).
 
 The result equals the numpy path's to float32 rounding (torch's and numpy's log differ in the

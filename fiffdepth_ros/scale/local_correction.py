@@ -31,6 +31,18 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    in every judging window (``judge_prior`` anchors at v = 0, never counted as support): where
    bad anchors happen to match the good ones in number locally, it tips the balance.
 
+5. Image guided (``guide``, with the frame's RGB image): where the prediction is weak its depth
+   cannot tell which anchors share a surface; the image's lightness (Rec. 601 luma, 0-1) joins
+   the bilateral axis, which becomes ``mix[0] * log depth + mix[1] * lightness`` (bins of
+   ``range_sigma``; lightness counts ``range_sigma / colour_sigma`` per unit, so one bin is
+   ``colour_sigma`` of lightness). 'depth': (1, 0), the above; 'image': (0, 1); 'both': per
+   frame, after the judging rounds, each of MIX_CANDIDATES (the depth alone among them) builds a
+   judging field and the one whose field explains the anchors best from their neighbours wins
+   (a leave-mostly-out test: an anchor's own share in a judging field is bounded). Judging
+   itself runs on the depth axis ('image': on the lightness). One axis, not two: the grid, the
+   pyramid and the dense read stay those of the depth guide, at the cost of one composed
+   half-resolution guide image.
+
 Judging rounds run on a grid of four times the cell with nearest-cell splats and scales four
 times apart (neighbourhoods, not detail, matter there: the same accuracy as twice the cell and
 scales twice apart in bench/scale_recovery.py, ~13 % less time). Anchor sets denser than
@@ -68,9 +80,6 @@ class LocalCorrectionOptions:
     guide: str = 'depth'             # bilateral guide with an image: 'depth', 'image', 'both'
     colour_sigma: float = 0.08       # bilateral bin width in image lightness (0-1)
     mix: tuple | None = None         # 'both': fixed (depth, image) guide weights; None: adapt
-    trend: int = 0                   # polynomial degree in x, y of a smooth trend (0: none)
-    trend_depth: bool = False        # the trend also has a log-depth term (depth guide only)
-    trend_ridge: float = 1e-3        # ridge on the trend's non-constant terms
 
     def __post_init__(self):
         if int(self.cell) < 1:
@@ -400,12 +409,10 @@ def guide_range(guide: np.ndarray):
     return (float(sub.min()), float(sub.max())) if sub.size else None
 
 
-def _mix_for(options: LocalCorrectionOptions, spread: float) -> tuple[float, float]:
-    """(depth, image) weights of the bilateral guide, image term in log-depth units.
-
-    'both' without a fixed ``mix``: the worse the prediction explains its anchors (``spread``:
-    the robust spread of the anchors' residuals against their neighbours on the predicted
-    surfaces, log), the more the image decides which anchors share a surface."""
+def _mix_for(options: LocalCorrectionOptions) -> tuple[float, float]:
+    """(depth, image) weights of the bilateral guide, the image's in log-depth units: 'image'
+    alone, or 'both' with a fixed ``mix`` (or unjudged anchors: equal weights); 'both'
+    otherwise chooses per frame (_choose_mix)."""
     k = options.range_sigma / options.colour_sigma
     if options.guide == 'image':
         return 0.0, k
@@ -414,63 +421,19 @@ def _mix_for(options: LocalCorrectionOptions, spread: float) -> tuple[float, flo
     return 1.0, k
 
 
-def _design(options, shape, rows, cols, logd=None):
-    """Trend regressors at pixels: 1, x, y (, x^2, xy, y^2) in image-size units (, log d)."""
-    h, w = shape
-    n = max(h, w)
-    x = (np.asarray(cols, np.float64) - (w - 1) / 2) / n
-    y = (np.asarray(rows, np.float64) - (h - 1) / 2) / n
-    cols_ = [np.ones_like(x)]
-    if options.trend >= 1:
-        cols_ += [x, y]
-    if options.trend >= 2:
-        cols_ += [x * x, x * y, y * y]
-    if logd is not None:
-        cols_.append(np.asarray(logd, np.float64))
-    return np.stack(cols_, -1)
+# 'both': the (depth, image) mixes tried, the image's weight in units of colour_sigma.
+MIX_CANDIDATES = ((1.0, 0.0), (1.0, 0.5), (1.0, 1.0), (0.5, 1.0))
 
 
-def _fit_trend(options, shape, rows, cols, v, wt, logd):
-    """(trend at the anchors, grid -> trend field (gh, gw, bins)) or None (too few anchors)."""
-    X = _design(options, shape, rows, cols, logd)
-    p = X.shape[1]
-    if np.count_nonzero(wt) < 4 * p:
-        return None
-    Xw = X * wt[:, None]
-    A = Xw.T @ X
-    ridge = options.trend_ridge * float(wt.sum()) * np.eye(p)
-    ridge[0, 0] = 0.0
-    coef = np.linalg.solve(A + ridge, Xw.T @ v)
+def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_extent):
+    """The guide that best explains the anchors from their neighbours, (mix, axis, bins).
 
-    def field(grid):
-        gy = (np.arange(grid.gh) + 0.5) * grid.cell - 0.5
-        gx = (np.arange(grid.gw) + 0.5) * grid.cell - 0.5
-        rr, cc = np.meshgrid(np.minimum(gy, grid.h - 1), np.minimum(gx, grid.w - 1),
-                             indexing='ij')
-        spatial = _design(options, shape, rr.ravel(), cc.ravel()) @ coef[:X.shape[1] - (
-            logd is not None)]
-        out = np.broadcast_to(spatial.reshape(grid.gh, grid.gw, 1),
-                              (grid.gh, grid.gw, grid.bins)).astype(np.float32)
-        if logd is not None and grid.axis is not None:
-            centres = grid.axis.g0 + np.arange(grid.bins) * grid.axis.width
-            out = out + np.float32(coef[-1]) * centres.astype(np.float32)[None, None]
-        return out
-
-    return X @ coef, field
-
-
-MIX_CANDIDATES = ((1.0, 0.5), (1.0, 1.0), (0.5, 1.0))   # (depth, image), image in colour_sigma
-
-
-def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_extent,
-                depth_error, depth_axis, depth_bins):
-    """The guide that best explains the anchors from their neighbours: each candidate mix's
-    judging field (an anchor's own share bounded, see _multiscale) is read at the anchors, and
-    the one with the lowest mean |residual| over the inliers wins; the depth alone
-    (``depth_error``, from the judging rounds) is a candidate too. A prediction that separates
-    the surfaces keeps its own edges; a poor one leans on the image."""
+    Each candidate mix's judging field (exclusive: an anchor's own share in it is bounded by
+    ~1/outlier_support, see _multiscale) is read at the anchors; the mix with the lowest
+    inlier-weighted mean |residual| wins, the first (the depth alone) on ties. A prediction
+    that separates the surfaces keeps its own edges; a poor one leans on the image."""
     k = options.range_sigma / options.colour_sigma
-    best = (float(np.dot(u, depth_error)), (1.0, 0.0), depth_axis, depth_bins)
+    best = None
     for md, mc in MIX_CANDIDATES:
         mix = (md, mc * k)
         axis, bins = _axis_for(options, shape[1], mix, ga, la, depth_extent, light_extent)
@@ -478,7 +441,7 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
                         nearest=True, ratio=_JUDGE_RATIO)
         state = judge.build(v, u, options.outlier_support, True, options.judge_prior)
         err = float(np.dot(u, np.abs(v - judge.sample(state))))
-        if err < best[0]:
+        if best is None or err < best[0]:
             best = (err, mix, axis, bins)
     return best[1:]
 
@@ -533,13 +496,12 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
     if guide != 'depth':
         la = np.asarray(lightness(rows, cols), np.float32).astype(np.float64)
     # Judging on the predicted surfaces (the image alone for guide 'image').
-    judge_mix = _mix_for(options, np.nan) if guide == 'image' else (1.0, 0.0)
+    judge_mix = _mix_for(options) if guide == 'image' else (1.0, 0.0)
     if options.edge_aware:
         axis, anchor_bins = _axis_for(options, w, judge_mix, ga, la, guide_extent,
                                       lightness_extent)
     u = np.ones(len(v))
     sigma = np.nan
-    e = np.zeros(len(v))
     judged = options.iterations > 0 and len(v) > 1
     if judged:
         # Judging needs neighbourhoods, not detail: a coarser grid, nearest cell splats.
@@ -571,28 +533,19 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
     mix = judge_mix
     if guide == 'both':
         if options.mix is not None or not judged:
-            mix = _mix_for(options, sigma)
+            mix = _mix_for(options)
             axis, anchor_bins = _axis_for(options, w, mix, ga, la, guide_extent,
                                           lightness_extent)
         else:
             mix, axis, anchor_bins = _choose_mix(options, (h, w), rows, cols, v, u, ga, la,
-                                                 guide_extent, lightness_extent,
-                                                 np.abs(e), axis, anchor_bins)
+                                                 guide_extent, lightness_extent)
     # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
     # would keep, at a quarter of the cost.
     dense = len(v) >= _cells((h, w), options)
     fields = _Fields((h, w), options, options.cell, rows, cols, axis, anchor_bins,
                      nearest=dense)
-    trend = None
-    if options.trend > 0 or options.trend_depth:
-        trend = _fit_trend(options, (h, w), rows, cols, v, wv * u,
-                           ga if (options.trend_depth and mix == (1.0, 0.0)) else None)
-        if trend is not None:
-            v = v - trend[0]
     state = fields.build(v, wv * u, options.min_support, False)
     field = state[:, :, 0, :fields.grid.bins]
-    if trend is not None:
-        field += trend[1](fields.grid)
     # np.minimum/maximum: np.clip on this strided view costs ~10x (its wrapper's copies).
     limit = np.float32(options.max_correction)
     factor = np.maximum(field, -limit)
