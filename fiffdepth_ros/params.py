@@ -150,7 +150,7 @@ _SPECS = (
               '1 = no smoothing', min=0.01, max=1.0),
     ParamSpec('local_correction', True, 'dense local correction between anchors after the global '
               'fit'),
-    ParamSpec('local_guide', 'depth', "what guides the local correction between anchors: "
+    ParamSpec('local_guide', 'both', "what guides the local correction between anchors: "
               "'depth' (the prediction's own edges), 'image' (the colour image's) or 'both' "
               '(weighed per frame by how well each explains the anchors)',
               choices=('depth', 'image', 'both')),

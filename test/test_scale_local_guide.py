@@ -119,8 +119,9 @@ def test_deterministic_and_the_depth_guide_is_todays_output():
     # ScaleRecovery: local_guide 'depth' ignores the image; 'image' uses it.
     anchors = Anchors(rows, cols, z, np.ones(len(z)), offered=len(z), source='test')
     rel = aligned / 3
-    ref, _ = ScaleRecovery(ScaleRecoveryConfig()).process(rel, anchors, 0.0)
-    same, _ = ScaleRecovery(ScaleRecoveryConfig()).process(rel, anchors, 0.0, rgb)
+    by_depth = ScaleRecoveryConfig(local_guide='depth')
+    ref, _ = ScaleRecovery(by_depth).process(rel, anchors, 0.0)
+    same, _ = ScaleRecovery(by_depth).process(rel, anchors, 0.0, rgb)
     other, _ = ScaleRecovery(ScaleRecoveryConfig(local_guide='image')).process(rel, anchors,
                                                                              0.0, rgb)
     np.testing.assert_array_equal(same, ref)

@@ -85,7 +85,9 @@ def _compose(log_depth: torch.Tensor, light: torch.Tensor, mix) -> torch.Tensor:
     if c == 0 and d == 1:
         return log_depth
     out = light * c
-    if d != 0:
+    if d == 1:
+        out += log_depth
+    elif d != 0:
         out += log_depth * d
     return out
 

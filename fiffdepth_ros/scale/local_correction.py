@@ -422,28 +422,45 @@ def _mix_for(options: LocalCorrectionOptions) -> tuple[float, float]:
 
 
 # 'both': the (depth, image) mixes tried, the image's weight in units of colour_sigma.
-MIX_CANDIDATES = ((1.0, 0.0), (1.0, 0.5), (1.0, 1.0), (0.5, 1.0))
+# (1, 1) and (0.5, 1) were tried too and never chosen on the benchmark's frames
+# (bench/scale_recovery.py --only guide): two candidates, half the cost.
+MIX_CANDIDATES = ((1.0, 0.0), (1.0, 0.5))
 
 
-def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_extent):
+_CHOOSE_ANCHORS = 1024   # 'both' scores the candidate mixes on at most this many anchors
+
+
+def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_extent,
+                depth_field=None):
     """The guide that best explains the anchors from their neighbours, (mix, axis, bins).
 
     Each candidate mix's judging field (exclusive: an anchor's own share in it is bounded by
     ~1/outlier_support, see _multiscale) is read at the anchors; the mix with the lowest
     inlier-weighted mean |residual| wins, the first (the depth alone) on ties. A prediction
-    that separates the surfaces keeps its own edges; a poor one leans on the image."""
+    that separates the surfaces keeps its own edges; a poor one leans on the image. Dense sets
+    are scored on an even subset (``_CHOOSE_ANCHORS``): a choice, not a field.
+    ``depth_field``: the last judging round's field at the anchors (the depth guide's judging
+    field), which stands for the first candidate instead of a build of its own."""
     k = options.range_sigma / options.colour_sigma
+    sub = evenly_spaced(len(v), _CHOOSE_ANCHORS)
+    srows, scols, sv, su, sga, sla = (x[sub] for x in (rows, cols, v, u, ga, la))
     best = None
     for md, mc in MIX_CANDIDATES:
         mix = (md, mc * k)
-        axis, bins = _axis_for(options, shape[1], mix, ga, la, depth_extent, light_extent)
-        judge = _Fields(shape, options, _JUDGE_CELLS * options.cell, rows, cols, axis, bins,
-                        nearest=True, ratio=_JUDGE_RATIO)
-        state = judge.build(v, u, options.outlier_support, True, options.judge_prior)
-        err = float(np.dot(u, np.abs(v - judge.sample(state))))
+        if mix == (1.0, 0.0) and depth_field is not None:
+            field = depth_field[sub]
+        else:
+            axis, bins = _axis_for(options, shape[1], mix, sga, sla, depth_extent,
+                                   light_extent)
+            judge = _Fields(shape, options, _JUDGE_CELLS * options.cell, srows, scols, axis,
+                            bins, nearest=True, ratio=_JUDGE_RATIO)
+            field = judge.sample(judge.build(sv, su, options.outlier_support, True,
+                                             options.judge_prior))
+        err = float(np.dot(su, np.abs(sv - field)))
         if best is None or err < best[0]:
-            best = (err, mix, axis, bins)
-    return best[1:]
+            best = (err, mix)
+    mix = best[1]
+    return (mix, *_axis_for(options, shape[1], mix, ga, la, depth_extent, light_extent))
 
 
 def _axis_for(options, w, mix, ga, la, depth_extent, light_extent):
@@ -538,7 +555,8 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
                                           lightness_extent)
         else:
             mix, axis, anchor_bins = _choose_mix(options, (h, w), rows, cols, v, u, ga, la,
-                                                 guide_extent, lightness_extent)
+                                                 guide_extent, lightness_extent,
+                                                 judge.sample(state))
     # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
     # would keep, at a quarter of the cost.
     dense = len(v) >= _cells((h, w), options)
@@ -596,12 +614,23 @@ def lightness_at(image: np.ndarray, rows, cols) -> np.ndarray:
 
 def lightness_guide(image: np.ndarray) -> np.ndarray:
     """The image's lightness at half resolution (the pixels ``log_guide`` reads)."""
-    half = image[::_SLICE_STEP, ::_SLICE_STEP].astype(np.float32)
+    half = image[::_SLICE_STEP, ::_SLICE_STEP]
     out = _WORK.get('light', half.shape[:2], np.float32)
+    tmp = _WORK.get('light_tmp', half.shape[:2], np.float32)
     np.multiply(half[:, :, 0], _LUMA[0], out=out)
-    out += half[:, :, 1] * _LUMA[1]
-    out += half[:, :, 2] * _LUMA[2]
+    out += np.multiply(half[:, :, 1], _LUMA[1], out=tmp)
+    out += np.multiply(half[:, :, 2], _LUMA[2], out=tmp)
     return out
+
+
+def lightness_range(image: np.ndarray):
+    """``guide_range(lightness_guide(image))`` without the half-resolution image (the same
+    pixels, the same float32 operations): its extent, before the guide is known to need it."""
+    q = image[::2 * _SLICE_STEP, ::2 * _SLICE_STEP]
+    light = np.multiply(q[:, :, 0], _LUMA[0], dtype=np.float32)
+    light += np.multiply(q[:, :, 1], _LUMA[1], dtype=np.float32)
+    light += np.multiply(q[:, :, 2], _LUMA[2], dtype=np.float32)
+    return float(light.min()), float(light.max())
 
 
 def compose_guide(log_depth, light, mix) -> np.ndarray:
@@ -612,9 +641,10 @@ def compose_guide(log_depth, light, mix) -> np.ndarray:
         return log_depth
     out = _WORK.get('composed', log_depth.shape, np.float32)
     np.multiply(light, c, out=out)
-    if d != 0:
+    if d == 1:
+        out += log_depth       # invalid depth stays invalid (NaN / -inf), as the depth guide
+    elif d != 0:
         out += log_depth * d
-        # Invalid depth stays invalid (NaN / -inf), as in the depth guide.
     return out
 
 
@@ -631,19 +661,18 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     aligned = np.asarray(aligned, np.float32)
     h, w = aligned.shape
     guide = log_guide(aligned) if options.edge_aware else None
-    light = light_at = light_extent = None
+    light_at = light_extent = None
     if image is not None and options.edge_aware and options.guide != 'depth':
         image = check_guide_image(image, (h, w))
-        light = lightness_guide(image)
-        light_extent = guide_range(light)
+        light_extent = lightness_range(image)
         light_at = (lambda r, c: lightness_at(image, r, c))
     plan = correction_grid((h, w), rows, cols, depth, weight, lambda r, c: aligned[r, c],
                            guide_range(guide) if guide is not None else None, options,
                            light_at, light_extent)
     if plan.factor is None:
         return LocalCorrection(aligned.copy(), plan.weights, np.nan)
-    if guide is not None and light is not None:
-        guide = compose_guide(guide, light, plan.mix)
+    if guide is not None and plan.mix[1] != 0:          # the image is in the chosen guide
+        guide = compose_guide(guide, lightness_guide(image), plan.mix)
     factor = _slice(plan.factor, plan.grid, guide)
     corrected = cv2.resize(factor, (w, h), interpolation=cv2.INTER_LINEAR)
     corrected *= aligned

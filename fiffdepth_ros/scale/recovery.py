@@ -54,7 +54,7 @@ def _finite(name, value, low=None, high=None, low_open=False):
 class ScaleRecoveryConfig:
     fit_space: str = 'depth'          # 'depth' (FiffDepth) or 'inverse' (disparity models)
     local_correction: bool = True     # dense local correction after the global fit
-    local_guide: str = 'depth'        # what guides it when the frame's image is given:
+    local_guide: str = 'both'         # what guides it when the frame's image is given:
     #                                   'depth', 'image' or 'both' (see local_correction)
     responsiveness: float = 0.3       # temporal filter gain per frame, (0, 1]; 1 = no smoothing
     min_depth: float = 0.1            # metres: closer output is NaN; closer anchors ignored
