@@ -21,6 +21,12 @@ fresh ScaleRecovery (the node's code): 'global' = robust global fit only, 'local
 local correction. Timing: every step interleaved round-robin (the same machine conditions for
 all), median and p10-p90 over the rounds, 640x480.
 
+Image guide (``--only guide`` runs just this part): the local correction's ``local_guide``
+(depth, image, both; the frame's RGB given) against least squares + inverse-distance
+interpolation of the log ratios, computed here (Shepard, powers 2, 3, 4), on the real prediction
+and on predictions simulated from both frames' GT; 30 % of the anchors x0.5 / x1.8; the time of
+fit + correction per guide (wall and process CPU), numpy and torch on the CPU.
+
 Nothing is written to disk; numbers are printed as measured, targets marked PASS or MISS.
 """
 from __future__ import annotations
