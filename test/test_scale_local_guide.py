@@ -89,6 +89,17 @@ def test_both_keeps_the_depth_guide_where_the_prediction_explains_the_anchors():
     assert poor.mix[1] > 0
 
 
+def test_lightness_is_luma_and_its_range_needs_no_half_image():
+    rng = np.random.default_rng(2)
+    rgb = rng.integers(0, 256, (H + 1, W + 3, 3), dtype=np.uint8)
+    half = lc.lightness_guide(rgb).copy()
+    luma = (0.299 * rgb[..., 0] + 0.587 * rgb[..., 1] + 0.114 * rgb[..., 2]) / 255.0
+    np.testing.assert_allclose(half, luma[::2, ::2], rtol=0, atol=1e-6)
+    assert lc.lightness_range(rgb) == lc.guide_range(half)
+    r, c = np.array([0, 5, H // 2]), np.array([1, 7, W // 2 + 1])     # half-resolution pixels
+    np.testing.assert_array_equal(lc.lightness_at(rgb, 2 * r, 2 * c), half[r, c])
+
+
 def test_outlier_judging_still_rejects_corrupted_anchors():
     truth, rgb, aligned, rows, cols, z = _two_walls(n=200)
     bad = np.zeros(len(z), bool)

@@ -36,9 +36,10 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    the bilateral axis, which becomes ``mix[0] * log depth + mix[1] * lightness`` (bins of
    ``range_sigma``; lightness counts ``range_sigma / colour_sigma`` per unit, so one bin is
    ``colour_sigma`` of lightness). 'depth': (1, 0), the above; 'image': (0, 1); 'both': per
-   frame, after the judging rounds, each of MIX_CANDIDATES (the depth alone among them) builds a
-   judging field and the one whose field explains the anchors best from their neighbours wins
-   (a leave-mostly-out test: an anchor's own share in a judging field is bounded). Judging
+   frame, after the judging rounds, each of MIX_CANDIDATES (the depth alone, whose field is the
+   last judging round's, and depth + lightness at half weight) has a judging field, and the one
+   that explains the anchors best from their neighbours wins (a leave-mostly-out test: an
+   anchor's own share in a judging field is bounded). Judging
    itself runs on the depth axis ('image': on the lightness). One axis, not two: the grid, the
    pyramid and the dense read stay those of the depth guide, at the cost of one composed
    half-resolution guide image.
