@@ -151,6 +151,10 @@ _SPECS = (
               '1 = no smoothing', min=0.01, max=1.0),
     ParamSpec('local_correction', True, 'dense local correction between anchors after the global '
               'fit'),
+    ParamSpec('local_guide', 'both', "what guides the local correction between anchors: "
+              "'depth' (the prediction's own edges), 'image' (the colour image's) or 'both' "
+              '(weighed per frame by how well each explains the anchors)',
+              choices=('depth', 'image', 'both')),
     ParamSpec('fixed_scale', 1.0, 'no-anchor mode: depth = fixed_scale * relative + fixed_shift '
               '(published as not metric unless fixed_scale_is_metric)', min=1e-6, max=1e6),
     ParamSpec('fixed_shift', 0.0, 'no-anchor mode shift, metres', min=-1e6, max=1e6),

@@ -23,6 +23,7 @@ from .conversions.pointcloud import DepthCloudBuilder, _xyz_fields, pointcloud_t
 from .geometry.camera_model import CameraInfoError, CameraModel
 from .geometry.transforms import RigidTransform
 from .scale.anchors import Anchors, depth_image_anchors, disparity_anchors, lidar_anchors
+from .scale.local_correction import GuideImageError
 from .scale.recovery import FitReport, ScaleRecovery, ScaleRecoveryConfig
 from .sync import FrameInputs
 
@@ -109,7 +110,7 @@ class PipelineConfig:
         colour = (p['colorize_min'], p['colorize_max'])
         scale = ScaleRecoveryConfig(
             fit_space='depth' if p['fit_space'] == 'auto' else p['fit_space'],
-            local_correction=p['local_correction'],
+            local_correction=p['local_correction'], local_guide=p['local_guide'],
             responsiveness=p['filter_responsiveness'], min_depth=p['min_range'],
             max_depth=p['max_range'], fixed_scale=p['fixed_scale'], fixed_shift=p['fixed_shift'])
         extrinsic = StaticExtrinsic(
@@ -374,11 +375,22 @@ class DepthPipeline:
     def _recover(self, frame: PreparedFrame, relative, anchors):
         """Metric depth and fit report: numpy, or a tensor on the finishing device."""
         stamp_s = frame.stamp_ns * 1e-9
+        image = self._guide_image(frame, tuple(relative.shape[:2]))
         if self.finisher is None:
-            return self.scale.process(relative, anchors, stamp_s)
+            return self.scale.process(relative, anchors, stamp_s, image)
         with self.finisher.stream():
             relative = self.finisher.relative_on_device(relative, frame.ready)
-            return self.finisher.recover(self.scale, relative, anchors, stamp_s)
+            return self.finisher.recover(self.scale, relative, anchors, stamp_s, image)
+
+    def _guide_image(self, frame: PreparedFrame, shape):
+        """The frame's RGB image for the local correction's guide, or None (with a note, and
+        the depth alone guiding it) where it cannot serve."""
+        try:
+            return self.scale.guide_image(frame.rgb, shape)
+        except GuideImageError as exc:
+            frame.notes.append(f'image not used to guide the local correction ({exc}): '
+                               'depth guide only')
+            return None
 
     def _build(self, frame: PreparedFrame, depth, relative, outputs: set[str]):
         """(messages, depth, relative) with host arrays; on the device path the bytes of every

@@ -77,12 +77,86 @@ def test_errors_are_clear_and_exit_non_zero(tmp_path, capsys):
     assert exc.value.code == 2
 
 
-def test_no_anchors_writes_fixed_mapping_and_exits_1(tmp_path, capsys):
+def test_an_empty_or_all_invalid_anchor_set_is_a_clear_error(tmp_path, capsys):
     truth, rel, _, out = _scene(tmp_path)
-    empty = tmp_path / 'empty.npy'
-    np.save(empty, np.zeros((H, W), np.float32))
-    assert main([str(rel), str(empty), str(out)]) == 1
+    for name, values in (('empty', np.zeros((H, W), np.float32)),
+                         ('invalid', np.full((H, W), np.nan, np.float32))):
+        path = tmp_path / f'{name}.npy'
+        np.save(path, values)
+        assert main([str(rel), str(path), str(out)]) == 2
+        assert 'no valid anchor' in capsys.readouterr().err
+        assert not out.exists()
+
+
+def test_anchors_that_fit_nothing_write_the_fixed_mapping_and_exit_1(tmp_path, capsys):
+    """Anchors exist but every one is beyond --max-depth: no usable fit, not metric."""
+    truth, rel, anchors, out = _scene(tmp_path)
+    assert main([str(rel), str(anchors), str(out), '--max-depth', '1.0']) == 1
     assert out.exists() and 'not metric' in capsys.readouterr().err
+
+
+def _walls_image(tmp_path):
+    """A colour image with two walls meeting at column 60; the scene's truth gets the step
+    (the flat prediction has none)."""
+    rgb = np.zeros((H, W, 3), np.uint8)
+    rgb[:, :60] = (40, 180, 220)                             # BGR on disk
+    rgb[:, 60:] = (200, 60, 40)
+    path = tmp_path / 'rgb.png'
+    cv2.imwrite(str(path), rgb)
+    return path
+
+
+def _run(tmp_path, *args):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get('PYTHONPATH', ''),
+               FIFFDEPTH_CACHE=str(tmp_path / 'cache'))
+    (tmp_path / 'cache').mkdir(exist_ok=True)
+    return subprocess.run([sys.executable, '-m', 'fiffdepth_ros.cli.align', *map(str, args)],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_image_guides_the_local_correction(tmp_path):
+    """--image: the colour image's edge keeps each wall's anchors on its side, which the flat
+    prediction cannot; without --image the output is today's."""
+    truth = np.where(np.arange(W)[None] < 60, 2.0, 3.0).astype(np.float32) * np.ones((H, 1),
+                                                                                     np.float32)
+    rng = np.random.default_rng(0)
+    idx = rng.choice(H * W, 80, replace=False)
+    sparse = np.zeros((H, W), np.float32)
+    sparse.flat[idx] = truth.flat[idx]
+    np.save(tmp_path / 'anchors.npy', sparse)
+    rel = np.full((H, W), 0.5, np.float32)
+    rel += np.linspace(0, 0.01, W, dtype=np.float32)[None]   # a depth range for the fit
+    np.save(tmp_path / 'rel.npy', rel)
+    image = _walls_image(tmp_path)
+    plain = _run(tmp_path, 'rel.npy', 'anchors.npy', 'plain.npy')
+    guided = _run(tmp_path, 'rel.npy', 'anchors.npy', 'guided.npy', '--image', image,
+                  '--local-guide', 'image')
+    assert plain.returncode in (0, 1) and guided.returncode == plain.returncode, guided.stderr
+    err = {n: float(np.nanmean(np.abs(np.load(tmp_path / f'{n}.npy') - truth) / truth))
+           for n in ('plain', 'guided')}
+    assert err['guided'] < 0.6 * err['plain']
+    again = _run(tmp_path, 'rel.npy', 'anchors.npy', 'again.npy', '--image', image,
+                 '--local-guide', 'image')
+    np.testing.assert_array_equal(np.load(tmp_path / 'again.npy'),
+                                  np.load(tmp_path / 'guided.npy'))
+
+
+def test_a_wrong_image_is_a_clear_error(tmp_path):
+    truth, rel, anchors, out = _scene(tmp_path)
+    cv2.imwrite(str(tmp_path / 'grey.png'), np.zeros((H, W), np.uint8))
+    cv2.imwrite(str(tmp_path / 'deep.png'), np.zeros((H, W, 3), np.uint16))
+    cv2.imwrite(str(tmp_path / 'small.png'), np.zeros((H // 2, W, 3), np.uint8))
+    (tmp_path / 'junk.png').write_bytes(b'not an image')
+    cases = {'grey.png': 'grey', 'deep.png': '8-bit', 'small.png': 'same size',
+             'junk.png': 'cannot decode', 'missing.png': 'not found'}
+    for name, message in cases.items():
+        result = _run(tmp_path, rel, anchors, out, '--image', tmp_path / name,
+                      '--local-guide', 'both')
+        assert result.returncode == 2, (name, result.stderr)
+        assert message in result.stderr, (name, result.stderr)
+        assert not out.exists()
+    result = _run(tmp_path, rel, anchors, out, '--local-guide', 'image')
+    assert result.returncode == 2 and 'needs --image' in result.stderr
 
 
 def test_runs_as_a_module(tmp_path):

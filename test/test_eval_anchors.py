@@ -164,3 +164,39 @@ def test_cli_anchor_protocol_nyu_and_kitti(tmp_path, capsys):
     rows, _ = lidar_line_pixels(s.depth, s.valid, 721.5377, kitti_principal_point())
     assert 0 < len(rows) < s.valid.sum()
     assert summary['lines16/global']['abs_rel'] < 1e-3
+
+
+def test_anchor_protocol_guides_with_the_sample_image():
+    """The protocol hands the sample's RGB to the scale recovery: with local_guide 'image' a
+    colour edge the flat prediction lacks is kept (two walls at 2 m and 3 m)."""
+    h, w = 120, 160
+    gt = np.where(np.arange(w)[None] < 70, 2.0, 3.0).astype(np.float32) * np.ones((h, 1))
+    gt = gt.astype(np.float32)
+    rgb = np.zeros((h, w, 3), np.uint8)
+    rgb[:, :70], rgb[:, 70:] = (200, 190, 170), (60, 70, 110)
+    relative = np.full((h, w), 0.5, np.float32) + np.linspace(0, 0.01, w, dtype=np.float32)
+    valid = gt > 0
+    rows = {}
+    for guide in ('depth', 'image'):
+        rows[guide] = evaluate_anchor_frame(relative, gt, valid, AnchorSetting('random', 100),
+                                            'depth', 0.1, 10.0, sample_seed('walls', 0),
+                                            image=rgb, local_guide=guide)
+    assert rows['image']['abs_rel'] < 0.6 * rows['depth']['abs_rel']
+
+
+def test_cli_anchor_protocol_local_guide_option(tmp_path, capsys):
+    split, _ = write_nyu(tmp_path / 'nyu', np.random.default_rng(0))
+    ds = open_dataset('nyu', str(tmp_path / 'nyu'), str(split))
+    preds = tmp_path / 'nyu_preds'
+    _write_predictions(ds, preds, lambda s: (s.depth - 0.2) / 2.0)
+    out = tmp_path / 'out'
+    args = ['--dataset', 'nyu', '--data', str(tmp_path / 'nyu'), '--split', str(split),
+            '--predictions', str(preds), '--protocol', 'anchors', '--anchors', '100',
+            '--anchor-local', 'on', '--output', str(out), '--no-progress']
+    assert main(args + ['--local-guide', 'both']) == 0
+    assert json.loads((out / 'run.json').read_text())['local_guide'] == 'both'
+    summary = json.loads((out / 'anchor_metrics.json').read_text())['settings']
+    assert summary['random100/local']['abs_rel'] < 2e-3
+    capsys.readouterr()
+    assert main(args + ['--local-guide', 'depth']) == 2       # another guide, same folder
+    assert 'local_guide' in capsys.readouterr().err

@@ -1,14 +1,17 @@
 """fiffdepth-align: align a saved relative depth map to sparse metric anchors.
 
     fiffdepth-align RELATIVE.npy ANCHORS OUTPUT.npy [--space depth|inverse] [--no-local]
-                    [--max-depth M]
+                    [--max-depth M] [--image RGB] [--local-guide depth|image|both]
 
 RELATIVE.npy: float HxW relative depth (FiffDepth: larger = farther; --space inverse for
 disparity-like predictions). ANCHORS: a float .npy in metres or a 16-bit PNG in millimetres, same
 size as RELATIVE, 0 or NaN = no anchor. OUTPUT.npy: float32 metric depth in metres, NaN = invalid.
 Runs the same scale recovery as the ROS node (robust global fit + local correction) and prints
-the fit report. Exit status: 0 metric output written; 1 no usable fit (the output is the fixed
-scale mapping, not metric); 2 bad arguments or input files.
+the fit report. --image: the frame's colour image (8-bit, 3 channels, the same size), which then
+guides the local correction with the prediction (``local_guide``; without it the prediction
+alone, as before). Exit status: 0 metric output written; 1 no usable fit (the output is the
+fixed scale mapping, not metric); 2 bad arguments or input files (an anchor image without a
+single valid anchor included).
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ import sys
 import numpy as np
 
 from ..scale.anchors import depth_image_anchors
+from ..scale.local_correction import GUIDES, GuideImageError
 from ..scale.recovery import ScaleRecovery, ScaleRecoveryConfig
 
 
@@ -79,6 +83,25 @@ def _load_anchors(path: str) -> np.ndarray:
     return depth
 
 
+def _load_image(path: str) -> np.ndarray:
+    """An 8-bit colour image (PNG, JPEG, ...) as HxWx3 RGB."""
+    import cv2
+    if not os.path.isfile(path):
+        raise InputError(f'image file not found: {path}')
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise InputError(f'cannot decode {path} as an image')
+    if img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 1):
+        raise InputError(f'{path}: a grey image cannot guide the local correction; give the '
+                         'colour (8-bit RGB) image')
+    if img.dtype != np.uint8:
+        raise InputError(f'{path}: the image must be 8-bit colour, got {img.dtype}')
+    if img.ndim != 3 or img.shape[2] not in (3, 4):
+        raise InputError(f'{path}: expected a colour image, got shape {img.shape}')
+    code = cv2.COLOR_BGRA2RGB if img.shape[2] == 4 else cv2.COLOR_BGR2RGB
+    return cv2.cvtColor(img, code)
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog='fiffdepth-align',
@@ -97,6 +120,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--max-depth', type=float, default=None, metavar='M',
                    help='metres: anchors and output beyond this are ignored / NaN '
                         f'(default {ScaleRecoveryConfig().max_depth:g})')
+    p.add_argument('--image', metavar='RGB', default=None,
+                   help="the frame's colour image (8-bit, same size as RELATIVE): it guides the "
+                        'local correction between anchors together with the prediction')
+    p.add_argument('--local-guide', choices=GUIDES, default=None,
+                   help='what guides the local correction when --image is given (default '
+                        f"'{ScaleRecoveryConfig().local_guide}'); without --image the "
+                        'prediction alone')
     return p
 
 
@@ -115,15 +145,32 @@ def main(argv=None) -> int:
         kwargs = dict(fit_space=args.space, local_correction=not args.no_local)
         if args.max_depth is not None:
             kwargs['max_depth'] = args.max_depth
+        if args.local_guide is not None:
+            if args.image is None:
+                raise InputError('--local-guide needs --image (without it the prediction '
+                                 'alone guides the local correction)')
+            kwargs['local_guide'] = args.local_guide
         config = ScaleRecoveryConfig(**kwargs)
-    except (InputError, ValueError) as exc:
+        recovery = ScaleRecovery(config)
+        image = None
+        if args.image is not None:
+            image = _load_image(args.image)
+            if image.shape[:2] != relative.shape:
+                raise InputError(f'image is {image.shape[1]}x{image.shape[0]} but the relative '
+                                 f'depth is {relative.shape[1]}x{relative.shape[0]}: they must '
+                                 'be the same size (the same camera)')
+            recovery.guide_image(image, relative.shape)      # the checks the node makes
+        # Keep every valid anchor (grid_step 1): this tool is for evaluating the alignment.
+        anchors = depth_image_anchors(depth, grid_step=1, target_shape=relative.shape,
+                                      source='anchors')
+        if not len(anchors):
+            raise InputError(f'{args.anchors}: no valid anchor (every pixel is 0, NaN or '
+                             'infinite)')
+    except (InputError, GuideImageError, ValueError) as exc:
         print(f'fiffdepth-align: error: {exc}', file=sys.stderr)
         return 2
 
-    # Keep every valid anchor (grid_step 1): this tool is for evaluating the alignment.
-    anchors = depth_image_anchors(depth, grid_step=1, target_shape=relative.shape,
-                                  source='anchors')
-    metric, report = ScaleRecovery(config).process(relative, anchors, 0.0)
+    metric, report = recovery.process(relative, anchors, 0.0, image)
     np.save(args.output, metric.astype(np.float32))
 
     print(f'fit report ({args.relative} -> {args.output})')

@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--anchor-local', default='both', choices=('on', 'off', 'both'),
                    help='local correction after the global fit (default: both rows)')
     p.add_argument('--seed', type=int, default=0, help='anchor sampling seed')
+    p.add_argument('--local-guide', choices=('depth', 'image', 'both'), default=None,
+                   help="anchors protocol: what guides the local correction between anchors "
+                        "(the sample's RGB image joins the prediction; default: the node's "
+                        "local_guide default)")
     p.add_argument('--kitti-mask', choices=('eigen', 'garg', 'none'), default='eigen')
     p.add_argument('--pictures', type=int, default=0, metavar='K',
                    help='colourised pictures of the K worst and K best samples')
@@ -109,7 +113,7 @@ def main(argv=None) -> int:
             result = evaluate_anchors(dataset, predictor, output,
                                       parse_settings(spec, args.anchor_local), args.limit,
                                       args.seed, progress=not args.no_progress,
-                                      run_settings=settings)
+                                      run_settings=settings, local_guide=args.local_guide)
     except (DatasetError, EvaluationError, ModelLoadError, ValueError, OSError) as exc:
         print(f'fiffdepth-eval: error: {exc}', file=sys.stderr)
         return 2

@@ -19,6 +19,8 @@ from ..scale.anchors import Anchors
 from ..scale.recovery import ScaleRecovery, ScaleRecoveryConfig
 from .metrics import compute_metrics
 
+# The node's default guide of the local correction (the frame's image joins it).
+DEFAULT_GUIDE = ScaleRecoveryConfig().local_guide
 # ScaleRecoveryConfig needs a finite range; ETH3D's ground truth has none.
 MAX_FINITE_DEPTH = 1000.0
 
@@ -128,23 +130,27 @@ def anchor_weights(depth: np.ndarray, sensor: str) -> np.ndarray:
 
 
 def recover_metric(relative: np.ndarray, rows, cols, z, weight, space: str, local: bool,
-                   min_depth: float, max_depth: float):
-    """One frame through the package's scale recovery, no history (temporal filter off)."""
+                   min_depth: float, max_depth: float, image=None,
+                   local_guide: str = DEFAULT_GUIDE):
+    """One frame through the package's scale recovery, no history (temporal filter off);
+    ``image``: the frame's uint8 RGB, guiding the local correction as ``local_guide`` says."""
     config = ScaleRecoveryConfig(
         fit_space='inverse' if space == 'disparity' else 'depth', local_correction=local,
-        responsiveness=1.0, min_depth=float(min_depth),
+        local_guide=local_guide, responsiveness=1.0, min_depth=float(min_depth),
         max_depth=float(min(max_depth, MAX_FINITE_DEPTH)))
     anchors = Anchors(rows, cols, z, weight, offered=len(z), source='ground-truth sample')
     start = time.perf_counter()
-    metric, report = ScaleRecovery(config).process(relative, anchors, 0.0)
+    metric, report = ScaleRecovery(config).process(relative, anchors, 0.0, image)
     return metric, report, time.perf_counter() - start
 
 
 def evaluate_anchor_frame(relative: np.ndarray, gt: np.ndarray, valid: np.ndarray,
                           setting: AnchorSetting, space: str, min_depth: float,
                           max_depth: float, rng: np.random.Generator, sensor: str = 'lidar',
-                          focal_px: float | None = None, principal_point=None) -> dict:
-    """Metrics and anchor statistics of one frame under one setting."""
+                          focal_px: float | None = None, principal_point=None, image=None,
+                          local_guide: str = DEFAULT_GUIDE) -> dict:
+    """Metrics and anchor statistics of one frame under one setting (``image``: its RGB,
+    for the local correction's guide)."""
     if setting.sampler == 'random':
         rows, cols = random_anchor_pixels(valid, setting.count, rng)
     elif setting.sampler == 'lines16':
@@ -155,7 +161,8 @@ def evaluate_anchor_frame(relative: np.ndarray, gt: np.ndarray, valid: np.ndarra
         raise ValueError(f'unknown anchor sampler {setting.sampler!r}')
     z = gt[rows, cols].astype(np.float64)
     metric, report, seconds = recover_metric(relative, rows, cols, z, anchor_weights(z, sensor),
-                                             space, setting.local, min_depth, max_depth)
+                                             space, setting.local, min_depth, max_depth,
+                                             image, local_guide)
     scored = valid & np.isfinite(metric)
     out = {'anchors': len(z), 'inliers': report.inliers, 'local_inliers': report.local_inliers,
            'status': report.status, 'fit_residual': float(report.residual),

@@ -181,13 +181,19 @@ ANCHOR_SENSOR = {'nyu': 'depth', 'scannet': 'depth', 'kitti': 'lidar', 'eth3d': 
 
 def evaluate_anchors(dataset: EvalDataset, predictor, output_dir: str, settings,
                      limit: int | None = None, seed: int = 0, progress: bool = True,
-                     run_settings: dict | None = None) -> RunResult:
-    """The sparse-anchor metric protocol over the dataset, one row per (sample, setting)."""
-    from .anchors_protocol import evaluate_anchor_frame, kitti_principal_point, sample_seed
+                     run_settings: dict | None = None, local_guide: str | None = None
+                   ) -> RunResult:
+    """The sparse-anchor metric protocol over the dataset, one row per (sample, setting);
+    ``local_guide``: what guides the local correction (the sample's RGB image joins it),
+    None for the node's default."""
+    from .anchors_protocol import (DEFAULT_GUIDE, evaluate_anchor_frame, kitti_principal_point,
+                                   sample_seed)
     os.makedirs(output_dir, exist_ok=True)
     space = predictor.space
+    local_guide = local_guide or DEFAULT_GUIDE
     _check_run(output_dir, {'dataset': dataset.name, 'space': space, 'protocol': 'anchors',
                             'seed': seed, 'predictions': predictor.label,
+                            'local_guide': local_guide,
                             'settings': [s.label for s in settings], **(run_settings or {})})
     fields = ['key', 'sample', 'setting', 'status', 'fit_residual', *ANCHOR_COLUMNS,
               *(m for m in METRIC_NAMES if m not in ANCHOR_COLUMNS)]
@@ -218,7 +224,8 @@ def evaluate_anchors(dataset: EvalDataset, predictor, output_dir: str, settings,
             row = evaluate_anchor_frame(relative, sample.depth, sample.valid, s, space,
                                         dataset.min_depth, dataset.max_depth,
                                         sample_seed(sample.name, seed),
-                                        ANCHOR_SENSOR.get(dataset.name, 'lidar'), **camera)
+                                        ANCHOR_SENSOR.get(dataset.name, 'lidar'), **camera,
+                                        image=sample.rgb, local_guide=local_guide)
             table.append({f: row.get(f, '') for f in fields} |
                          {'key': key(sample.name, s), 'sample': sample.name,
                           'setting': s.label})

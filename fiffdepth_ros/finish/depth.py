@@ -42,7 +42,8 @@ def apply_plan_torch(recovery: ScaleRecovery, relative: torch.Tensor, plan: Plan
     """
     depth = apply_fit_torch(relative, plan.scale, plan.shift, plan.space)
     if plan.local is not None:
-        depth, weights, _ = local_correction_torch(depth, *plan.local, recovery.local_options)
+        depth, weights, _ = local_correction_torch(depth, *plan.local, recovery.guided_options,
+                                                   image=plan.image)
         plan.report.local_inliers = int(np.count_nonzero(weights))
     return clip_range_torch(depth, plan.min_depth, plan.max_depth)
 

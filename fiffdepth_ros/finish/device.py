@@ -61,9 +61,10 @@ class DeviceFinisher:
         return lidar_anchors_torch(points, transform, camera, self.device, **options)
 
     @torch.inference_mode()
-    def recover(self, recovery: ScaleRecovery, relative: torch.Tensor, anchors, stamp_s: float
-                ) -> tuple[torch.Tensor, FitReport]:
-        """``recovery.process`` with the dense work on the device."""
+    def recover(self, recovery: ScaleRecovery, relative: torch.Tensor, anchors, stamp_s: float,
+                image=None) -> tuple[torch.Tensor, FitReport]:
+        """``recovery.process`` with the dense work on the device (``image``: the frame's
+        RGB host array guiding the local correction, as there)."""
         width = int(relative.shape[1])
         flat = relative.reshape(-1)
 
@@ -72,7 +73,7 @@ class DeviceFinisher:
                                      + np.asarray(cols, np.int64)).to(self.device)
             return flat[index].cpu().numpy()
 
-        plan = recovery.estimate(tuple(relative.shape), sample, anchors, stamp_s)
+        plan = recovery.estimate(tuple(relative.shape), sample, anchors, stamp_s, image)
         return apply_plan_torch(recovery, relative, plan), plan.report
 
     @torch.inference_mode()

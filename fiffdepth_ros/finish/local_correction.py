@@ -5,7 +5,9 @@ the host, the same code as the CPU path); what touches every pixel runs here, wh
 depth already is: the half-resolution log guide and its extent, the trilinear read of the grid
 (OpenCV's ``remap`` reproduced: exact weights in OpenCV 5, 1/32-pixel steps in 4), the bilinear
 upsampling (``cv2.resize``'s half-pixel rule, as ``F.interpolate`` with ``align_corners=False``)
-and the product with the aligned depth. To the host go the aligned depth at the anchors and two
+and the product with the aligned depth; with an image guide, the half-resolution lightness and the
+composed guide (the image's half-resolution pixels go to the device, its anchors' lightness is
+read on the host). To the host go the aligned depth at the anchors and two
 numbers (the guide's extent); to the device the grid (tens of kB).
 
 The result equals the numpy path's to float32 rounding (torch's and numpy's log differ in the
@@ -19,42 +21,75 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..scale.local_correction import (_SLICE_STEP, LocalCorrectionOptions, _pixel_maps,
-                                      correction_grid)
+from ..scale.local_correction import (_LUMA, _SLICE_STEP, LocalCorrectionOptions, _pixel_maps,
+                                      check_guide_image, correction_grid, lightness_at)
 
 _TAB = 32            # OpenCV 4's INTER_TAB_SIZE: its remap weighs in steps of 1/32
 
 
 @torch.inference_mode()
 def local_correction_torch(aligned: torch.Tensor, rows, cols, depth, weight=None,
-                           options: LocalCorrectionOptions = LocalCorrectionOptions()):
+                           options: LocalCorrectionOptions = LocalCorrectionOptions(),
+                           image=None):
     """(corrected depth tensor, weights, sigma) as ``local_correction`` gives (depth,
     weights, sigma) for the same arguments; ``aligned`` is an HxW float32 tensor (NaN
-    invalid) on any device; rows/cols/depth/weight are host arrays (the anchors)."""
+    invalid) on any device; rows/cols/depth/weight are host arrays (the anchors); ``image``
+    the frame's HxWx3 uint8 RGB host array (its half-resolution pixels go to the device)."""
     aligned = aligned.float()
     h, w = aligned.shape
-    guide = extent = None
+    guide = extent = light = light_at = light_extent = None
     if options.edge_aware:
         guide = torch.log(aligned[::_SLICE_STEP, ::_SLICE_STEP])   # NaN / -inf: invalid
-        sub = guide[::2, ::2]
-        finite = torch.isfinite(sub)
-        inf = torch.tensor(float('inf'), device=sub.device)
-        lo, hi = torch.stack([torch.where(finite, sub, inf).amin(),
-                              torch.where(finite, sub, -inf).amax()]).cpu().tolist()
-        extent = (lo, hi) if lo <= hi else None
+        extent = _extent(guide)
+        if image is not None and options.guide != 'depth':
+            image = check_guide_image(image, (h, w))
+            half = torch.from_numpy(np.ascontiguousarray(image[::_SLICE_STEP, ::_SLICE_STEP]))
+            half = half.to(aligned.device).float()
+            # The numpy path's order of operations (lightness_guide): the same float32 bits.
+            light = half[:, :, 0] * _LUMA[0]
+            light += half[:, :, 1] * _LUMA[1]
+            light += half[:, :, 2] * _LUMA[2]
+            light_extent = _extent(light)
+            light_at = (lambda r, c: lightness_at(image, r, c))
     flat = aligned.reshape(-1)
 
     def sample(r, c):
         index = torch.from_numpy(np.asarray(r, np.int64) * w + np.asarray(c, np.int64))
         return flat[index.to(aligned.device)].cpu().numpy()
 
-    plan = correction_grid((h, w), rows, cols, depth, weight, sample, extent, options)
+    plan = correction_grid((h, w), rows, cols, depth, weight, sample, extent, options,
+                           light_at, light_extent)
     if plan.factor is None:
         return aligned.clone(), plan.weights, np.nan
+    if light is not None:
+        guide = _compose(guide, light, plan.mix)
     factor = torch.from_numpy(plan.factor).to(aligned.device)
     half = _slice_torch(factor, plan.grid, guide)
     up = F.interpolate(half[None, None], size=(h, w), mode='bilinear', align_corners=False)
     return up[0, 0] * aligned, plan.weights, plan.sigma
+
+
+def _extent(guide: torch.Tensor):
+    """``scale.local_correction.guide_range`` of a half-resolution guide tensor."""
+    sub = guide[::2, ::2]
+    finite = torch.isfinite(sub)
+    inf = torch.tensor(float('inf'), device=sub.device)
+    lo, hi = torch.stack([torch.where(finite, sub, inf).amin(),
+                          torch.where(finite, sub, -inf).amax()]).cpu().tolist()
+    return (lo, hi) if lo <= hi else None
+
+
+def _compose(log_depth: torch.Tensor, light: torch.Tensor, mix) -> torch.Tensor:
+    """``scale.local_correction.compose_guide`` in the same float32 operations."""
+    d, c = (np.float32(m) for m in mix)
+    if c == 0 and d == 1:
+        return log_depth
+    out = light * c
+    if d == 1:
+        out += log_depth
+    elif d != 0:
+        out += log_depth * d
+    return out
 
 
 def _slice_torch(factor: torch.Tensor, grid, guide: torch.Tensor | None) -> torch.Tensor:

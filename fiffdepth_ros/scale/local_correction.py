@@ -31,6 +31,19 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    in every judging window (``judge_prior`` anchors at v = 0, never counted as support): where
    bad anchors happen to match the good ones in number locally, it tips the balance.
 
+5. Image guided (``guide``, with the frame's RGB image): where the prediction is weak its depth
+   cannot tell which anchors share a surface; the image's lightness (Rec. 601 luma, 0-1) joins
+   the bilateral axis, which becomes ``mix[0] * log depth + mix[1] * lightness`` (bins of
+   ``range_sigma``; lightness counts ``range_sigma / colour_sigma`` per unit, so one bin is
+   ``colour_sigma`` of lightness). 'depth': (1, 0), the above; 'image': (0, 1); 'both': per
+   frame, after the judging rounds, each of MIX_CANDIDATES (the depth alone, whose field is the
+   last judging round's, and depth + lightness at half weight) has a judging field, and the one
+   that explains the anchors best from their neighbours wins (a leave-mostly-out test: an
+   anchor's own share in a judging field is bounded). Judging
+   itself runs on the depth axis ('image': on the lightness). One axis, not two: the grid, the
+   pyramid and the dense read stay those of the depth guide, at the cost of one composed
+   half-resolution guide image.
+
 Judging rounds run on a grid of four times the cell with nearest-cell splats and scales four
 times apart (neighbourhoods, not detail, matter there: the same accuracy as twice the cell and
 scales twice apart in bench/scale_recovery.py, ~13 % less time). Anchor sets denser than
@@ -45,6 +58,8 @@ import cv2
 import numpy as np
 
 from .fit import evenly_spaced
+
+GUIDES = ('depth', 'image', 'both')
 
 
 @dataclass(frozen=True)
@@ -63,6 +78,9 @@ class LocalCorrectionOptions:
     noise_floor: float = 0.01        # log-ratio noise floor (1 %): no anchor is trusted more
     max_correction: float = 1.0      # |log factor| clip: at most x e either way
     max_anchors_per_cell: float = 4.0  # denser anchor sets are thinned evenly (bounded cost)
+    guide: str = 'depth'             # bilateral guide with an image: 'depth', 'image', 'both'
+    colour_sigma: float = 0.08       # bilateral bin width in image lightness (0-1)
+    mix: tuple | None = None         # 'both': fixed (depth, image) guide weights; None: adapt
 
     def __post_init__(self):
         if int(self.cell) < 1:
@@ -76,6 +94,14 @@ class LocalCorrectionOptions:
             raise ValueError(f'judge_prior must be >= 0, got {self.judge_prior}')
         if not self.max_anchors_per_cell > 0:
             raise ValueError('max_anchors_per_cell must be > 0')
+        if self.guide not in GUIDES:
+            raise ValueError(f"local correction guide must be one of {GUIDES}, got "
+                             f"{self.guide!r}")
+        if not self.colour_sigma > 0:
+            raise ValueError(f'colour_sigma must be > 0, got {self.colour_sigma}')
+        if self.mix is not None and not (len(self.mix) == 2 and min(self.mix) >= 0
+                                         and max(self.mix) > 0):
+            raise ValueError(f'mix must be two weights >= 0, not both 0, got {self.mix!r}')
         if not (self.range_sigma > 0 and self.max_bins >= 2 and self.iterations >= 0):
             raise ValueError('local correction needs range_sigma > 0, max_bins >= 2 and '
                              'iterations >= 0')
@@ -365,30 +391,103 @@ class CorrectionGrid:
     reading it at every pixel (``_slice`` here, ``finish.local_correction`` on a device).
 
     ``factor``: exp of the clipped log field, (gh, gw, bins) float32 (bins 1 without the
-    bilateral axis); None when no anchor was usable (the depth stays as it is)."""
+    bilateral axis); None when no anchor was usable (the depth stays as it is). ``mix``: the
+    bilateral guide is ``mix[0] * log(aligned) + mix[1] * lightness`` (``compose_guide``)."""
 
     factor: np.ndarray | None
     grid: '_Grid | None'
     weights: np.ndarray       # as LocalCorrection.weights
     sigma: float
+    mix: tuple = (1.0, 0.0)
 
 
 def guide_range(guide: np.ndarray):
-    """(lo, hi) of the finite values of a subsample of the half-resolution log guide, or None:
-    the bilateral axis's extent (nanmin over every pixel costs more than the whole slice;
-    pixels beyond it fall into the end bins)."""
+    """(lo, hi) of the finite values of a subsample of a half-resolution guide (log depth or
+    lightness), or None: the bilateral axis's extent (nanmin over every pixel costs more than
+    the whole slice; pixels beyond it fall into the end bins)."""
     sub = guide[::2, ::2]
     sub = sub[np.isfinite(sub)]
     return (float(sub.min()), float(sub.max())) if sub.size else None
 
 
+def _mix_for(options: LocalCorrectionOptions) -> tuple[float, float]:
+    """(depth, image) weights of the bilateral guide, the image's in log-depth units: 'image'
+    alone, or 'both' with a fixed ``mix`` (or unjudged anchors: equal weights); 'both'
+    otherwise chooses per frame (_choose_mix)."""
+    k = options.range_sigma / options.colour_sigma
+    if options.guide == 'image':
+        return 0.0, k
+    if options.mix is not None:
+        return float(options.mix[0]), float(options.mix[1]) * k
+    return 1.0, k
+
+
+# 'both': the (depth, image) mixes tried, the image's weight in units of colour_sigma.
+# (1, 1) and (0.5, 1) were tried too and never chosen on the benchmark's frames
+# (bench/scale_recovery.py --only guide): two candidates, half the cost.
+MIX_CANDIDATES = ((1.0, 0.0), (1.0, 0.5))
+
+
+_CHOOSE_ANCHORS = 1024   # 'both' scores the candidate mixes on at most this many anchors
+
+
+def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_extent,
+                depth_field=None):
+    """The guide that best explains the anchors from their neighbours, (mix, axis, bins).
+
+    Each candidate mix's judging field (exclusive: an anchor's own share in it is bounded by
+    ~1/outlier_support, see _multiscale) is read at the anchors; the mix with the lowest
+    inlier-weighted mean |residual| wins, the first (the depth alone) on ties. A prediction
+    that separates the surfaces keeps its own edges; a poor one leans on the image. Dense sets
+    are scored on an even subset (``_CHOOSE_ANCHORS``): a choice, not a field.
+    ``depth_field``: the last judging round's field at the anchors (the depth guide's judging
+    field), which stands for the first candidate instead of a build of its own."""
+    k = options.range_sigma / options.colour_sigma
+    sub = evenly_spaced(len(v), _CHOOSE_ANCHORS)
+    srows, scols, sv, su, sga, sla = (x[sub] for x in (rows, cols, v, u, ga, la))
+    best = None
+    for md, mc in MIX_CANDIDATES:
+        mix = (md, mc * k)
+        if mix == (1.0, 0.0) and depth_field is not None:
+            field = depth_field[sub]
+        else:
+            axis, bins = _axis_for(options, shape[1], mix, sga, sla, depth_extent,
+                                   light_extent)
+            judge = _Fields(shape, options, _JUDGE_CELLS * options.cell, srows, scols, axis,
+                            bins, nearest=True, ratio=_JUDGE_RATIO)
+            field = judge.sample(judge.build(sv, su, options.outlier_support, True,
+                                             options.judge_prior))
+        err = float(np.dot(su, np.abs(sv - field)))
+        if best is None or err < best[0]:
+            best = (err, mix)
+    mix = best[1]
+    return (mix, *_axis_for(options, shape[1], mix, ga, la, depth_extent, light_extent))
+
+
+def _axis_for(options, w, mix, ga, la, depth_extent, light_extent):
+    """The bilateral axis over the composed guide and the anchors' places on it."""
+    g = ga * mix[0] if mix[1] == 0 else (la * mix[1] if mix[0] == 0
+                                          else ga * mix[0] + la * mix[1])
+    lo, hi = float(g.min()), float(g.max())
+    ext = None
+    parts = [(mix[0], depth_extent), (mix[1], light_extent)]
+    if all(m == 0 or e is not None for m, e in parts):
+        ext = (sum(m * e[0] for m, e in parts if m), sum(m * e[1] for m, e in parts if m))
+    if ext is not None:
+        lo, hi = min(ext[0], lo), max(ext[1], hi)
+    axis = _RangeAxis(lo, hi, options, -(-w // options.cell))
+    return axis, axis.locate(g)
+
+
 def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
-                    options: LocalCorrectionOptions = LocalCorrectionOptions()
-                    ) -> CorrectionGrid:
+                    options: LocalCorrectionOptions = LocalCorrectionOptions(),
+                    lightness=None, lightness_extent=None) -> CorrectionGrid:
     """The coarse grid of ``local_correction`` from the anchors: ``sample(rows, cols)`` reads
     the aligned depth at anchor pixels (float32 values; a numpy array or a device tensor
     behind it), ``guide_extent`` is ``guide_range`` of the half-resolution log guide (only
-    read with ``options.edge_aware``)."""
+    read with ``options.edge_aware``). ``lightness(rows, cols)``: the image's lightness at
+    anchor pixels (``image_lightness``), None without an image (the guide is then the depth,
+    whatever ``options.guide``); ``lightness_extent``: its ``guide_range``."""
     h, w = shape
     rows = np.asarray(rows, np.int64)
     cols = np.asarray(cols, np.int64)
@@ -409,14 +508,16 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
     wv = np.broadcast_to(1.0 / (log_var + options.noise_floor ** 2), v.shape).copy()
     wv /= wv.mean()
 
-    axis = anchor_bins = None
+    guide = options.guide if (lightness is not None and options.edge_aware) else 'depth'
+    axis = anchor_bins = la = None
+    ga = np.log(a)
+    if guide != 'depth':
+        la = np.asarray(lightness(rows, cols), np.float32).astype(np.float64)
+    # Judging on the predicted surfaces (the image alone for guide 'image').
+    judge_mix = _mix_for(options) if guide == 'image' else (1.0, 0.0)
     if options.edge_aware:
-        ga = np.log(a)
-        lo, hi = float(ga.min()), float(ga.max())
-        if guide_extent is not None:
-            lo, hi = min(guide_extent[0], lo), max(guide_extent[1], hi)
-        axis = _RangeAxis(lo, hi, options, -(-w // options.cell))
-        anchor_bins = axis.locate(ga)
+        axis, anchor_bins = _axis_for(options, w, judge_mix, ga, la, guide_extent,
+                                      lightness_extent)
     u = np.ones(len(v))
     sigma = np.nan
     judged = options.iterations > 0 and len(v) > 1
@@ -447,6 +548,16 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
         spread = np.abs(e[u > 0])
         sigma = 1.4826 * float(np.median(spread[::max(len(spread) // 2048, 1)]))
 
+    mix = judge_mix
+    if guide == 'both':
+        if options.mix is not None or not judged:
+            mix = _mix_for(options)
+            axis, anchor_bins = _axis_for(options, w, mix, ga, la, guide_extent,
+                                          lightness_extent)
+        else:
+            mix, axis, anchor_bins = _choose_mix(options, (h, w), rows, cols, v, u, ga, la,
+                                                 guide_extent, lightness_extent,
+                                                 judge.sample(state))
     # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
     # would keep, at a quarter of the cost.
     dense = len(v) >= _cells((h, w), options)
@@ -459,7 +570,7 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
     factor = np.maximum(field, -limit)
     np.minimum(factor, limit, out=factor)
     weights[used] = u
-    return CorrectionGrid(np.exp(factor, out=factor), fields.grid, weights, sigma)
+    return CorrectionGrid(np.exp(factor, out=factor), fields.grid, weights, sigma, mix)
 
 
 def log_guide(aligned: np.ndarray) -> np.ndarray:
@@ -472,21 +583,97 @@ def log_guide(aligned: np.ndarray) -> np.ndarray:
     return guide
 
 
+class GuideImageError(ValueError):
+    """An image that cannot guide the local correction (size, channels, type)."""
+
+
+# Rec. 601 luma weights, scaled to [0, 1] lightness from 8-bit RGB.
+_LUMA = tuple(np.float32(c / 255.0) for c in (0.299, 0.587, 0.114))
+
+
+def check_guide_image(image, shape) -> np.ndarray:
+    """``image`` as an HxWx3 uint8 RGB array of the depth's ``shape``, or GuideImageError."""
+    if image is None:
+        raise GuideImageError('no image given')
+    arr = np.asarray(image)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise GuideImageError(f'the guide image must be colour (HxWx3 RGB), got shape '
+                              f'{arr.shape}')
+    if arr.dtype != np.uint8:
+        raise GuideImageError(f'the guide image must be 8-bit RGB, got dtype {arr.dtype}')
+    if arr.shape[:2] != tuple(shape):
+        raise GuideImageError(f'the guide image is {arr.shape[1]}x{arr.shape[0]} but the depth '
+                              f'is {shape[1]}x{shape[0]}: they must be the same size')
+    return arr
+
+
+def lightness_at(image: np.ndarray, rows, cols) -> np.ndarray:
+    """The image's lightness (Rec. 601 luma, 0-1, float32) at the given pixels."""
+    px = image[rows, cols].astype(np.float32)
+    return px[:, 0] * _LUMA[0] + px[:, 1] * _LUMA[1] + px[:, 2] * _LUMA[2]
+
+
+def lightness_guide(image: np.ndarray) -> np.ndarray:
+    """The image's lightness at half resolution (the pixels ``log_guide`` reads)."""
+    half = image[::_SLICE_STEP, ::_SLICE_STEP]
+    out = _WORK.get('light', half.shape[:2], np.float32)
+    tmp = _WORK.get('light_tmp', half.shape[:2], np.float32)
+    np.multiply(half[:, :, 0], _LUMA[0], out=out)
+    out += np.multiply(half[:, :, 1], _LUMA[1], out=tmp)
+    out += np.multiply(half[:, :, 2], _LUMA[2], out=tmp)
+    return out
+
+
+def lightness_range(image: np.ndarray):
+    """``guide_range(lightness_guide(image))`` without the half-resolution image (the same
+    pixels, the same float32 operations): its extent, before the guide is known to need it."""
+    q = image[::2 * _SLICE_STEP, ::2 * _SLICE_STEP]
+    light = np.multiply(q[:, :, 0], _LUMA[0], dtype=np.float32)
+    light += np.multiply(q[:, :, 1], _LUMA[1], dtype=np.float32)
+    light += np.multiply(q[:, :, 2], _LUMA[2], dtype=np.float32)
+    return float(light.min()), float(light.max())
+
+
+def compose_guide(log_depth, light, mix) -> np.ndarray:
+    """The bilateral guide at half resolution: ``mix[0] * log_depth + mix[1] * light``
+    (the log depth itself for (1, 0), today's guide)."""
+    d, c = (np.float32(m) for m in mix)
+    if c == 0 and d == 1:
+        return log_depth
+    out = _WORK.get('composed', log_depth.shape, np.float32)
+    np.multiply(light, c, out=out)
+    if d == 1:
+        out += log_depth       # invalid depth stays invalid (NaN / -inf), as the depth guide
+    elif d != 0:
+        out += log_depth * d
+    return out
+
+
 def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
-                     options: LocalCorrectionOptions = LocalCorrectionOptions()
-                     ) -> LocalCorrection:
+                     options: LocalCorrectionOptions = LocalCorrectionOptions(),
+                     image=None) -> LocalCorrection:
     """Locally corrected depth (HxW float32, a new array) that honours the anchors.
 
     ``aligned``: globally fitted metric depth, float32 (NaN where invalid). ``weight``: the
-    anchors' inverse depth variance (1/m^2), None for equal noise.
+    anchors' inverse depth variance (1/m^2), None for equal noise. ``image``: the frame's
+    HxWx3 uint8 RGB image (``check_guide_image``), which joins the guide as
+    ``options.guide`` says; None: the depth guides alone.
     """
     aligned = np.asarray(aligned, np.float32)
     h, w = aligned.shape
     guide = log_guide(aligned) if options.edge_aware else None
+    light_at = light_extent = None
+    if image is not None and options.edge_aware and options.guide != 'depth':
+        image = check_guide_image(image, (h, w))
+        light_extent = lightness_range(image)
+        light_at = (lambda r, c: lightness_at(image, r, c))
     plan = correction_grid((h, w), rows, cols, depth, weight, lambda r, c: aligned[r, c],
-                           guide_range(guide) if guide is not None else None, options)
+                           guide_range(guide) if guide is not None else None, options,
+                           light_at, light_extent)
     if plan.factor is None:
         return LocalCorrection(aligned.copy(), plan.weights, np.nan)
+    if guide is not None and plan.mix[1] != 0:          # the image is in the chosen guide
+        guide = compose_guide(guide, lightness_guide(image), plan.mix)
     factor = _slice(plan.factor, plan.grid, guide)
     corrected = cv2.resize(factor, (w, h), interpolation=cv2.INTER_LINEAR)
     corrected *= aligned

@@ -16,13 +16,13 @@ stop coming or no fit is usable, the last estimate is held for a while ('held'),
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from .anchors import Anchors
 from .fit import SPACES, FitOptions, apply_fit, fit_scale_shift
-from .local_correction import LocalCorrectionOptions, local_correction
+from .local_correction import GUIDES, LocalCorrectionOptions, check_guide_image, local_correction
 from .temporal import Measurement, TemporalFilter, TemporalOptions
 
 STATUSES = ('fitted', 'scale-only', 'held', 'none')
@@ -54,6 +54,8 @@ def _finite(name, value, low=None, high=None, low_open=False):
 class ScaleRecoveryConfig:
     fit_space: str = 'depth'          # 'depth' (FiffDepth) or 'inverse' (disparity models)
     local_correction: bool = True     # dense local correction after the global fit
+    local_guide: str = 'both'         # what guides it when the frame's image is given:
+    #                                   'depth', 'image' or 'both' (see local_correction)
     responsiveness: float = 0.3       # temporal filter gain per frame, (0, 1]; 1 = no smoothing
     min_depth: float = 0.1            # metres: closer output is NaN; closer anchors ignored
     max_depth: float = 20.0           # metres: farther output is NaN; farther anchors ignored
@@ -75,6 +77,8 @@ class ScaleRecoveryConfig:
         if not isinstance(self.local_correction, (bool, np.bool_)):
             raise ConfigError(f'local_correction must be true or false, got '
                               f'{self.local_correction!r}')
+        if self.local_guide not in GUIDES:
+            raise ConfigError(f"local_guide must be one of {GUIDES}, got {self.local_guide!r}")
         r = _finite('responsiveness', self.responsiveness, 0.0, 1.0, low_open=True)
         lo = _finite('min_depth', self.min_depth, 0.0)
         hi = _finite('max_depth', self.max_depth, 0.0, low_open=True)
@@ -162,19 +166,34 @@ class ScaleRecovery:
         self._state = _State(filter=TemporalFilter(self._config.temporal_options()))
 
     # ------------------------------------------------------------------ per frame
-    def process(self, relative, anchors: Anchors | None, stamp_s: float
+    def process(self, relative, anchors: Anchors | None, stamp_s: float, image=None
                 ) -> tuple[np.ndarray, FitReport]:
+        """Metric depth and report of one frame; ``image``: the frame's HxWx3 uint8 RGB
+        image, which guides the local correction as ``local_guide`` says (None: the depth
+        alone; a wrong one raises GuideImageError, see ``guide_image``)."""
         rel = _relative(relative)
-        plan = self.estimate(rel.shape, lambda rows, cols: rel[rows, cols], anchors, stamp_s)
+        plan = self.estimate(rel.shape, lambda rows, cols: rel[rows, cols], anchors, stamp_s,
+                             image)
         return self.apply(rel, plan), plan.report
 
-    def estimate(self, shape, sample, anchors: Anchors | None, stamp_s: float) -> 'Plan':
+    def guide_image(self, image, shape):
+        """``image`` checked for guiding the local correction of a ``shape`` frame: the
+        array, or None where it would not be read (no image, local correction off, guide
+        'depth'). Raises GuideImageError (a ValueError) for a wrong size, grey or 16-bit."""
+        cfg = self._config
+        if image is None or not cfg.local_correction or cfg.local_guide == 'depth':
+            return None
+        return check_guide_image(image, tuple(shape))
+
+    def estimate(self, shape, sample, anchors: Anchors | None, stamp_s: float, image=None
+                 ) -> 'Plan':
         """The mapping of this frame from its anchors (fit, temporal filter), without touching
         the dense image: ``sample(rows, cols)`` reads the relative depth at anchor pixels (a
         numpy array or a tensor on the model's device, see fiffdepth_ros.finish)."""
         cfg = self._config
         if len(shape) != 2 or shape[0] < 1 or shape[1] < 1:
             raise RecoveryInputError(f'relative depth must be an HxW array, got shape {shape}')
+        image = self.guide_image(image, shape)
         stamp = float(stamp_s)
         if not math.isfinite(stamp):
             raise RecoveryInputError(f'stamp must be finite seconds, got {stamp_s!r}')
@@ -231,7 +250,7 @@ class ScaleRecovery:
         local = (rows, cols, z, w) if (cfg.local_correction and measurement is not None
                                        and len(z)) else None
         return Plan(report, out.scale, out.shift, cfg.fit_space, cfg.min_depth, cfg.max_depth,
-                    local)
+                    local, image if local is not None else None)
 
     def apply(self, rel: np.ndarray, plan: 'Plan') -> np.ndarray:
         """Metric depth (float32 HxW, NaN invalid) of ``rel`` under ``plan``."""
@@ -241,8 +260,16 @@ class ScaleRecovery:
         _clip_range(depth, plan.min_depth, plan.max_depth)
         return depth
 
+    @property
+    def guided_options(self) -> LocalCorrectionOptions:
+        """The local correction's options with the configured guide."""
+        opts = self.local_options
+        if opts.guide != self._config.local_guide:
+            opts = replace(opts, guide=self._config.local_guide)
+        return opts
+
     def correct_locally(self, depth: np.ndarray, plan: 'Plan') -> np.ndarray:
-        local = local_correction(depth, *plan.local, self.local_options)
+        local = local_correction(depth, *plan.local, self.guided_options, image=plan.image)
         plan.report.local_inliers = int(np.count_nonzero(local.weights))
         return local.depth
 
@@ -259,7 +286,8 @@ class ScaleRecovery:
 class Plan:
     """What a frame's dense depth is: ``apply_fit(relative, scale, shift, space)``, locally
     corrected with the ``local`` anchors (rows, cols, z, weight) unless None, NaN outside
-    [min_depth, max_depth]. ``report`` is the frame's fit report."""
+    [min_depth, max_depth]. ``report`` is the frame's fit report; ``image`` the checked RGB
+    image that guides the local correction (None: the depth alone)."""
 
     report: FitReport
     scale: float
@@ -268,6 +296,7 @@ class Plan:
     min_depth: float
     max_depth: float
     local: tuple | None = None
+    image: np.ndarray | None = None
 
 
 def _relative(relative) -> np.ndarray:
