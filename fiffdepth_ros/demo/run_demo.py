@@ -26,13 +26,15 @@ from .accuracy import DEMO_FRAMES, DEMO_RATE_HZ, metric_errors, room_node_params
 TINY_NOTE = ('NOTE: no --model given, so this demonstration uses a tiny randomly initialised '
              'model that it builds itself: its relative depth is NOT meaningful. The metric depth '
              'you see comes from the LiDAR anchors (global fit + local correction). --model nano '
-             'runs the built-in FiffDepth-nano (which does not generalise to this room yet); '
+             'runs the built-in FiffDepth-nano (not yet good enough on this room for the scale '
+             'fit); '
              'pass --model with real weights for real predictions.')
 NANO_NOTE = ('NOTE: the model is the built-in FiffDepth-nano (model: nano), trained by this '
              'package on procedural scenes only, for demonstrations and tests, not a model for a '
-             'robot. It does not generalise to this room yet (its depth is uncorrelated with the '
-             "room's), so the node refuses the scale fit and withholds the metric outputs rather "
-             'than publish wrong metres. Pass --model with real '
+             'robot. On this room (a scene generator it never saw) its relative depth beats a '
+             'planar prior but the LiDAR anchors still disagree with it, so the node refuses the '
+             'scale fit and withholds the metric outputs rather than publish wrong metres. Pass '
+             '--model with real '
              'weights (a folder or hub id of any supported family) for real predictions.')
 
 
