@@ -17,6 +17,8 @@
     AbsRel / delta1 after the same least-squares alignment, full vs light vs each half light:
     held-out procedural frames (bench/nano_quality.py's seeds, both domains, native 128x96) and
     the demo's synthetic room (12 frames, processing_res 256); and ms per 640x480 frame at 256.
+(d) One distillation step at SD2 size (the stage's own loss): CPU seconds, FLOPs, activation
+    memory of the light parts, from which the README sizes a GPU run (not measured on a GPU).
 Every number is measured when it runs; the load average is printed beside the timings.
 """
 from __future__ import annotations
@@ -57,8 +59,16 @@ def flops(fn) -> float:
     return counter.get_total_flops() / 1e12
 
 
-def sd2_parts():
+def sd2_parts(meta: bool = False):
+    """SD2-size UNet, VAE, empty-prompt embedding and TAESD-width light parts; on the meta
+    device (shapes only: FLOPs are counted without computing) or with random CPU weights."""
     from fiffdepth_ros.model.light import LightDecoder, LightEncoder
+    if meta:
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from fiffdepth_ros.model.tiny import SD2_TEXT_DIM, SD2_UNET, SD2_VAE
+        with torch.device('meta'):
+            return (UNet2DConditionModel(**SD2_UNET), AutoencoderKL(**SD2_VAE),
+                    torch.zeros(1, 2, SD2_TEXT_DIM), LightEncoder(), LightDecoder())
     from fiffdepth_ros.model.tiny import build_sd2_modules
     unet, vae, embedding = build_sd2_modules(0, 'fiffdepth')
     torch.manual_seed(0)
@@ -66,9 +76,9 @@ def sd2_parts():
 
 
 def cost(args) -> dict:
-    unet, vae, embedding, light_enc, light_dec = sd2_parts()
-    x = torch.randn(1, 3, 480, 640)
-    z = torch.randn(1, 4, 60, 80)
+    unet, vae, embedding, light_enc, light_dec = sd2_parts(meta=True)
+    x = torch.zeros(1, 3, 480, 640, device='meta')
+    z = torch.zeros(1, 4, 60, 80, device='meta')
     t = {'vae_encoder': flops(lambda: stages.encode_image(vae, x, 0.18215)),
          'unet': flops(lambda: stages.unet_pass(unet, z, 0, embedding)),
          'vae_decoder': flops(lambda: stages.decode_latent(vae, z, 0.18215)),
@@ -89,6 +99,7 @@ def cost(args) -> dict:
         print(f'    whole frame {name:14s} {value:.3f} TFLOPs  {frame["full"] / value:.2f}x '
               f'fewer than full')
     # (b) CPU time per frame at 256 through the engine.
+    unet, vae, embedding, light_enc, light_dec = sd2_parts()
     from fiffdepth_ros.model.estimator import DepthEstimator
     from fiffdepth_ros.model.families import make_family
     from fiffdepth_ros.model.families.base import CheckpointInfo
@@ -113,8 +124,53 @@ def cost(args) -> dict:
     for name, (median, p10, p90) in ms.items():
         print(f'    {name:6s} {median:8.0f} ms  ({p10:.0f}-{p90:.0f})  '
               f'{ms["full"][0] / median:.2f}x')
+    step = distil_step(args, full, light_enc, light_dec)
     return {'flops_tflops': t, 'frame_tflops': frame, 'params': params,
-            'cpu_ms_256': {k: v[0] for k, v in ms.items()}, 'threads': args.threads}
+            'cpu_ms_256': {k: v[0] for k, v in ms.items()}, 'threads': args.threads,
+            'distil_step': step}
+
+
+def distil_step(args, teacher, light_enc, light_dec) -> dict:
+    """(d) One distillation step at SD2 size through the stage's own loss: the teacher (full
+    VAE + UNet) forward, the light parts forward and backward, on one --step-res square image;
+    CPU seconds, FLOPs (counted on the same call) and the activations autograd keeps."""
+    import contextlib
+    import types
+    from fiffdepth_ros.training.stages.light_autoencoder import LightAutoencoderStage, LightPair
+    pair = LightPair(light_dec, light_enc).train().requires_grad_(True)
+    trainer = types.SimpleNamespace(
+        teacher=teacher, light=pair, cfg={'method': {'light_autoencoder': {'gm_scales': 3}}},
+        light_weights={'depth': 1.0, 'gradient': 0.5, 'latent': 1.0},
+        accelerator=types.SimpleNamespace(device=torch.device('cpu'),
+                                          autocast=contextlib.nullcontext))
+    res = args.step_res
+    batch = {'real': {'rgb': torch.rand(1, 3, res, res) * 2 - 1}}
+    stage = LightAutoencoderStage()
+
+    def run():
+        pair.zero_grad(set_to_none=True)
+        stage.loss(trainer, batch)['loss'].backward()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(
+            lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
+        run()
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        run()
+    before = load()
+    seconds = [0.0] * args.step_repeats
+    for i in range(args.step_repeats):
+        t0 = time.perf_counter()
+        run()
+        seconds[i] = time.perf_counter() - t0
+    step_s = float(np.median(seconds))
+    tflops = counter.get_total_flops() / 1e12
+    print(f'(d) one distillation step, SD2 size, 1 image {res}x{res}, fp32 CPU, '
+          f'{args.threads} thread(s): {step_s:.1f} s (median of {args.step_repeats}; load '
+          f'average {before} before, {load()} after), {tflops:.3f} TFLOPs (teacher forward + '
+          f'light parts forward and backward), autograd keeps {sum(saved) / 2**20:.0f} MiB of '
+          f'activations for the light parts')
+    return {'res': res, 'seconds': step_s, 'tflops': tflops, 'saved_mib': sum(saved) / 2**20}
 
 
 # ---------------------------------------------------------------------- accuracy
@@ -138,18 +194,24 @@ def distil(args, model_copy: Path) -> dict:
                f'model.init={model_copy}', 'method.light_autoencoder.install=true',
                f'data.root={data}', f'data.split_root={data}', f'output_dir={run}',
                f'train.max_steps={args.steps}', f'train.lr_schedule.total_steps={args.steps}',
-               'train.progress_bar=false', 'data.num_workers=0']
+               'train.progress_bar=false', 'data.num_workers=0',
+               f'train.checkpoint_every={max(1, args.steps // 4)}']
+    import resource
     before, t0 = load(), time.time()
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(command, env=env, capture_output=True, text=True)
     seconds = time.time() - t0
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     if out.returncode != 0:
         sys.exit(f'distillation failed:\n{out.stderr[-3000:]}')
     record = json.loads((model_copy / 'light_decoder' / 'distillation.json').read_text())
     print(f'    distilled {args.steps} steps x {record["train"]["batch_size_real"]} images in '
-          f'{seconds / 60:.1f} min (1 torch thread; load average {before} before, {load()} '
-          f'after); last log {json.dumps(record["last_log"])}')
-    return {'seconds': seconds, 'steps': args.steps, 'load_before': before, 'load_after': load(),
-            'validation': record['validation']}
+          f'{seconds / 60:.1f} min wall, {cpu / 60:.1f} min of CPU time (1 torch thread; the '
+          f'CPU time is what the run costs on this CPU when it has a core to itself; load '
+          f'average {before} before, {load()} after); last log {json.dumps(record["last_log"])}')
+    return {'seconds': seconds, 'cpu_seconds': cpu, 'steps': args.steps, 'load_before': before,
+            'load_after': load(), 'validation': record['validation']}
 
 
 def accuracy(args) -> dict:
@@ -217,7 +279,7 @@ def main(argv=None) -> int:
     ap.add_argument('--model', default='nano', help="model for (c): 'nano' or a folder")
     ap.add_argument('--work', type=Path, default=Path('/tmp/fiffdepth_light_bench'),
                     help='the model copy, distillation data and run (reused when present)')
-    ap.add_argument('--steps', type=int, default=800, help='distillation steps (c)')
+    ap.add_argument('--steps', type=int, default=400, help='distillation steps (c)')
     ap.add_argument('--distil-frames', type=int, default=1000,
                     help='procedural distillation frames per domain (c)')
     ap.add_argument('--frames', type=int, default=200, help='held-out frames per domain (c)')
@@ -225,6 +287,8 @@ def main(argv=None) -> int:
     ap.add_argument('--speed-frames', type=int, default=20)
     ap.add_argument('--repeats', type=int, default=3, help='SD2-size frames per variant (b)')
     ap.add_argument('--threads', type=int, default=1, help='torch threads for timings')
+    ap.add_argument('--step-res', type=int, default=256, help='image side of the step (d)')
+    ap.add_argument('--step-repeats', type=int, default=2, help='timed steps (d)')
     ap.add_argument('--no-cost', action='store_true', help='skip (a) and (b)')
     ap.add_argument('--no-accuracy', action='store_true', help='skip (c)')
     ap.add_argument('--json', type=Path)
