@@ -194,7 +194,9 @@ class DepthEstimator:
         """A light part (model.light): cast, move, eval, channels_last (no attention)."""
         if module is None:
             return None
-        module = module.to(self.device, self.dtype).eval().requires_grad_(False)
+        if next(module.parameters()).dtype != self.dtype:
+            module = module.to(self.dtype)
+        module = module.to(self.device).eval().requires_grad_(False)
         return module.to(memory_format=torch.channels_last)
 
     def _prepare_vae(self, vae):
@@ -255,9 +257,9 @@ class DepthEstimator:
         from .checkpoint import FP16, load_unet_and_vae, resolve_checkpoint
         from .families import make_family, read_info
         from .light import load_light_parts, wanted_parts
-        light = wanted_parts(autoencoder)
         from .prompt_cache import load_empty_embedding
         dtype = resolve_dtype(precision, resolve_device(device))   # bad arguments fail first
+        light = wanted_parts(autoencoder)                          # (encoder, decoder) light?
         if model_family not in FAMILY_CHOICES:
             raise ValueError(f"unknown model_family '{model_family}': expected one of "
                              f"{', '.join(FAMILY_CHOICES)}")

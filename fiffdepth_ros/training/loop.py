@@ -2,7 +2,8 @@
 gradient accumulation), exact checkpoints, TensorBoard logs, validation, export.
 
 What is trained, its loss, validation and export come from the configuration's ``stage``
-(training/stages/: autoencoder, generator, fiffdepth); this loop is the same for all of them.
+(training/stages/: autoencoder, generator, fiffdepth, light_autoencoder); this loop is the same
+for all of them.
 
 Run through ``fiffdepth-train`` (or ``accelerate launch -m fiffdepth_ros.cli.train``). Everything
 that can be wrong with the data or the initial checkpoint is checked before the models load.
