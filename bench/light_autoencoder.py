@@ -237,7 +237,7 @@ def accuracy(args) -> dict:
     room_frames = [(f.rgb, f.depth, f.depth > 0) for f in room_stream(room)[1:]]
     cache = str(args.work / 'cache')
     rows, speed = {}, {}
-    for variant in VARIANTS:
+    for variant in args.variants.split(','):
         native = DepthEstimator.from_pretrained(str(model_copy), device='cpu', precision='fp32',
                                                 processing_res=0, cache_dir=cache,
                                                 autoencoder=variant)
@@ -284,6 +284,8 @@ def main(argv=None) -> int:
                     help='procedural distillation frames per domain (c)')
     ap.add_argument('--frames', type=int, default=200, help='held-out frames per domain (c)')
     ap.add_argument('--seed-offset', type=int, default=10000)
+    ap.add_argument('--variants', default=','.join(VARIANTS),
+                    help='autoencoder variants compared in (c); full first')
     ap.add_argument('--speed-frames', type=int, default=20)
     ap.add_argument('--repeats', type=int, default=3, help='SD2-size frames per variant (b)')
     ap.add_argument('--threads', type=int, default=1, help='torch threads for timings')

@@ -217,7 +217,7 @@ class LightAutoencoderStage(Stage):
                 'gradient_accumulation_steps', 'seed', 'optimizer', 'lr_schedule')},
             'method': options(trainer.cfg),
             'latent_stats': trainer.latent_stats,
-            'seconds': round(time.time() - trainer.started, 1),
+            'process_seconds': round(time.time() - trainer.started, 1),   # this process's run
             'last_log': next((h for h in reversed(trainer.history) if 'loss/loss' in h), {}),
             'validation': next((h for h in reversed(trainer.history)
                                 if any(k.startswith('val/') for k in h)), {}),
