@@ -39,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'bench'))
 
-from nano_quality import aligned_metrics, held_out, median_ms  # noqa: E402
+from nano_quality import aligned_metrics, held_out  # noqa: E402
 from timing import interleaved_ms  # noqa: E402
 
 from fiffdepth_ros.model import stages  # noqa: E402
