@@ -108,6 +108,16 @@ _SPECS = (
               read_only=True),
     ParamSpec('compile', False, 'torch.compile the UNet and VAE (slow first frame)',
               read_only=True),
+    ParamSpec('autoencoder', 'full', "which autoencoder runs: 'full' (the model's VAE), 'light' "
+              "(the model folder's distilled light_encoder/ and light_decoder/: about 4x fewer "
+              "FLOPs per frame at SD2 size; made by fiffdepth-train stage light_autoencoder), "
+              "'light_encoder' or 'light_decoder' (one half light, the other the VAE's); "
+              'FiffDepth, E2E-FT and Lotus-D', read_only=True,
+              choices=('full', 'light', 'light_encoder', 'light_decoder')),
+    ParamSpec('light_path', '', 'where the light parts are read from when autoencoder is not '
+              "'full': empty = the model folder; else a folder with light_encoder/ and "
+              'light_decoder/, or a downloaded TAESD (diffusers AutoencoderTiny folder)',
+              read_only=True),
     ParamSpec('overlap_stages', 'auto', "'on': finish and publish a frame on a second thread "
               "while the model works on the next one; 'off': one thread does everything in "
               "turn; 'auto': 'on' when the model runs on CUDA (on a CPU both stages compete for "

@@ -72,6 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('--precision', choices=('auto', 'fp16', 'fp32'))
     ap.add_argument('--processing-res', type=int, metavar='PX',
                     help='longer image side seen by the model (0 = native)')
+    ap.add_argument('--autoencoder', choices=P.SPECS['autoencoder'].choices,
+                    help="parameter 'autoencoder': full (the model's VAE), light (the model "
+                    "folder's distilled light parts), light_encoder or light_decoder")
+    ap.add_argument('--light-path', metavar='DIR',
+                    help="parameter 'light_path': light parts from DIR (or a TAESD folder)")
     ap.add_argument('--publish-relative', action=argparse.BooleanOptionalAction, default=None,
                     help="also write '<ns>/depth/relative' (raw model output)")
     ap.add_argument('--publish-colorized', action=argparse.BooleanOptionalAction, default=None,
@@ -142,6 +147,7 @@ def resolve_params(args, warn=print) -> dict[str, Any]:
         values[name] = value
     flags = {'model': args.model, 'device': args.device, 'precision': args.precision,
              'processing_res': args.processing_res, 'publish_relative': args.publish_relative,
+             'autoencoder': args.autoencoder, 'light_path': args.light_path,
              'publish_colorized': args.publish_colorized}
     values.update({k: v for k, v in flags.items() if v is not None})
     if args.lidar_topic:

@@ -6,6 +6,7 @@
                    [--protocol relative|anchors] [--anchors 100,500,1000|lines16]
                    [--anchor-local on|off|both] [--pictures K]
                    [--model-family auto|fiffdepth|e2e_ft|lotus_d|lotus_d_disparity|marigold]
+                   [--autoencoder full|light|light_encoder|light_decoder] [--light-path DIR]
 
 --data: the folder of the protocol's tars (e.g. BASE/nyuv2/nyu_labeled_extracted.tar), the tar
 itself, or an extracted copy. --split: the protocol's split list (default: looked for next to the
@@ -71,6 +72,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--device', default='auto')
     p.add_argument('--precision', default='auto', choices=('auto', 'fp16', 'fp32'))
     p.add_argument('--no-progress', action='store_true')
+    from .predict import add_autoencoder_arguments
+    add_autoencoder_arguments(p)
     return p
 
 
@@ -98,12 +101,13 @@ def main(argv=None) -> int:
             estimator = DepthEstimator.from_pretrained(
                 args.model, device=args.device, precision=args.precision, processing_res=res,
                 model_family=args.model_family, denoising_steps=args.denoising_steps,
-                ensemble_size=args.ensemble_size)
+                ensemble_size=args.ensemble_size, autoencoder=args.autoencoder,
+                light_path=args.light_path)
             predictor = ModelPredictor(estimator, os.path.join(output, 'prediction'))
             settings = {'processing_res': res, 'precision': args.precision,
                         'family': getattr(estimator, 'family', args.model_family),
                         'denoising_steps': args.denoising_steps,
-                        'ensemble_size': args.ensemble_size}
+                        'ensemble_size': args.ensemble_size, 'autoencoder': args.autoencoder}
         if args.protocol == 'relative':
             result = evaluate(dataset, predictor, output, args.limit, args.pictures,
                               progress=not args.no_progress, settings=settings)

@@ -4,6 +4,7 @@
                       [--processing-res N] [--device cpu|cuda|auto] [--fp16|--fp32]
                       [--batch-size N] [--model-family auto|fiffdepth|e2e_ft|lotus_d|...]
                       [--denoising-steps N] [--ensemble-size N] [--seed N]   (Marigold)
+                      [--autoencoder full|light|light_encoder|light_decoder] [--light-path DIR]
 
 Writes per image NAME.npy (float32 relative depth at the input size, larger = farther; for
 disparity models such as Lotus-D disparity the model's disparity, larger = nearer),
@@ -45,6 +46,7 @@ def parse_args(argv):
     ap.add_argument('--ensemble-size', type=int, default=1,
                     help='Marigold: predictions ensembled per image')
     ap.add_argument('--seed', type=int, default=0, help='Marigold: noise seed')
+    add_autoencoder_arguments(ap)
     ap.set_defaults(precision='auto')
     args = ap.parse_args(argv)
     if args.processing_res is None:
@@ -54,6 +56,19 @@ def parse_args(argv):
     if args.batch_size < 1:
         ap.error('--batch-size must be >= 1')
     return args
+
+
+def add_autoencoder_arguments(ap) -> None:
+    """--autoencoder and --light-path (the parameters of the same names), shared by the tools."""
+    from ..params import SPECS
+    ap.add_argument('--autoencoder', default='full', choices=SPECS['autoencoder'].choices,
+                    help="full (the model's VAE), light (the model folder's distilled "
+                         'light_encoder/ and light_decoder/, made by fiffdepth-train stage '
+                         'light_autoencoder), light_encoder or light_decoder (one half light)')
+    ap.add_argument('--light-path', default='', metavar='DIR',
+                    help='read the light parts from DIR instead of the model folder (a folder '
+                         'with light_encoder/ and light_decoder/, or a downloaded TAESD '
+                         'AutoencoderTiny folder)')
 
 
 def find_images(path: Path) -> list[Path]:
@@ -106,7 +121,7 @@ def main(argv=None) -> int:
             args.model, device=args.device, precision=args.precision,
             processing_res=args.processing_res, model_family=args.model_family,
             denoising_steps=args.denoising_steps, ensemble_size=args.ensemble_size,
-            seed=args.seed)
+            seed=args.seed, autoencoder=args.autoencoder, light_path=args.light_path)
     except (ModelLoadError, ValueError) as exc:
         print(f'fiffdepth-predict: {exc}', file=sys.stderr)
         return 1

@@ -34,7 +34,8 @@ def main(argv=None) -> int:
             from ..training.stages import get_stage
             synthetic, _, real = build_training_data(
                 cfg['data'], need_synthetic=int(cfg['train']['batch_size_synthetic']) > 0,
-                need_real=int(cfg['train']['batch_size_real']) > 0)
+                need_real=int(cfg['train']['batch_size_real']) > 0,
+                need_labels=get_stage(cfg['stage']).needs_labels)
             from ..training.data.factory import build_synthetic
             for spec in cfg['validation']['datasets']:
                 build_synthetic(spec, cfg['data']['root'], cfg['data']['split_root']).check_files()

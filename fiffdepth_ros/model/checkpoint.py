@@ -239,9 +239,11 @@ def _variant_for(folder: Path, dtype) -> str | None:
     return FP16 if dtype == torch.float16 and has_variant(folder, FP16) else None
 
 
-def load_unet_and_vae(checkpoint: Checkpoint, dtype=None, vae_dtype=None):
-    """The UNet (in ``dtype``) and VAE (in ``vae_dtype``, default ``dtype``) of the checkpoint,
-    on the CPU (the estimator moves them); fp16 variant files preferred in half precision."""
+def load_unet_and_vae(checkpoint: Checkpoint, dtype=None, vae_dtype=None,
+                      with_vae: bool = True):
+    """The UNet (in ``dtype``) and VAE (in ``vae_dtype``, default ``dtype``; None when not
+    ``with_vae``: both halves light, model.light) of the checkpoint, on the CPU (the estimator
+    moves them); fp16 variant files preferred in half precision."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     vae_dtype = dtype if vae_dtype is None else vae_dtype
     unet_dir, vae_dir = checkpoint.part('unet'), checkpoint.part('vae')
@@ -249,7 +251,8 @@ def load_unet_and_vae(checkpoint: Checkpoint, dtype=None, vae_dtype=None):
         unet = UNet2DConditionModel.from_pretrained(unet_dir, torch_dtype=dtype,
                                                     variant=_variant_for(unet_dir, dtype))
         vae = AutoencoderKL.from_pretrained(vae_dir, torch_dtype=vae_dtype,
-                                            variant=_variant_for(vae_dir, vae_dtype))
+                                            variant=_variant_for(vae_dir, vae_dtype)
+                                            ) if with_vae else None
     except Exception as exc:    # corrupt or incomplete weights, wrong architecture
         raise ModelLoadError(f"cannot load the UNet/VAE of checkpoint '{checkpoint.source}' "
                              f'({type(exc).__name__}: {exc}). {how_to_supply(checkpoint.source)}'

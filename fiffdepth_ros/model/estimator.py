@@ -9,10 +9,12 @@ Shared stages (each a method, used by the benchmark too); the family decides the
               /255*2-1 (torchvision resizes their uint8 tensor), Lotus normalises first and
               resizes in float [family]. No padding: diffusers' UNet takes any size; only a
               side below the VAE's downsampling factor is replicate-padded up to it.
-  encode      VAE encoder + quant_conv, latent = mean x scaling_factor (0.18215 for SD2)
+  encode      VAE encoder + quant_conv, latent = mean x scaling_factor (0.18215 for SD2);
+              or the light encoder (model.light, ``autoencoder: light|light_encoder``)
   unet        image latent -> depth latent: one UNet pass (with a scheduler step for
               E2E-FT) [family]
-  decode      latent / scaling_factor -> post_quant_conv + decoder -> depth in [0, 1] [family]
+  decode      latent / scaling_factor -> post_quant_conv + decoder -> depth in [0, 1] [family];
+              or the light decoder, distilled to give that depth directly
   postprocess crop any padding -> per-prediction normalisation [family] -> resize back to the
               input size (bilinear antialiased, or nearest-exact for Lotus) -> float32 HxW
 
@@ -125,7 +127,9 @@ class DepthEstimator:
     def __init__(self, unet, vae, empty_embedding: torch.Tensor, device='cpu',
                  precision='auto', processing_res: int = 768, upcast_vae: bool = False,
                  compile: bool = False, model_name: str = 'unnamed',
-                 family: Family | None = None):
+                 family: Family | None = None, light_encoder=None, light_decoder=None):
+        """``light_encoder`` / ``light_decoder`` (model.light) replace the VAE's halves; with
+        both, ``vae`` may be None (not loaded at all)."""
         self.strategy = family if family is not None else FiffDepth()
         self.device = resolve_device(str(device))
         self.dtype = resolve_dtype(precision, self.device)
@@ -138,23 +142,30 @@ class DepthEstimator:
         # A family running its own pipeline (Marigold) decodes in the VAE's one dtype.
         self.upcast_vae = (bool(upcast_vae) and self.dtype != torch.float32
                            and not self.strategy.own_pipeline)
+        if (light_encoder is not None or light_decoder is not None) and self.strategy.own_pipeline:
+            raise ValueError(f'the light autoencoder is for the single-pass families; '
+                             f'{self.strategy.name} runs its own pipeline (autoencoder: full)')
         self.unet = self._prepare_module(unet, self.dtype)
-        self.vae = self._prepare_vae(vae)
-        self._decoder32 = self.upcast_vae      # decoder (and post_quant_conv) in fp32
-        if self.upcast_vae:
+        self.light_encoder = self._prepare_light(light_encoder)
+        self.light_decoder = self._prepare_light(light_decoder)
+        self.vae = self._prepare_vae(vae) if vae is not None else None
+        self._decoder32 = self.upcast_vae and vae is not None   # decoder in fp32
+        if self._decoder32:
             self._fp32_decoder()
-        self.scaling_factor = float(getattr(vae.config, 'scaling_factor', None)
+        self.scaling_factor = float(getattr(getattr(vae, 'config', None), 'scaling_factor', None)
                                     or DEFAULT_SCALING_FACTOR)
         # Smallest side the VAE encoder takes (each downsampling halves it); below it, pad.
-        self.min_side = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.min_side = (2 ** (len(vae.config.block_out_channels) - 1) if vae is not None
+                         else max(p.downsampling for p in (light_encoder, light_decoder)))
         self._embedding = empty_embedding.to(self.device, self.dtype)
         self._embeddings: dict[int, torch.Tensor] = {}      # expanded per batch size
         self._warned_overflow = False
         if compile:
             # Compiled lazily on the first frame of each size (the first call is slow).
             self.unet = torch.compile(self.unet)
-            self.vae.encoder = torch.compile(self.vae.encoder)
-            self.vae.decoder = torch.compile(self.vae.decoder)
+            if self.vae is not None:
+                self.vae.encoder = torch.compile(self.vae.encoder)
+                self.vae.decoder = torch.compile(self.vae.decoder)
             # (An fp32 re-decode after an fp16 overflow recompiles the decoder once.)
         self.strategy.prepare(self)
 
@@ -175,6 +186,13 @@ class DepthEstimator:
         return self.strategy.name
 
     @property
+    def autoencoder(self) -> str:
+        """Which halves run light: 'full', 'light', 'light_encoder' or 'light_decoder'."""
+        enc, dec = self.light_encoder is not None, self.light_decoder is not None
+        return {(False, False): 'full', (True, True): 'light', (True, False): 'light_encoder',
+                (False, True): 'light_decoder'}[(enc, dec)]
+
+    @property
     def output_space(self) -> str:
         return self.strategy.output_space
 
@@ -187,6 +205,15 @@ class DepthEstimator:
         module = module.to(memory_format=torch.channels_last)
         module.set_attn_processor(AttnProcessor2_0())     # PyTorch SDPA kernels
         return module
+
+    def _prepare_light(self, module):
+        """A light part (model.light): cast, move, eval, channels_last (no attention)."""
+        if module is None:
+            return None
+        if next(module.parameters()).dtype != self.dtype:
+            module = module.to(self.dtype)
+        module = module.to(self.device).eval().requires_grad_(False)
+        return module.to(memory_format=torch.channels_last)
 
     def _prepare_vae(self, vae):
         if not self.upcast_vae:
@@ -215,7 +242,8 @@ class DepthEstimator:
                         compile: bool = False, cache_dir: str | None = None,
                         hub_cache_dir: str | None = None, model_family: str = 'auto',
                         denoising_steps: int = 0, ensemble_size: int = 1,
-                        seed: int = 0) -> 'DepthEstimator':
+                        seed: int = 0, autoencoder: str = 'full',
+                        light_path: str = '') -> 'DepthEstimator':
         """Load a checkpoint (built-in name such as 'nano', local folder or hub id in its released
         diffusers layout).
 
@@ -235,14 +263,20 @@ class DepthEstimator:
         model_family: 'auto' (detected from the checkpoint) or one of model.families.FAMILIES.
         denoising_steps, ensemble_size, seed: Marigold only (0 steps = the checkpoint's
             default).
+        autoencoder: 'full' (the VAE), 'light' (the folder's light_encoder/ and light_decoder/,
+            model.light; the VAE is then not loaded), 'light_encoder' or 'light_decoder' (one
+            half light). light_path: take the light parts from this folder instead (one with
+            light_encoder/ and light_decoder/, or a downloaded TAESD AutoencoderTiny folder).
 
         Raises ModelLoadError (missing, incomplete, unloadable or unknown checkpoint) and
         ValueError (bad device, precision or model_family).
         """
         from .checkpoint import FP16, load_unet_and_vae, resolve_checkpoint
         from .families import make_family, read_info
+        from .light import load_light_parts, wanted_parts
         from .prompt_cache import load_empty_embedding
         dtype = resolve_dtype(precision, resolve_device(device))   # bad arguments fail first
+        light = wanted_parts(autoencoder)                          # (encoder, decoder) light?
         if model_family not in FAMILY_CHOICES:
             raise ValueError(f"unknown model_family '{model_family}': expected one of "
                              f"{', '.join(FAMILY_CHOICES)}")
@@ -252,13 +286,20 @@ class DepthEstimator:
         family = make_family(info, model_family,
                              denoising_steps=denoising_steps, ensemble_size=ensemble_size,
                              seed=seed)
+        if any(light) and family.own_pipeline:
+            raise ValueError(f"autoencoder '{autoencoder}': the light autoencoder is for the "
+                             f'single-pass families, not {family.name}')
+        light_encoder, light_decoder = load_light_parts(checkpoint.root, model, autoencoder,
+                                                        dtype, light_path)
         embedding, _ = load_empty_embedding(checkpoint, cache_dir)
         vae_dtype = torch.float32 if upcast_vae else dtype
-        unet, vae = load_unet_and_vae(checkpoint, dtype, vae_dtype=vae_dtype)
+        unet, vae = load_unet_and_vae(checkpoint, dtype, vae_dtype=vae_dtype,
+                                      with_vae=not all(light))
         estimator = cls(unet, vae, embedding, device=device,
                         precision='fp16' if dtype == torch.float16 else 'fp32',
                         processing_res=0, upcast_vae=upcast_vae, compile=compile,
-                        model_name=model, family=family)
+                        model_name=model, family=family, light_encoder=light_encoder,
+                        light_decoder=light_decoder)
         estimator.default_processing_res = info.default_processing_res
         estimator.processing_res = processing_res
         estimator.model_source = checkpoint.origin
@@ -270,7 +311,8 @@ class DepthEstimator:
             precision += ' (VAE decoder fp32)'
         return {'model': self.model_name, 'model_source': self.model_source,
                 'device': str(self.device), 'precision': precision,
-                'processing_res': self.processing_res, **self.strategy.describe()}
+                'processing_res': self.processing_res, 'autoencoder': self.autoencoder,
+                **self.strategy.describe()}
 
     # ------------------------------------------------------------------ stages
     def target_size(self, height: int, width: int) -> tuple[int, int]:
@@ -323,6 +365,8 @@ class DepthEstimator:
     @torch.inference_mode()
     def encode(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H', W') in [-1, 1] -> scaled latent mean (B, 4, ~H'/8, ~W'/8)."""
+        if self.light_encoder is not None:
+            return stages.light_encode(self.light_encoder, pixels)
         return stages.encode_image(self.vae, pixels, self.scaling_factor)
 
     def _embedding_for(self, batch: int) -> torch.Tensor:
@@ -340,6 +384,11 @@ class DepthEstimator:
     @torch.inference_mode()
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         """Depth latent -> (B, 1, H', W') float32 relative depth in [0, 1]."""
+        if self.light_decoder is not None:
+            out = stages.light_decode(self.light_decoder, latent)
+            if self.light_decoder.outputs_depth:         # distilled: the depth itself
+                return out.float().clamp_(0.0, 1.0)
+            return self.strategy.to_depth(out)           # a TAESD decoder: RGB, as the VAE's
         image = stages.decode_latent(self.vae, latent, self.scaling_factor)
         # Half precision can overflow in the decoder (inf/NaN); one sync per frame to know.
         if image.dtype != torch.float32 and not torch.isfinite(image).all():

@@ -52,3 +52,16 @@ def unet_pass(unet, latent: torch.Tensor, timestep, embedding: torch.Tensor,
         class_labels = class_labels.expand(batch, *class_labels.shape[1:])
     return unet(latent, timestep, encoder_hidden_states=embedding,
                 class_labels=class_labels).sample
+
+
+def light_encode(encoder, pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) pixels in [-1, 1] -> scaled latent through a light encoder (model.light):
+    the stand-in for ``encode_image``, distilled to reproduce its output."""
+    return encoder(pixels.to(next(encoder.parameters()).dtype))
+
+
+def light_decode(decoder, latent: torch.Tensor) -> torch.Tensor:
+    """Depth latent -> a light decoder's raw output: (B, 1, H, W) depth in [0, 1] units,
+    unclipped, for a distilled one (``decoder.outputs_depth``); RGB in [-1, 1] for a TAESD one
+    (then the family's ``to_depth`` follows, as after ``decode_latent``)."""
+    return decoder(latent.to(next(decoder.parameters()).dtype))

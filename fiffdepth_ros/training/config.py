@@ -15,7 +15,8 @@ import yaml
 # The paper's settings where it gives them (FiffDepth, ICCV 2025), Marigold's / E2E-FT's training
 # conventions where it does not (optimiser, schedule, batch size, resolutions, data mixing).
 DEFAULTS: dict = {
-    'stage': 'fiffdepth',                  # autoencoder | generator | fiffdepth (training/stages/)
+    'stage': 'fiffdepth',                  # autoencoder | generator | fiffdepth |
+                                           # light_autoencoder (training/stages/)
     'output_dir': 'runs/fiffdepth',
     'model': {
         'init': 'stabilityai/stable-diffusion-2',   # any SD2-layout checkpoint (e.g. E2E-FT);
@@ -41,6 +42,17 @@ DEFAULTS: dict = {
             'kl_weight': 1.0e-6,           # L1 + kl_weight x KL per latent element
             'depth_maps': False,           # also reconstruct the synthetic depth targets
             'crop_hw': None,               # [h, w]: train on one random crop per batch
+        },
+        'light_autoencoder': {             # stage light_autoencoder: model.init is the depth
+                                           # model (folder, hub id or 'nano') distilled
+            'parts': ['decoder', 'encoder'],       # which light parts to train
+            'decoder': {},                 # model.light.LightDecoder options (TAESD's widths)
+            'encoder': {},                 # model.light.LightEncoder options
+            'weights': {'depth': 1.0, 'gradient': 0.5, 'latent': 1.0},
+            'gm_scales': 3,                # gradient term: MiDaS' multi-scale matching
+            'install': True,               # also write the parts into model.init's folder
+            'model_family': 'auto',        # the teacher's family (as the engine's option)
+            'teacher_precision': 'auto',   # auto (fp16 on CUDA, fp32 on CPU) | fp16 | fp32
         },
     },
     'data': {
@@ -85,7 +97,8 @@ DEFAULTS: dict = {
 
 # Keys whose values are free-form dicts or lists (not checked key by key).
 _OPEN = {('data', 'synthetic'), ('data', 'real'), ('validation', 'datasets'),
-         ('model', 'architecture')}
+         ('model', 'architecture'), ('method', 'light_autoencoder', 'decoder'),
+         ('method', 'light_autoencoder', 'encoder')}
 
 
 class ConfigError(ValueError):
@@ -196,3 +209,9 @@ def validate(cfg: dict) -> None:
         raise ConfigError('data.synthetic is empty but train.batch_size_synthetic > 0')
     if int(train['batch_size_real']) > 0 and not cfg['data']['real']:
         raise ConfigError('data.real is not set but train.batch_size_real > 0')
+    light = method['light_autoencoder']
+    parts = light['parts'] if isinstance(light['parts'], list) else [light['parts']]
+    if not parts or set(parts) - {'decoder', 'encoder'}:
+        raise ConfigError("method.light_autoencoder.parts must list 'decoder' and/or 'encoder'")
+    if set(light['weights']) - {'depth', 'gradient', 'latent'}:
+        raise ConfigError('method.light_autoencoder.weights: keys depth, gradient, latent')

@@ -2,7 +2,8 @@
 gradient accumulation), exact checkpoints, TensorBoard logs, validation, export.
 
 What is trained, its loss, validation and export come from the configuration's ``stage``
-(training/stages/: autoencoder, generator, fiffdepth); this loop is the same for all of them.
+(training/stages/: autoencoder, generator, fiffdepth, light_autoencoder); this loop is the same
+for all of them.
 
 Run through ``fiffdepth-train`` (or ``accelerate launch -m fiffdepth_ros.cli.train``). Everything
 that can be wrong with the data or the initial checkpoint is checked before the models load.
@@ -70,16 +71,16 @@ class Trainer:
         self.cfg = cfg
         self.output_dir = Path(cfg['output_dir'])
         tcfg = cfg['train']
+        self.stage = get_stage(cfg['stage'])
         # 1. Data and the initial checkpoint: checked before anything heavy happens.
         self.synthetic, self.probs, self.real = build_training_data(
             cfg['data'], need_synthetic=int(tcfg['batch_size_synthetic']) > 0,
-            need_real=int(tcfg['batch_size_real']) > 0)
+            need_real=int(tcfg['batch_size_real']) > 0, need_labels=self.stage.needs_labels)
         self.validation_sets = []
         for spec in cfg['validation']['datasets']:
             dataset = build_synthetic(spec, cfg['data']['root'], cfg['data']['split_root'])
             dataset.check_files()
             self.validation_sets.append((spec.get('name') or spec['kind'], dataset))
-        self.stage = get_stage(cfg['stage'])
         self.init_root = self.stage.init_root(cfg)
         # 2. accelerate.
         from accelerate import Accelerator

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .common import DataError, FileSource, read_split
 from .hypersim import HypersimDepth
-from .real_images import PseudoLabelCache, RealImages, RealWithLabels
+from .real_images import PseudoLabelCache, RealImages, RealImagesOnly, RealWithLabels
 from .rgbd_folder import RGBDFolder
 from .vkitti import VirtualKitti2Depth
 
@@ -53,24 +53,31 @@ def build_synthetic(spec: dict, root='.', split_root='.'):
     return dataset
 
 
-def build_real(spec: dict, root='.'):
+def build_real(spec: dict, root='.', need_labels: bool = True):
+    """The real images with their pseudo-labels, or (``need_labels`` False: a stage that reads
+    images only) the images alone, pseudo_labels optional and unread."""
     unknown = set(spec) - {'images', 'pseudo_labels', 'resize_to_hw'}
     if unknown:
         raise DataError(f'data.real: unknown option(s) {sorted(unknown)}')
-    if not spec.get('images') or not spec.get('pseudo_labels'):
+    if not spec.get('images') or (need_labels and not spec.get('pseudo_labels')):
         raise DataError('data.real needs images (a folder or shards) and pseudo_labels '
                         '(the fiffdepth-pseudolabel output folder)')
     images = spec['images']
     images = [str(_resolve(root, p)) for p in images] if isinstance(images, list) \
         else str(_resolve(root, images))
+    if not need_labels:
+        return RealImagesOnly(RealImages(images), resize_to_hw=spec.get('resize_to_hw')
+                              or (480, 640))
     return RealWithLabels(RealImages(images),
                           PseudoLabelCache(_resolve(root, spec['pseudo_labels'])),
                           resize_to_hw=spec.get('resize_to_hw') or (480, 640))
 
 
-def build_training_data(data_cfg: dict, need_synthetic: bool = True, need_real: bool = True):
+def build_training_data(data_cfg: dict, need_synthetic: bool = True, need_real: bool = True,
+                        need_labels: bool = True):
     """(synthetic datasets, their sampling probabilities, real set or None), every file the
-    configuration names checked to exist before anything is loaded onto a GPU."""
+    configuration names checked to exist before anything is loaded onto a GPU (``need_labels``
+    False: real images without pseudo-labels)."""
     synthetic = [build_synthetic(s, data_cfg['root'], data_cfg['split_root'])
                  for s in data_cfg['synthetic']] if need_synthetic else []
     for dataset in synthetic:
@@ -78,7 +85,7 @@ def build_training_data(data_cfg: dict, need_synthetic: bool = True, need_real: 
     probs = [float(s.get('prob', 1.0)) for s in data_cfg['synthetic']] if need_synthetic else []
     if synthetic and (min(probs) < 0 or sum(probs) <= 0):
         raise DataError('synthetic dataset probabilities must be >= 0 with a positive sum')
-    real = build_real(data_cfg['real'], data_cfg['root']) if need_real else None
+    real = build_real(data_cfg['real'], data_cfg['root'], need_labels) if need_real else None
     if real is not None:
         real.check_files()
     return synthetic, [p / sum(probs) for p in probs], real

@@ -133,6 +133,41 @@ class PseudoLabelCache:
             raise DataError(f'cannot read pseudo-label {path}: {exc}') from exc
 
 
+def cover_crop(image: np.ndarray, size_hw, crop_u: float, crop_v: float) -> np.ndarray:
+    """Resize ``image`` to cover ``size_hw`` (aspect kept), then crop that size at (crop_u,
+    crop_v) in [0, 1] (0.5 = centred): RealWithLabels' geometry, for an image alone."""
+    th, tw = size_hw
+    h, w = image.shape[:2]
+    scale = max(th / h, tw / w)
+    rh, rw = max(th, round(h * scale)), max(tw, round(w * scale))
+    image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1
+                       else cv2.INTER_LINEAR)
+    top, left = int(round((rh - th) * crop_v)), int(round((rw - tw) * crop_u))
+    return image[top:top + th, left:left + tw]
+
+
+class RealImagesOnly:
+    """Real images without labels (stages that need none: light_autoencoder), resized to cover
+    ``resize_to_hw`` and cropped where the batch plan says, as RealWithLabels does."""
+
+    def __init__(self, images: RealImages, resize_to_hw=(480, 640)):
+        self.images = images
+        self.size_hw = (int(resize_to_hw[0]), int(resize_to_hw[1]))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def check_files(self) -> None:
+        """The images were listed when the set was opened; nothing else to check."""
+
+    def load(self, index: int, flip: bool = False, crop_u: float = 0.5, crop_v: float = 0.5
+             ) -> dict:
+        rgb = cover_crop(self.images.read(index), self.size_hw, crop_u, crop_v)
+        if flip:
+            rgb = rgb[:, ::-1]
+        return {'rgb': rgb_to_tensor(rgb)}
+
+
 class RealWithLabels:
     """Real images with their pseudo-labels, resized to cover ``resize_to_hw`` and cropped."""
 

@@ -13,6 +13,7 @@ class Stage:
     name = ''
     trains = 'unet'            # the trainer attribute that holds the trained (prepared) module
     needs_depth = True         # False: the stage reads images only (depth and labels ignored)
+    needs_labels = True        # False: data.real may be images alone (no pseudo_labels)
 
     def init_root(self, cfg: dict) -> Path | None:
         """The checked initial checkpoint folder, or None for a stage that starts from scratch."""
