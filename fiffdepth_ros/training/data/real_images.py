@@ -133,15 +133,18 @@ class PseudoLabelCache:
             raise DataError(f'cannot read pseudo-label {path}: {exc}') from exc
 
 
-def cover_crop(image: np.ndarray, size_hw, crop_u: float, crop_v: float) -> np.ndarray:
-    """Resize ``image`` to cover ``size_hw`` (aspect kept), then crop that size at (crop_u,
-    crop_v) in [0, 1] (0.5 = centred): RealWithLabels' geometry, for an image alone."""
+def cover_crop(image: np.ndarray, size_hw, crop_u: float, crop_v: float, zoom: float = 1.0,
+               interpolation: int | None = None) -> np.ndarray:
+    """Resize ``image`` to cover ``size_hw`` (aspect kept; ``zoom`` >= 1 times larger, the
+    data.zoom augmentation), then crop that size at (crop_u, crop_v) in [0, 1] (0.5 = centred).
+    ``interpolation``: default area when shrinking, bilinear when enlarging."""
     th, tw = size_hw
     h, w = image.shape[:2]
-    scale = max(th / h, tw / w)
+    scale = max(th / h, tw / w) * max(1.0, float(zoom))
     rh, rw = max(th, round(h * scale)), max(tw, round(w * scale))
-    image = cv2.resize(image, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1
-                       else cv2.INTER_LINEAR)
+    if interpolation is None:
+        interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    image = cv2.resize(image, (rw, rh), interpolation=interpolation)
     top, left = int(round((rh - th) * crop_v)), int(round((rw - tw) * crop_u))
     return image[top:top + th, left:left + tw]
 
@@ -160,9 +163,9 @@ class RealImagesOnly:
     def check_files(self) -> None:
         """The images were listed when the set was opened; nothing else to check."""
 
-    def load(self, index: int, flip: bool = False, crop_u: float = 0.5, crop_v: float = 0.5
-             ) -> dict:
-        rgb = cover_crop(self.images.read(index), self.size_hw, crop_u, crop_v)
+    def load(self, index: int, flip: bool = False, crop_u: float = 0.5, crop_v: float = 0.5,
+             zoom: float = 1.0) -> dict:
+        rgb = cover_crop(self.images.read(index), self.size_hw, crop_u, crop_v, zoom)
         if flip:
             rgb = rgb[:, ::-1]
         return {'rgb': rgb_to_tensor(rgb)}
@@ -185,17 +188,9 @@ class RealWithLabels:
              zoom: float = 1.0) -> dict:
         """crop_u, crop_v in [0, 1]: where the crop window sits (0.5 = centred); ``zoom`` >= 1:
         the image is resized ``zoom`` times larger than covering first (data.zoom)."""
-        rgb = self.images.read(index)
-        label = self.labels.read(self.images.ids[index])
-        th, tw = self.size_hw
-        h, w = rgb.shape[:2]
-        scale = max(th / h, tw / w) * max(1.0, float(zoom))
-        rh, rw = max(th, round(h * scale)), max(tw, round(w * scale))
-        rgb = cv2.resize(rgb, (rw, rh), interpolation=cv2.INTER_AREA if scale < 1
-                         else cv2.INTER_LINEAR)
-        label = cv2.resize(label, (rw, rh), interpolation=cv2.INTER_LINEAR)
-        top, left = int(round((rh - th) * crop_v)), int(round((rw - tw) * crop_u))
-        rgb, label = rgb[top:top + th, left:left + tw], label[top:top + th, left:left + tw]
+        rgb = cover_crop(self.images.read(index), self.size_hw, crop_u, crop_v, zoom)
+        label = cover_crop(self.labels.read(self.images.ids[index]), self.size_hw, crop_u, crop_v,
+                           zoom, interpolation=cv2.INTER_LINEAR)
         if flip:
             rgb, label = rgb[:, ::-1], label[:, ::-1]
         return {'rgb': rgb_to_tensor(rgb),
