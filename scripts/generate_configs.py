@@ -16,7 +16,8 @@ from fiffdepth_ros import params as P  # noqa: E402
 
 GROUPS = [
     ('Model and inference', ['model', 'model_family', 'device', 'precision', 'processing_res',
-                             'upcast_vae', 'compile', 'overlap_stages', 'denoising_steps',
+                             'upcast_vae', 'compile', 'runtime', 'runtime_providers',
+                             'overlap_stages', 'denoising_steps',
                              'ensemble_size', 'seed']),
     ('Inputs', ['image_transport', 'image_rectified', 'use_lidar', 'stereo_source',
                 'stereo_grid_step', 'max_anchor_age', 'companion_wait', 'camera_info_url',

@@ -45,6 +45,13 @@ def parse_args(argv):
     ap.add_argument('--ensemble-size', type=int, default=1,
                     help='Marigold: predictions ensembled per image')
     ap.add_argument('--seed', type=int, default=0, help='Marigold: noise seed')
+    ap.add_argument('--runtime', default='auto', choices=('auto', 'torch', 'onnxruntime',
+                                                          'openvino'),
+                    help='auto: torch for a checkpoint, the export\'s own runtime for an export '
+                         'folder (fiffdepth-export)')
+    ap.add_argument('--providers', default='',
+                    help="exported graphs: 'tensorrt,cuda,cpu' (ONNX Runtime) or OpenVINO "
+                         "devices, in order (default: the runtime's own)")
     ap.set_defaults(precision='auto')
     args = ap.parse_args(argv)
     if args.processing_res is None:
@@ -107,7 +114,7 @@ def main(argv=None) -> int:
             args.model, device=args.device, precision=args.precision,
             processing_res=args.processing_res, model_family=args.model_family,
             denoising_steps=args.denoising_steps, ensemble_size=args.ensemble_size,
-            seed=args.seed)
+            seed=args.seed, runtime=args.runtime, providers=args.providers)
     except (ModelLoadError, ValueError) as exc:
         print(f'fiffdepth-predict: {exc}', file=sys.stderr)
         return 1

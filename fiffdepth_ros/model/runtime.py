@@ -42,7 +42,8 @@ def load_estimator(p: dict[str, Any]):
         p['model'], device=p['device'], precision=p['precision'],
         processing_res=p['processing_res'], upcast_vae=p['upcast_vae'], compile=p['compile'],
         model_family=p['model_family'], denoising_steps=p['denoising_steps'],
-        ensemble_size=p['ensemble_size'], seed=p['seed'])
+        ensemble_size=p['ensemble_size'], seed=p['seed'], runtime=p['runtime'],
+        providers=p['runtime_providers'])
 
 
 def model_line(info: dict) -> str:
@@ -50,5 +51,10 @@ def model_line(info: dict) -> str:
     256)' from DepthEstimator.describe(): which model, which family, where from, how it runs."""
     source = info.get('model_source')
     where = f'; {source}' if source else ''
+    runtime = info.get('runtime', 'torch')
+    if runtime != 'torch':
+        where += f"; {runtime} on {', '.join(info.get('providers', ())) or '?'}"
+        if info.get('static_size'):
+            where += f", static {info['static_size']}"
     return (f"{info.get('model')} (family {info.get('family')}{where}) on {info.get('device')} "
             f"({info.get('precision')}, processing_res {info.get('processing_res')})")
