@@ -136,6 +136,7 @@ def test_static_export_and_other_frame_sizes(size, checkpoints, tmp_path, caplog
     said = [r for r in caplog.records if 'static export' in r.getMessage()
             and r.name == 'fiffdepth_ros.model.estimator']
     assert len(said) == 2        # once by the reference engine, once by the exported one
+    assert exported.describe()['static_size'] == f'{h}x{w} (frames of another size resized to it)'
     # A wrong-size input to the static graph itself is refused by the runtime.
     with pytest.raises(Exception):
         exported.runtime.depth(exported, torch.zeros(1, 3, h + 8, w))

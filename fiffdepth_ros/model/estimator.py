@@ -287,6 +287,8 @@ class DepthEstimator:
                 **self.runtime.describe()}
         if self.runtime.fixed_size:
             info['static_size'] = 'x'.join(map(str, self.runtime.fixed_size))
+            if self._warned_fixed_size:
+                info['static_size'] += ' (frames of another size resized to it)'
         return info
 
     # ------------------------------------------------------------------ stages
