@@ -279,16 +279,18 @@ def test_cli_export_then_predict_in_fresh_processes(checkpoints, tmp_path):
     (tmp_path / 'in').mkdir()
     cv2.imwrite(str(tmp_path / 'in' / 'frame.png'), image[..., ::-1])
     outputs = {}
-    for runtime, model in (('onnxruntime', tmp_path / 'export'),
-                           ('torch', checkpoints['lotus_d'])):
+    # The export's processing resolution (64) is fiffdepth-predict's default for it.
+    for runtime, model, res in (('onnxruntime', tmp_path / 'export', []),
+                                ('torch', checkpoints['lotus_d'], ['--processing-res', '64'])):
         out = tmp_path / runtime
         done = subprocess.run(
             [sys.executable, '-m', 'fiffdepth_ros.cli.predict', '--model', str(model),
              '--input', str(tmp_path / 'in'), '--output', str(out), '--device', 'cpu',
-             '--processing-res', '64', '--runtime', 'auto'],
+             '--runtime', 'auto', *res],
             env=env, capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         assert (f'{runtime} on CPUExecutionProvider' in done.stderr) == (runtime != 'torch')
+        assert 'processing_res 64' in done.stderr
         outputs[runtime] = np.load(out / 'frame.npy')
     assert_close(outputs['torch'], outputs['onnxruntime'], 'fiffdepth-predict')
     bad = subprocess.run([sys.executable, '-m', 'fiffdepth_ros.cli.export', '--model', 'nano',

@@ -4,6 +4,10 @@
                       [--processing-res N] [--device cpu|cuda|auto] [--fp16|--fp32]
                       [--batch-size N] [--model-family auto|fiffdepth|e2e_ft|lotus_d|...]
                       [--denoising-steps N] [--ensemble-size N] [--seed N]   (Marigold)
+                      [--runtime auto|torch|onnxruntime|openvino] [--providers LIST]
+
+--model also takes an export folder (fiffdepth-export); its processing resolution is then the
+default.
 
 Writes per image NAME.npy (float32 relative depth at the input size, larger = farther; for
 disparity models such as Lotus-D disparity the model's disparity, larger = nearer),

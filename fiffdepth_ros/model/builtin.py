@@ -33,8 +33,18 @@ def is_builtin(model: str) -> bool:
 
 
 def recommended_processing_res(model: str, otherwise: int) -> int:
-    """The processing resolution a tool uses for ``model`` when none is given."""
-    return _PROCESSING_RES.get(model, otherwise)
+    """The processing resolution a tool uses for ``model`` when none is given (an export
+    folder's own, from its metadata)."""
+    if model in _PROCESSING_RES:
+        return _PROCESSING_RES[model]
+    from .runtimes.export_info import is_export, read_export_info
+    if is_export(model):
+        from .checkpoint import ModelLoadError
+        try:
+            return read_export_info(model).processing_res
+        except ModelLoadError:
+            pass                     # reported when the model is loaded
+    return otherwise
 
 
 def builtin_folder(name: str) -> Path:
