@@ -2,7 +2,8 @@
 
     fiffdepth-export --model nano|PATH_OR_ID --output DIR
                      (--height H --width W | --dynamic [--processing-res N])
-                     [--fp16] [--opset 18] [--model-family auto|...] [--runtime onnxruntime|openvino]
+                     [--fp16] [--opset 18] [--model-family auto|...]
+                     [--runtime onnxruntime|openvino]
 
 Export anywhere (no GPU needed), copy DIR to the robot and pass it as the model: the node,
 process_bag(s), fiffdepth-predict and fiffdepth-eval run it on ONNX Runtime (TensorRT, CUDA or
