@@ -297,3 +297,28 @@ def test_cli_export_then_predict_in_fresh_processes(checkpoints, tmp_path):
                           '--output', str(tmp_path / 'x'), '--height', '64'],
                          env=env, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and '--height and --width' in bad.stderr
+
+
+def test_weights_over_the_protobuf_limit_go_to_external_data(checkpoints, tmp_path,
+                                                             monkeypatch, one_torch_thread):
+    """An SD2-size fp32 graph (3.8 GB) exceeds ONNX's 2 GiB protobuf limit: its weights go to
+    one model.onnx.data. The limit is lowered here so the tiny model takes that path."""
+    import fiffdepth_ros.model.export as export_module
+    monkeypatch.setattr(export_module, 'PROTOBUF_LIMIT', 1)
+    out = tmp_path / 'external'
+    info = export_single_pass(ExportConfig(model=str(checkpoints['fiffdepth']), output=out,
+                                           dynamic=True, processing_res=64))
+    assert info.external_data == 'model.onnx.data'
+    assert sorted(p.name for p in out.iterdir()) == ['fiffdepth_export.json', 'model.onnx',
+                                                     'model.onnx.data']
+    assert (out / 'model.onnx.data').stat().st_size > (out / 'model.onnx').stat().st_size
+    assert (out / 'model.onnx.data').stat().st_mode & 0o044 == 0o044     # readable by others
+    reference = torch_engine(checkpoints['fiffdepth'], 0)
+    for runtime in ('onnxruntime', 'openvino'):
+        exported = DepthEstimator.from_pretrained(str(out), device='cpu', processing_res=0,
+                                                  runtime=runtime)
+        for _, image in images([(37, 51, 0)]):
+            assert_close(reference.predict(image), exported.predict(image), runtime)
+    (out / 'model.onnx.data').unlink()
+    with pytest.raises(ModelLoadError, match='lacks model.onnx.data'):
+        DepthEstimator.from_pretrained(str(out), device='cpu')

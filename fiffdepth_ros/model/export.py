@@ -19,6 +19,7 @@ post_quant_conv) in fp32 -- the torch engine's upcast_vae -- with fp32 input and
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -178,6 +179,7 @@ def _write_graph(graph: SinglePassGraph, example: torch.Tensor, folder: Path, co
                         all_tensors_to_one_file=True, location=EXTERNAL_DATA,
                         size_threshold=1024)
         del model
+        os.chmod(folder / EXTERNAL_DATA, 0o644)     # written private; other users' nodes read it
         onnx.checker.check_model(str(target))       # by path: external data allowed
         return EXTERNAL_DATA
 
@@ -194,6 +196,8 @@ def export_single_pass(config: ExportConfig) -> ExportInfo:
     out.mkdir(parents=True, exist_ok=True)
     for stale in (METADATA_FILE, GRAPH_FILE, EXTERNAL_DATA):
         (out / stale).unlink(missing_ok=True)       # never a new graph beside old metadata
+    for trace in out.glob('.trace-*'):              # left by an export that was killed
+        shutil.rmtree(trace, ignore_errors=True)
     engine = load_for_export(config)
     if config.dynamic:
         height, width = trace_size(engine)
