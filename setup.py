@@ -25,7 +25,10 @@ setup(
                                  'resources/nano/*/*.safetensors']},
     install_requires=['setuptools'],
     # process_bags --ray (fleet-scale bag processing); also requirements-fleet.txt.
-    extras_require={'fleet': ['ray>=2.9']},
+    # deploy: fiffdepth-export and the onnxruntime / openvino runtimes (model.runtimes); on a
+    # Jetson use NVIDIA's onnxruntime-gpu wheel for its JetPack instead of onnxruntime.
+    extras_require={'fleet': ['ray>=2.9'],
+                    'deploy': ['onnx>=1.16', 'onnxruntime>=1.18', 'openvino>=2024.0']},
     zip_safe=True,
     maintainer='fiffdepth_ros maintainers',
     maintainer_email='maintainers@fiffdepth-ros.dev',
@@ -43,6 +46,7 @@ setup(
             'fiffdepth-demo = fiffdepth_ros.demo.run_demo:main',
             'fiffdepth-train = fiffdepth_ros.cli.train:main',
             'fiffdepth-pseudolabel = fiffdepth_ros.cli.pseudolabel:main',
+            'fiffdepth-export = fiffdepth_ros.cli.export:main',
         ],
     },
 )

@@ -118,6 +118,13 @@ _SPECS = (
               "'full': empty = the model folder; else a folder with light_encoder/ and "
               'light_decoder/, or a downloaded TAESD (diffusers AutoencoderTiny folder)',
               read_only=True),
+    ParamSpec('runtime', 'auto', "where the model runs: 'auto' (a checkpoint: torch; an export "
+              "folder from fiffdepth-export: the runtime it was exported for), 'torch', "
+              "'onnxruntime' or 'openvino' (the last two need an export folder as 'model')",
+              choices=('auto', 'torch', 'onnxruntime', 'openvino'), read_only=True),
+    ParamSpec('runtime_providers', '', "exported graphs: ONNX Runtime execution providers "
+              "('tensorrt,cuda,cpu' or full names) or OpenVINO devices ('GPU,CPU'), in order; "
+              "'' = the runtime's default (TensorRT, CUDA, CPU; OpenVINO: CPU)", read_only=True),
     ParamSpec('overlap_stages', 'auto', "'on': finish and publish a frame on a second thread "
               "while the model works on the next one; 'off': one thread does everything in "
               "turn; 'auto': 'on' when the model runs on CUDA (on a CPU both stages compete for "

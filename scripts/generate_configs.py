@@ -17,6 +17,7 @@ from fiffdepth_ros import params as P  # noqa: E402
 GROUPS = [
     ('Model and inference', ['model', 'model_family', 'device', 'precision', 'processing_res',
                              'upcast_vae', 'compile', 'autoencoder', 'light_path',
+                             'runtime', 'runtime_providers',
                              'overlap_stages', 'denoising_steps',
                              'ensemble_size', 'seed']),
     ('Inputs', ['image_transport', 'image_rectified', 'use_lidar', 'stereo_source',

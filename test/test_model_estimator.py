@@ -198,7 +198,7 @@ def test_describe_and_cpu_fp16_falls_back(tiny_checkpoint, caplog):
     assert info == {'model': str(tiny_checkpoint), 'device': 'cpu', 'precision': 'fp32',
                     'model_source': f'local folder {tiny_checkpoint.resolve()}',
                     'processing_res': 32, 'family': 'fiffdepth', 'output_space': 'depth',
-                    'autoencoder': 'full'}
+                    'autoencoder': 'full', 'runtime': 'torch'}
     if not torch.cuda.is_available():     # asking for a GPU that is not there: a clear error
         with pytest.raises(ValueError, match='CUDA is not available'):
             DepthEstimator.from_pretrained(str(tiny_checkpoint), device='cuda')

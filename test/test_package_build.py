@@ -7,7 +7,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 EXECUTABLES = ('depth_node', 'depth_lifecycle_node', 'process_bag', 'fiffdepth-predict',
-               'fiffdepth-align', 'fiffdepth-demo')
+               'fiffdepth-align', 'fiffdepth-demo', 'fiffdepth-export')
 
 
 def test_package_xml_is_format_3_ament_python_and_parses_with_catkin_pkg():

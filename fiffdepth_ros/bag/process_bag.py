@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help='set one parameter (YAML value syntax); repeatable')
     ap.add_argument('--device', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
     ap.add_argument('--precision', choices=('auto', 'fp16', 'fp32'))
+    ap.add_argument('--runtime', choices=('auto', 'torch', 'onnxruntime', 'openvino'),
+                    help="parameter 'runtime': onnxruntime/openvino run an export folder "
+                         '(fiffdepth-export) given as --model')
     ap.add_argument('--processing-res', type=int, metavar='PX',
                     help='longer image side seen by the model (0 = native)')
     ap.add_argument('--autoencoder', choices=P.SPECS['autoencoder'].choices,
@@ -146,6 +149,7 @@ def resolve_params(args, warn=print) -> dict[str, Any]:
         name, value = _parse_assignment(text)
         values[name] = value
     flags = {'model': args.model, 'device': args.device, 'precision': args.precision,
+             'runtime': args.runtime,
              'processing_res': args.processing_res, 'publish_relative': args.publish_relative,
              'autoencoder': args.autoencoder, 'light_path': args.light_path,
              'publish_colorized': args.publish_colorized}

@@ -71,6 +71,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument('--ensemble-size', type=int, default=1, metavar='N', help='Marigold only')
     p.add_argument('--device', default='auto')
     p.add_argument('--precision', default='auto', choices=('auto', 'fp16', 'fp32'))
+    p.add_argument('--runtime', default='auto', choices=('auto', 'torch', 'onnxruntime',
+                                                         'openvino'),
+                   help='auto: torch for a checkpoint, the export\'s own runtime for an export '
+                        'folder (fiffdepth-export)')
     p.add_argument('--no-progress', action='store_true')
     from .predict import add_autoencoder_arguments
     add_autoencoder_arguments(p)
@@ -102,12 +106,13 @@ def main(argv=None) -> int:
                 args.model, device=args.device, precision=args.precision, processing_res=res,
                 model_family=args.model_family, denoising_steps=args.denoising_steps,
                 ensemble_size=args.ensemble_size, autoencoder=args.autoencoder,
-                light_path=args.light_path)
+                light_path=args.light_path, runtime=args.runtime)
             predictor = ModelPredictor(estimator, os.path.join(output, 'prediction'))
             settings = {'processing_res': res, 'precision': args.precision,
                         'family': getattr(estimator, 'family', args.model_family),
                         'denoising_steps': args.denoising_steps,
-                        'ensemble_size': args.ensemble_size, 'autoencoder': args.autoencoder}
+                        'ensemble_size': args.ensemble_size, 'autoencoder': args.autoencoder,
+                        'runtime': estimator.describe().get('runtime', args.runtime)}
         if args.protocol == 'relative':
             result = evaluate(dataset, predictor, output, args.limit, args.pictures,
                               progress=not args.no_progress, settings=settings)

@@ -5,6 +5,10 @@
                       [--batch-size N] [--model-family auto|fiffdepth|e2e_ft|lotus_d|...]
                       [--denoising-steps N] [--ensemble-size N] [--seed N]   (Marigold)
                       [--autoencoder full|light|light_encoder|light_decoder] [--light-path DIR]
+                      [--runtime auto|torch|onnxruntime|openvino] [--providers LIST]
+
+--model also takes an export folder (fiffdepth-export); its processing resolution is then the
+default.
 
 Writes per image NAME.npy (float32 relative depth at the input size, larger = farther; for
 disparity models such as Lotus-D disparity the model's disparity, larger = nearer),
@@ -47,6 +51,13 @@ def parse_args(argv):
                     help='Marigold: predictions ensembled per image')
     ap.add_argument('--seed', type=int, default=0, help='Marigold: noise seed')
     add_autoencoder_arguments(ap)
+    ap.add_argument('--runtime', default='auto', choices=('auto', 'torch', 'onnxruntime',
+                                                          'openvino'),
+                    help='auto: torch for a checkpoint, the export\'s own runtime for an export '
+                         'folder (fiffdepth-export)')
+    ap.add_argument('--providers', default='',
+                    help="exported graphs: 'tensorrt,cuda,cpu' (ONNX Runtime) or OpenVINO "
+                         "devices, in order (default: the runtime's own)")
     ap.set_defaults(precision='auto')
     args = ap.parse_args(argv)
     if args.processing_res is None:
@@ -121,7 +132,8 @@ def main(argv=None) -> int:
             args.model, device=args.device, precision=args.precision,
             processing_res=args.processing_res, model_family=args.model_family,
             denoising_steps=args.denoising_steps, ensemble_size=args.ensemble_size,
-            seed=args.seed, autoencoder=args.autoencoder, light_path=args.light_path)
+            seed=args.seed, autoencoder=args.autoencoder, light_path=args.light_path,
+            runtime=args.runtime, providers=args.providers)
     except (ModelLoadError, ValueError) as exc:
         print(f'fiffdepth-predict: {exc}', file=sys.stderr)
         return 1

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from . import stages
 from .families import FAMILY_CHOICES, Family
 from .families.fiffdepth import FiffDepth
+from .runtimes import Runtime, TorchRuntime
 
 log = logging.getLogger(__name__)
 
@@ -127,10 +128,18 @@ class DepthEstimator:
     def __init__(self, unet, vae, empty_embedding: torch.Tensor, device='cpu',
                  precision='auto', processing_res: int = 768, upcast_vae: bool = False,
                  compile: bool = False, model_name: str = 'unnamed',
-                 family: Family | None = None, light_encoder=None, light_decoder=None):
+                 family: Family | None = None, runtime: Runtime | None = None,
+                 light_encoder=None, light_decoder=None):
         """``light_encoder`` / ``light_decoder`` (model.light) replace the VAE's halves; with
         both, ``vae`` may be None (not loaded at all)."""
         self.strategy = family if family is not None else FiffDepth()
+        # Where the pass runs (model.runtimes): the modules below (torch), or an exported
+        # graph that owns its network (unet, vae and the embedding are then None).
+        self.runtime = runtime if runtime is not None else TorchRuntime()
+        self._warned_fixed_size = False
+        if not self.runtime.uses_torch_modules:
+            self._init_graph_runtime(processing_res, model_name)
+            return
         self.device = resolve_device(str(device))
         self.dtype = resolve_dtype(precision, self.device)
         # What a negative processing_res means: the model's own resolution (from_pretrained
@@ -168,6 +177,18 @@ class DepthEstimator:
                 self.vae.decoder = torch.compile(self.vae.decoder)
             # (An fp32 re-decode after an fp16 overflow recompiles the decoder once.)
         self.strategy.prepare(self)
+
+    def _init_graph_runtime(self, processing_res: int, model_name: str) -> None:
+        """The shared state of an engine whose runtime runs an exported graph."""
+        self.device = self.runtime.device
+        self.dtype = torch.float32                 # the graph's input (fp16 inside if so)
+        self.default_processing_res = DEFAULT_PROCESSING_RES   # load_exported: the export's
+        self.processing_res = processing_res
+        self.model_name = model_name
+        self.model_source = 'exported graph'
+        self.upcast_vae = self._decoder32 = False
+        self.min_side = self.runtime.min_side
+        self.unet = self.vae = None
 
     @property
     def processing_res(self) -> int:
@@ -243,7 +264,8 @@ class DepthEstimator:
                         hub_cache_dir: str | None = None, model_family: str = 'auto',
                         denoising_steps: int = 0, ensemble_size: int = 1,
                         seed: int = 0, autoencoder: str = 'full',
-                        light_path: str = '') -> 'DepthEstimator':
+                        light_path: str = '', runtime: str = 'auto',
+                        providers=None) -> 'DepthEstimator':
         """Load a checkpoint (built-in name such as 'nano', local folder or hub id in its released
         diffusers layout).
 
@@ -267,6 +289,10 @@ class DepthEstimator:
             model.light; the VAE is then not loaded), 'light_encoder' or 'light_decoder' (one
             half light). light_path: take the light parts from this folder instead (one with
             light_encoder/ and light_decoder/, or a downloaded TAESD AutoencoderTiny folder).
+        runtime: 'auto', 'torch', 'onnxruntime' or 'openvino' (model.runtimes): an export
+            folder (fiffdepth-export) runs on its own runtime under 'auto'.
+        providers: exported graphs only: ONNX Runtime execution providers or OpenVINO devices,
+            in order (a list or 'tensorrt,cuda,cpu'; default: the runtime's own order).
 
         Raises ModelLoadError (missing, incomplete, unloadable or unknown checkpoint) and
         ValueError (bad device, precision or model_family).
@@ -275,6 +301,13 @@ class DepthEstimator:
         from .families import make_family, read_info
         from .light import load_light_parts, wanted_parts
         from .prompt_cache import load_empty_embedding
+        from .runtimes import is_export, load_exported, runtime_for_checkpoint
+        if is_export(model):
+            return load_exported(cls, model, runtime=runtime, device=device,
+                                 precision=precision, processing_res=processing_res,
+                                 model_family=model_family, providers=providers,
+                                 cache_dir=cache_dir)
+        runtime_for_checkpoint(runtime, model)
         dtype = resolve_dtype(precision, resolve_device(device))   # bad arguments fail first
         light = wanted_parts(autoencoder)                          # (encoder, decoder) light?
         if model_family not in FAMILY_CHOICES:
@@ -309,15 +342,33 @@ class DepthEstimator:
         precision = {torch.float16: 'fp16', torch.float32: 'fp32'}.get(self.dtype, str(self.dtype))
         if self._decoder32 and self.dtype != torch.float32:
             precision += ' (VAE decoder fp32)'
-        return {'model': self.model_name, 'model_source': self.model_source,
+        if not self.runtime.uses_torch_modules:
+            precision = self.runtime.precision
+        info = {'model': self.model_name, 'model_source': self.model_source,
                 'device': str(self.device), 'precision': precision,
                 'processing_res': self.processing_res, 'autoencoder': self.autoencoder,
-                **self.strategy.describe()}
+                **self.strategy.describe(), **self.runtime.describe()}
+        if self.runtime.fixed_size:
+            info['static_size'] = 'x'.join(map(str, self.runtime.fixed_size))
+            if self._warned_fixed_size:
+                info['static_size'] += ' (frames of another size resized to it)'
+        return info
 
     # ------------------------------------------------------------------ stages
     def target_size(self, height: int, width: int) -> tuple[int, int]:
-        """(h, w) the model sees: the longer side about processing_res, aspect kept."""
-        return target_size(height, width, self.processing_res)
+        """(h, w) the model sees: the longer side about processing_res, aspect kept; a static
+        export's own size whatever the frame (said once in the log when that differs)."""
+        size = target_size(height, width, self.processing_res)
+        fixed = self.runtime.fixed_size
+        if fixed is None or tuple(fixed) == size:
+            return size
+        if not self._warned_fixed_size:
+            log.warning('static export of %dx%d (h x w): %dx%d frames at processing_res %d '
+                        '(%dx%d) are resized to %dx%d instead (export with --dynamic, or at '
+                        'this size, to keep the aspect ratio)', *fixed, height, width,
+                        self.processing_res, *size, *fixed)
+            self._warned_fixed_size = True
+        return tuple(fixed)
 
     @torch.inference_mode()
     def preprocess(self, images: list[np.ndarray]) -> Batch:
@@ -424,9 +475,7 @@ class DepthEstimator:
         if self.strategy.own_pipeline:
             return self.strategy.predict(self, [_rgb(as_rgb_uint8_or_float(i)) for i in images])
         batch = self.preprocess(images)
-        latent = self.encode(batch.pixels)
-        depth_latent = self.run_unet(latent)
-        return self.postprocess(self.decode(depth_latent), batch)
+        return self.postprocess(self.runtime.depth(self, batch.pixels), batch)
 
     def predict(self, image: np.ndarray) -> np.ndarray:
         """Relative depth (float32 HxW in [0, 1]; larger = farther, or nearer where
@@ -440,7 +489,7 @@ class DepthEstimator:
         if self.strategy.own_pipeline:
             return torch.from_numpy(self.predict(image)).to(self.device)
         batch = self.preprocess([image])
-        depth = self.decode(self.run_unet(self.encode(batch.pixels)))
+        depth = self.runtime.depth(self, batch.pixels)
         return self.postprocess_on_device(depth, batch)[0, 0].float()
 
     def predict_batch(self, images: list[np.ndarray], max_batch: int = 8) -> list[np.ndarray]:

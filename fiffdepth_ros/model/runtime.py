@@ -43,7 +43,7 @@ def load_estimator(p: dict[str, Any]):
         processing_res=p['processing_res'], upcast_vae=p['upcast_vae'], compile=p['compile'],
         model_family=p['model_family'], denoising_steps=p['denoising_steps'],
         ensemble_size=p['ensemble_size'], seed=p['seed'], autoencoder=p['autoencoder'],
-        light_path=p['light_path'])
+        light_path=p['light_path'], runtime=p['runtime'], providers=p['runtime_providers'])
 
 
 def model_line(info: dict) -> str:
@@ -53,5 +53,10 @@ def model_line(info: dict) -> str:
     where = f'; {source}' if source else ''
     light = info.get('autoencoder', 'full')
     light = f', autoencoder {light}' if light != 'full' else ''
+    runtime = info.get('runtime', 'torch')
+    if runtime != 'torch':
+        where += f"; {runtime} on {', '.join(info.get('providers', ())) or '?'}"
+        if info.get('static_size'):
+            where += f", static {info['static_size']}"
     return (f"{info.get('model')} (family {info.get('family')}{where}) on {info.get('device')} "
             f"({info.get('precision')}, processing_res {info.get('processing_res')}{light})")

@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""torch eager vs the exported graph on ONNX Runtime and OpenVINO (and torch.compile), side by
+side in one run, fp32 on the CPU.
+
+Every row is the same DepthEstimator.predict (what the node, process_bag and fiffdepth-predict
+call per frame: shared preprocess and postprocess) with a different runtime; only the pass
+itself differs. The export is made here with fiffdepth-export's library call (static, at the
+case's size), and each row's output is checked against torch eager (max difference / range).
+Frames are timed round-robin (bench/timing.interleaved_ms), so a drifting shared machine loads
+every row alike.
+
+    python bench/export_runtimes.py --case nano  [--repeats 10] [--threads 2] [--compile]
+    python bench/export_runtimes.py --case sd2   [--repeats 3]  [--threads 2] [--compile]
+
+  nano  the shipped FiffDepth-nano (model 'nano'), a 256x192 frame at processing_res 256
+  sd2   the full-size SD2 UNet + VAE with random weights (model.tiny.build_sd2_checkpoint, fp32
+        weights on disk, ~3.5 GB: the ONNX graph uses external data), a 256x256 frame at 256;
+        needs ~15 GB of memory for all rows at once
+
+--work DIR keeps the checkpoint and the exports between runs (default: a folder under /tmp).
+"""
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))            # bench/timing.py
+
+from fiffdepth_ros.model.estimator import DepthEstimator  # noqa: E402
+from fiffdepth_ros.model.export import ExportConfig, export_single_pass  # noqa: E402
+from fiffdepth_ros.model.runtimes import is_export  # noqa: E402
+from timing import interleaved_ms  # noqa: E402
+
+CASES = {'nano': dict(size=(192, 256), res=256), 'sd2': dict(size=(256, 256), res=256)}
+
+
+def uptime() -> str:
+    one, five, fifteen = os.getloadavg()
+    return f'load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} CPUs'
+
+
+def model_for(case: str, work: Path) -> str:
+    if case == 'nano':
+        return 'nano'
+    from fiffdepth_ros.model.tiny import build_sd2_checkpoint
+    t0 = time.perf_counter()
+    path = build_sd2_checkpoint(work / 'sd2-fiffdepth', dtype=torch.float32)
+    print(f'# SD2-size checkpoint (random weights, fp32) at {path}: '
+          f'{time.perf_counter() - t0:.0f} s')
+    return str(path)
+
+
+def export_for(model: str, size, work: Path, case: str) -> Path:
+    out = work / f'{case}-export-{size[0]}x{size[1]}'
+    if not is_export(out):
+        t0 = time.perf_counter()
+        export_single_pass(ExportConfig(model=model, output=out, height=size[0], width=size[1],
+                                        overwrite=True))
+        print(f'# exported {out} in {time.perf_counter() - t0:.0f} s')
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument('--case', choices=tuple(CASES), default='nano')
+    ap.add_argument('--repeats', type=int, default=10)
+    ap.add_argument('--threads', type=int, default=2)
+    ap.add_argument('--compile', action='store_true', help='add a torch.compile row')
+    ap.add_argument('--work', type=Path, default=Path('/tmp/fiffdepth_bench_export'))
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    case = CASES[args.case]
+    h, w = case['size']
+    print(f'# {platform.processor() or platform.machine()}, torch {torch.__version__}, '
+          f'{args.threads} threads; {uptime()} (before)')
+    model = model_for(args.case, args.work)
+    export = export_for(model, case['size'], args.work, args.case)
+    import onnxruntime
+    import openvino
+    print(f'# onnxruntime {onnxruntime.__version__}, openvino {openvino.__version__}')
+
+    engines = {}
+    t0 = time.perf_counter()
+    engines['torch eager'] = DepthEstimator.from_pretrained(
+        model, device='cpu', precision='fp32', processing_res=case['res'], runtime='torch')
+    loads = {'torch eager': time.perf_counter() - t0}
+    if args.compile:
+        t0 = time.perf_counter()
+        engines['torch.compile'] = DepthEstimator.from_pretrained(
+            model, device='cpu', precision='fp32', processing_res=case['res'], runtime='torch',
+            compile=True)
+        loads['torch.compile'] = time.perf_counter() - t0
+    for runtime in ('onnxruntime', 'openvino'):
+        t0 = time.perf_counter()
+        engines[runtime] = DepthEstimator.from_pretrained(
+            str(export), device='cpu', precision='fp32', processing_res=case['res'],
+            runtime=runtime)
+        loads[runtime] = time.perf_counter() - t0
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:h, 0:w]
+    image = np.clip(np.stack([xx / w, yy / h, (xx + yy) / (h + w)], -1) * 200
+                    + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
+    reference = engines['torch eager'].predict(image)
+    span = float(reference.max() - reference.min())
+    errors = {}
+    for name, engine in engines.items():
+        t0 = time.perf_counter()
+        depth = engine.predict(image)                  # also the first (warm-up) frame
+        loads[name] += 0 if name != 'torch.compile' else time.perf_counter() - t0
+        errors[name] = float(np.abs(depth - reference).max()) / max(span, 1e-12)
+    times = interleaved_ms({name: (lambda e=e: e.predict(image)) for name, e in engines.items()},
+                           repeats=args.repeats, warmup=1)
+    base = times['torch eager'][0]
+    print(f'\n{args.case}: {h}x{w} frame at processing_res {case["res"]}, fp32 CPU, '
+          f'{args.threads} threads, {args.repeats} frames per row, interleaved')
+    print('| runtime | median ms | p10-p90 ms | vs torch eager | max diff / range | load s |')
+    print('| --- | --- | --- | --- | --- | --- |')
+    for name, (median, p10, p90) in times.items():
+        print(f'| {name} | {median:.1f} | {p10:.1f}-{p90:.1f} | {base / median:.2f}x | '
+              f'{errors[name]:.1e} | {loads[name]:.1f} |')
+    print(f'\n# {uptime()} (after)')
+
+
+if __name__ == '__main__':
+    main()

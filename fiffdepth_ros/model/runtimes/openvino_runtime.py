@@ -1,0 +1,66 @@
+"""The OpenVINO runtime: an export folder's ONNX graph read and compiled by OpenVINO.
+
+Device: 'CPU' unless ``providers`` names OpenVINO devices ('GPU', 'NPU', 'CPU'), tried in
+order (a missing one: one warning; the only one asked for: an error). In fp32 the CPU plugin's
+inference precision is pinned to f32 (it would otherwise pick bf16 on CPUs that have it)."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..checkpoint import ModelLoadError
+from .base import Runtime
+from .export_info import ExportInfo
+
+log = logging.getLogger(__name__)
+
+
+class OpenVinoRuntime(Runtime):
+    name = 'openvino'
+
+    def __init__(self, folder: Path, info: ExportInfo, device: str = 'auto',
+                 precision: str = 'auto', providers: list[str] | None = None,
+                 threads: int | None = None, cache_dir=None):
+        from . import require
+        ov = require('openvino', self.name)
+        self.info = info
+        self.fixed_size = info.fixed_size
+        self.min_side = info.min_side
+        self.precision = info.precision
+        core = ov.Core()
+        available = list(core.available_devices)
+        wanted = [p.strip().upper() for p in providers] if providers else ['CPU']
+        chosen = [d for d in wanted if d in available or d.split('.')[0] in available]
+        if not chosen or (providers and len(wanted) == 1 and chosen != wanted):
+            raise ModelLoadError(f"openvino: device {', '.join(wanted)} is not available "
+                                 f"(available: {', '.join(available)})")
+        if len(chosen) < len(wanted):
+            log.warning('openvino: %s not available: running on %s',
+                        ', '.join(d for d in wanted if d not in chosen), chosen[0])
+        self.ov_device = chosen[0]
+        graph = Path(folder) / info.graph
+        config = {'PERFORMANCE_HINT': 'LATENCY'}
+        if self.ov_device == 'CPU':
+            config['INFERENCE_NUM_THREADS'] = threads or torch.get_num_threads()
+            if info.precision == 'fp32' or precision == 'fp32':
+                config['INFERENCE_PRECISION_HINT'] = 'f32'
+        try:
+            compiled = core.compile_model(core.read_model(str(graph)), self.ov_device, config)
+        except Exception as exc:
+            raise ModelLoadError(f'openvino cannot compile {graph} for {self.ov_device} '
+                                 f'({type(exc).__name__}: {exc})') from exc
+        self.request = compiled.create_infer_request()
+
+    def depth(self, engine, pixels: torch.Tensor) -> torch.Tensor:
+        host = pixels.detach().to('cpu', torch.float32).contiguous().numpy()
+        out = []
+        for i in range(host.shape[0]):      # the graph has batch 1
+            self.request.infer({0: host[i:i + 1]})
+            out.append(np.array(self.request.get_output_tensor(0).data, dtype=np.float32))
+        return torch.from_numpy(np.concatenate(out) if len(out) > 1 else out[0])
+
+    def describe(self) -> dict:
+        return {'runtime': self.name, 'providers': [self.ov_device]}
