@@ -405,3 +405,42 @@ def test_the_fiffdepth_stage_still_needs_pseudo_labels(data):
     sample = real.load(0, flip=True, crop_u=0.0, crop_v=1.0)
     assert set(sample) == {'rgb'} and sample['rgb'].shape == (3, 32, 48)
     assert len(real) == 8
+
+
+@pytest.mark.parametrize('family,autoencoder', [('fiffdepth', 'light'),
+                                                ('e2e_ft', 'light_decoder'),
+                                                ('lotus_d', 'light_encoder')])
+def test_export_carries_the_light_parts_and_equals_the_torch_engine(models, family, autoencoder,
+                                                                    tmp_path):
+    """fiffdepth-export --autoencoder: the light halves are traced into the one graph; ONNX
+    Runtime runs it as the torch engine runs the same parts (1e-4 of the output range)."""
+    pytest.importorskip('onnxruntime')
+    from fiffdepth_ros.model.export import ExportConfig, export_single_pass
+    out = tmp_path / 'export'
+    info = export_single_pass(ExportConfig(model=str(models[family]), output=out, dynamic=True,
+                                           processing_res=48, autoencoder=autoencoder))
+    assert info.autoencoder == autoencoder
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (40, 56, 3), dtype=np.uint8)
+    torch_engine = DepthEstimator.from_pretrained(str(models[family]), device='cpu',
+                                                  precision='fp32', processing_res=48,
+                                                  autoencoder=autoencoder, runtime='torch')
+    graph = DepthEstimator.from_pretrained(str(out), device='cpu', precision='fp32',
+                                           processing_res=48)
+    assert graph.describe()['autoencoder'] == autoencoder
+    reference, depth = torch_engine.predict(image), graph.predict(image)
+    span = float(reference.max() - reference.min())
+    assert span > 0.01
+    assert float(np.abs(depth - reference).max()) <= 1e-4 * span
+    # the full-VAE graph of the same model differs: the light parts are really in the graph
+    full = DepthEstimator.from_pretrained(str(models[family]), device='cpu', precision='fp32',
+                                          processing_res=48, runtime='torch')
+    assert float(np.abs(full.predict(image) - reference).max()) > 1e-3 * span
+
+
+def test_export_refuses_an_unknown_autoencoder_choice(models, tmp_path):
+    from fiffdepth_ros.model.export import ExportConfig, ExportError
+    config = ExportConfig(model=str(models['fiffdepth']), output=tmp_path / 'x', dynamic=True,
+                          autoencoder='tiny')
+    with pytest.raises(ExportError, match='autoencoder must be one of'):
+        config.validate()

@@ -40,6 +40,8 @@ def parse_args(argv):
     ap.add_argument('--model-family', default='auto', choices=FAMILY_CHOICES)
     ap.add_argument('--runtime', default='onnxruntime', choices=('onnxruntime', 'openvino'),
                     help="the runtime 'auto' picks when the folder is loaded")
+    from .predict import add_autoencoder_arguments
+    add_autoencoder_arguments(ap)          # the light parts go into the graph instead
     return ap.parse_args(argv)
 
 
@@ -49,7 +51,8 @@ def config_from_args(args):
     return ExportConfig(model=args.model, output=args.output, height=args.height,
                         width=args.width, dynamic=args.dynamic, processing_res=res,
                         fp16=args.fp16, opset=args.opset, model_family=args.model_family,
-                        runtime=args.runtime)
+                        runtime=args.runtime, autoencoder=args.autoencoder,
+                        light_path=args.light_path)
 
 
 def main(argv=None) -> int:

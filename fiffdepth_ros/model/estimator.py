@@ -188,7 +188,7 @@ class DepthEstimator:
         self.model_source = 'exported graph'
         self.upcast_vae = self._decoder32 = False
         self.min_side = self.runtime.min_side
-        self.unet = self.vae = None
+        self.unet = self.vae = self.light_encoder = self.light_decoder = None
 
     @property
     def processing_res(self) -> int:
@@ -208,7 +208,10 @@ class DepthEstimator:
 
     @property
     def autoencoder(self) -> str:
-        """Which halves run light: 'full', 'light', 'light_encoder' or 'light_decoder'."""
+        """Which halves run light: 'full', 'light', 'light_encoder' or 'light_decoder' (an
+        exported graph: what it was exported with)."""
+        if not self.runtime.uses_torch_modules:
+            return self.runtime.info.autoencoder
         enc, dec = self.light_encoder is not None, self.light_decoder is not None
         return {(False, False): 'full', (True, True): 'light', (True, False): 'light_encoder',
                 (False, True): 'light_decoder'}[(enc, dec)]

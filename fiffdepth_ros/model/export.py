@@ -56,6 +56,8 @@ class ExportConfig:
     opset: int = DEFAULT_OPSET
     model_family: str = 'auto'
     runtime: str = 'onnxruntime'         # what 'auto' picks when the folder is loaded
+    autoencoder: str = 'full'            # full | light | light_encoder | light_decoder
+    light_path: str = ''                 # the light parts' folder (default: the model's)
     overwrite: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -71,6 +73,11 @@ class ExportConfig:
         if self.runtime not in ('onnxruntime', 'openvino'):
             raise ExportError(f"default runtime must be 'onnxruntime' or 'openvino', got "
                               f"'{self.runtime}'")
+        from .light import wanted_parts
+        try:
+            wanted_parts(self.autoencoder)
+        except ValueError as exc:
+            raise ExportError(str(exc)) from None
         if self.processing_res < -1:
             raise ExportError("--processing-res must be >= 0 (or -1: the model's own)")
 
@@ -83,11 +90,22 @@ class SinglePassGraph(torch.nn.Module):
         super().__init__()
         self.engine = engine
         self.unet, self.vae = engine.unet, engine.vae     # registered: named initialisers
+        # the light parts (model.light, autoencoder: light*) where the engine runs them
+        self.light_encoder, self.light_decoder = engine.light_encoder, engine.light_decoder
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         engine = self.engine
-        latent = stages.encode_image(engine.vae, pixels.to(engine.dtype), engine.scaling_factor)
+        if self.light_encoder is not None:
+            latent = stages.light_encode(self.light_encoder, pixels)
+        else:
+            latent = stages.encode_image(engine.vae, pixels.to(engine.dtype),
+                                         engine.scaling_factor)
         depth_latent = engine.strategy.depth_latent(engine, latent)
+        if self.light_decoder is not None:
+            out = stages.light_decode(self.light_decoder, depth_latent)
+            if self.light_decoder.outputs_depth:          # distilled: the depth itself
+                return out.float().clamp(0.0, 1.0)
+            return engine.strategy.to_depth(out).float()  # a TAESD decoder: RGB
         decoded = stages.decode_latent(engine.vae, depth_latent, engine.scaling_factor)
         return engine.strategy.to_depth(decoded).float()
 
@@ -96,12 +114,15 @@ def _to_half(engine) -> None:
     """The engine's UNet, encoder and embedding in fp16, its decoder kept in fp32 (upcast_vae):
     on the CPU too, where the estimator itself would refuse fp16 (tracing runs it once)."""
     engine.unet.half()
-    engine.vae.encoder.half()
-    if engine.vae.quant_conv is not None:
-        engine.vae.quant_conv.half()
-    engine.vae.decoder.float()
-    if engine.vae.post_quant_conv is not None:
-        engine.vae.post_quant_conv.float()
+    if engine.light_encoder is not None:
+        engine.light_encoder.half()
+    if engine.vae is not None:
+        engine.vae.encoder.half()
+        if engine.vae.quant_conv is not None:
+            engine.vae.quant_conv.half()
+        engine.vae.decoder.float()
+        if engine.vae.post_quant_conv is not None:
+            engine.vae.post_quant_conv.float()
     engine.dtype = torch.float16
     engine.upcast_vae = engine._decoder32 = True
     engine._embedding = engine._embedding.half()
@@ -128,7 +149,8 @@ def load_for_export(config: ExportConfig):
         config.model, device='cpu', precision='fp32',
         processing_res=config.processing_res if config.dynamic else max(config.height,
                                                                          config.width),
-        model_family=config.model_family, runtime='torch')
+        model_family=config.model_family, runtime='torch', autoencoder=config.autoencoder,
+        light_path=config.light_path)
     if engine.strategy.own_pipeline:
         raise ExportError(
             f"'{config.model}' is a {engine.family} checkpoint: Marigold runs diffusers' "
@@ -218,6 +240,7 @@ def export_single_pass(config: ExportConfig) -> ExportInfo:
         opset=config.opset, min_side=engine.min_side, source_model=config.model,
         source_revision=_source_revision(config.model), package_version=_package_version(),
         torch_version=torch.__version__, runtime=config.runtime, external_data=external,
+        autoencoder=engine.autoencoder,
         extra={'model_source': engine.model_source, **config.extra})
     info.write(out)                                 # last: marks the export complete
     return info

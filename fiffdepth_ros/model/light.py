@@ -121,8 +121,9 @@ class LightEncoder(ModelMixin, ConfigMixin):
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         f = self.downsampling
         h, w = pixels.shape[-2:]
-        if h % f or w % f:
-            pixels = pixels[..., :max(f, h - h % f), :max(f, w - w % f)]
+        # Unconditional (a no-op on multiples of f), so an exported graph records the crop for
+        # every size; the engine pads anything below f first, so h, w >= f.
+        pixels = pixels[..., :h - h % f, :w - w % f]
         return self.encoder(pixels) * self.config.output_scale
 
 

@@ -40,6 +40,7 @@ class ExportInfo:
     package_version: str = ''
     torch_version: str = ''
     runtime: str = 'onnxruntime'      # what runtime 'auto' picks for this folder
+    autoencoder: str = 'full'         # full, or which halves are the light parts (model.light)
     graph: str = GRAPH_FILE
     external_data: str | None = None
     batch: int = 1                    # the graph's batch size (runtimes loop over frames)
