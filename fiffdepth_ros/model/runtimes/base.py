@@ -30,3 +30,14 @@ class Runtime:
 
     def describe(self) -> dict:
         return {'runtime': self.name}
+
+
+class GraphRuntime(Runtime):
+    """A runtime of an exported graph: the facts the engine asks for come from its metadata
+    (runtimes.export_info.ExportInfo)."""
+
+    def __init__(self, info):
+        self.info = info
+        self.fixed_size = info.fixed_size
+        self.min_side = info.min_side
+        self.precision = info.precision

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import ModelLoadError
-from .base import Runtime
+from .base import GraphRuntime
 from .export_info import ExportInfo
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def _cuda_index(device: str) -> int:
     return int(device.split(':', 1)[1]) if device.startswith('cuda:') else 0
 
 
-class OnnxRuntime(Runtime):
+class OnnxRuntime(GraphRuntime):
     name = 'onnxruntime'
 
     def __init__(self, folder: Path, info: ExportInfo, device: str = 'auto',
@@ -66,10 +66,7 @@ class OnnxRuntime(Runtime):
                  threads: int | None = None, cache_dir=None):
         from . import require
         ort = require('onnxruntime', self.name)
-        self.info = info
-        self.fixed_size = info.fixed_size
-        self.min_side = info.min_side
-        self.precision = info.precision
+        super().__init__(info)
         chosen = choose_providers(providers, ort.get_available_providers(), device)
         graph = Path(folder) / info.graph
         options = {CUDA: {'device_id': _cuda_index(device)}}

@@ -12,13 +12,13 @@ import numpy as np
 import torch
 
 from ..checkpoint import ModelLoadError
-from .base import Runtime
+from .base import GraphRuntime
 from .export_info import ExportInfo
 
 log = logging.getLogger(__name__)
 
 
-class OpenVinoRuntime(Runtime):
+class OpenVinoRuntime(GraphRuntime):
     name = 'openvino'
 
     def __init__(self, folder: Path, info: ExportInfo, device: str = 'auto',
@@ -26,10 +26,7 @@ class OpenVinoRuntime(Runtime):
                  threads: int | None = None, cache_dir=None):
         from . import require
         ov = require('openvino', self.name)
-        self.info = info
-        self.fixed_size = info.fixed_size
-        self.min_side = info.min_side
-        self.precision = info.precision
+        super().__init__(info)
         core = ov.Core()
         available = list(core.available_devices)
         wanted = [p.strip().upper() for p in providers] if providers else ['CPU']
