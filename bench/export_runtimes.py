@@ -11,6 +11,7 @@ every row alike.
 
     python bench/export_runtimes.py --case nano  [--repeats 10] [--threads 2] [--compile]
     python bench/export_runtimes.py --case sd2   [--repeats 3]  [--threads 2] [--compile]
+    python bench/export_runtimes.py --case nano --model DIR --light   (DIR with light parts)
 
   nano  the shipped FiffDepth-nano (model 'nano'), a 256x192 frame at processing_res 256
   sd2   the full-size SD2 UNet + VAE with random weights (model.tiny.build_sd2_checkpoint, fp32
@@ -18,6 +19,9 @@ every row alike.
         needs ~15 GB of memory for all rows at once
 
 --work DIR keeps the checkpoint and the exports between runs (default: a folder under /tmp).
+--model replaces the case's model; --light adds torch eager and ONNX Runtime rows with the
+model's light autoencoder (light_encoder/ and light_decoder/, fiffdepth-train stage
+light_autoencoder), checked against the torch engine running the same light parts.
 """
 import argparse
 import os
@@ -56,12 +60,13 @@ def model_for(case: str, work: Path) -> str:
     return str(path)
 
 
-def export_for(model: str, size, work: Path, case: str) -> Path:
-    out = work / f'{case}-export-{size[0]}x{size[1]}'
+def export_for(model: str, size, work: Path, case: str, autoencoder: str = 'full') -> Path:
+    suffix = '' if autoencoder == 'full' else f'-{autoencoder}'
+    out = work / f'{case}-export-{size[0]}x{size[1]}{suffix}'
     if not is_export(out):
         t0 = time.perf_counter()
         export_single_pass(ExportConfig(model=model, output=out, height=size[0], width=size[1],
-                                        overwrite=True))
+                                        overwrite=True, autoencoder=autoencoder))
         print(f'# exported {out} in {time.perf_counter() - t0:.0f} s')
     return out
 
@@ -73,6 +78,9 @@ def main() -> None:
     ap.add_argument('--threads', type=int, default=2)
     ap.add_argument('--compile', action='store_true', help='add a torch.compile row')
     ap.add_argument('--work', type=Path, default=Path('/tmp/fiffdepth_bench_export'))
+    ap.add_argument('--model', help="instead of the case's model (a folder, or 'nano')")
+    ap.add_argument('--light', action='store_true',
+                    help='add rows with the light autoencoder (torch eager and ONNX Runtime)')
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -80,7 +88,7 @@ def main() -> None:
     h, w = case['size']
     print(f'# {platform.processor() or platform.machine()}, torch {torch.__version__}, '
           f'{args.threads} threads; {uptime()} (before)')
-    model = model_for(args.case, args.work)
+    model = args.model or model_for(args.case, args.work)
     export = export_for(model, case['size'], args.work, args.case)
     import onnxruntime
     import openvino
@@ -103,15 +111,27 @@ def main() -> None:
             str(export), device='cpu', precision='fp32', processing_res=case['res'],
             runtime=runtime)
         loads[runtime] = time.perf_counter() - t0
+    if args.light:
+        light_export = export_for(model, case['size'], args.work, args.case, 'light')
+        for name, where, runtime in (('torch eager, light', model, 'torch'),
+                                     ('onnxruntime, light', str(light_export), 'onnxruntime')):
+            t0 = time.perf_counter()
+            engines[name] = DepthEstimator.from_pretrained(
+                where, device='cpu', precision='fp32', processing_res=case['res'],
+                runtime=runtime, autoencoder='light' if runtime == 'torch' else 'full')
+            loads[name] = time.perf_counter() - t0
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:h, 0:w]
     image = np.clip(np.stack([xx / w, yy / h, (xx + yy) / (h + w)], -1) * 200
                     + rng.normal(0, 20, (h, w, 3)), 0, 255).astype(np.uint8)
-    reference = engines['torch eager'].predict(image)
-    span = float(reference.max() - reference.min())
+    references = {'full': engines['torch eager'].predict(image)}
+    if args.light:                                     # light rows against torch running them
+        references['light'] = engines['torch eager, light'].predict(image)
     errors = {}
     for name, engine in engines.items():
+        reference = references['light' if name.endswith(', light') else 'full']
+        span = float(reference.max() - reference.min())
         t0 = time.perf_counter()
         depth = engine.predict(image)                  # also the first (warm-up) frame
         loads[name] += 0 if name != 'torch.compile' else time.perf_counter() - t0
