@@ -78,6 +78,23 @@ def aligned_metrics(predict, frames, max_depth: float, space: str = 'depth') -> 
     return mean_metrics(per_image)
 
 
+def relative_row(native, est, domains, room_frames, real, speed_image, speed_frames) -> dict:
+    """The columns every learned row has, in its model's own output space: held-out frames
+    with ``native`` (their 128x96 as they are); with ``est`` (at the row's own processing
+    resolution) the room's relative AbsRel, the rgbd frames and the speed. ``native`` / ``est``:
+    DepthEstimator or nano_regressor.Regressor (predict, output_space, processing_res)."""
+    space = native.output_space
+    row = {f'heldout_{d}': aligned_metrics(native.predict, f, procedural.MAX_VALID_DEPTH, space)
+           for d, f in domains.items()}
+    row['output_space'] = space
+    if est is not None:
+        row['processing_res'] = est.processing_res
+        row['room_relative'] = aligned_metrics(est.predict, room_frames, ROOM_MAX_DEPTH, space)
+        row['rgbd'] = aligned_metrics(est.predict, real, RGBD_MAX_DEPTH, space) if real else None
+        row['ms_640x480'] = median_ms(est.predict, speed_image, speed_frames)
+    return row
+
+
 def row_baseline(rgb):
     return np.repeat(np.arange(rgb.shape[0], dtype=np.float32)[:, None], rgb.shape[1], 1)
 
@@ -154,43 +171,27 @@ def main(argv=None) -> int:
         for name, where in models.items():
             native = DepthEstimator.from_pretrained(where, device='cpu', precision='fp32',
                                                     processing_res=0, cache_dir=tmp)
-            space = native.output_space
-            row = {f'heldout_{d}': aligned_metrics(native.predict, f, procedural.MAX_VALID_DEPTH,
-                                                   space)
-                   for d, f in domains.items()}
-            row['output_space'] = space
+            est = None
             if not args.heldout_only:
                 res = args.processing_res
                 if res is None:
                     res = 256 if name == 'random tiny' else -1
                 est = DepthEstimator.from_pretrained(where, device='cpu', precision='fp32',
                                                      processing_res=res, cache_dir=tmp)
-                row['processing_res'] = est.processing_res
-                row['room_relative'] = aligned_metrics(est.predict, room_frames, ROOM_MAX_DEPTH,
-                                                       space)
+            row = relative_row(native, est, domains, room_frames, real, speed_image,
+                               args.speed_frames)
+            if est is not None:
                 params = room_node_params(room, where, est.processing_res, device='cpu')
                 row['room_metric'] = run_in_process(est, room, params)
-                row['rgbd'] = (aligned_metrics(est.predict, real, RGBD_MAX_DEPTH, space)
-                               if real else None)
-                row['ms_640x480'] = median_ms(est.predict, speed_image, args.speed_frames)
             rows[name] = row
         for spec in args.regressor:
             from nano_regressor import Regressor
             name, _, where = spec.rpartition('=')
-            reg = Regressor(where, processing_res=0)
-            row = {f'heldout_{d}': aligned_metrics(reg.predict, f, procedural.MAX_VALID_DEPTH,
-                                                   reg.output_space)
-                   for d, f in domains.items()}
-            row['output_space'] = reg.output_space
-            row['regressor'] = reg.meta.get('snapshot')
-            if not args.heldout_only:
-                reg.processing_res = args.processing_res or 128
-                row['processing_res'] = reg.processing_res
-                row['room_relative'] = aligned_metrics(reg.predict, room_frames, ROOM_MAX_DEPTH,
-                                                       reg.output_space)
-                row['rgbd'] = (aligned_metrics(reg.predict, real, RGBD_MAX_DEPTH,
-                                               reg.output_space) if real else None)
-                row['ms_640x480'] = median_ms(reg.predict, speed_image, args.speed_frames)
+            native = Regressor(where, processing_res=0)
+            est = None if args.heldout_only else Regressor(where, args.processing_res or 128)
+            row = relative_row(native, est, domains, room_frames, real, speed_image,
+                               args.speed_frames)
+            row['regressor'] = native.meta.get('snapshot')
             rows[name or f'regressor {where}'] = row
         rows['row baseline'] = {f'heldout_{d}': aligned_metrics(row_baseline, f,
                                                                 procedural.MAX_VALID_DEPTH)

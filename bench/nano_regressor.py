@@ -71,7 +71,7 @@ class Regressor:
         self.meta = json.loads((folder / 'regressor.json').read_text())
         self.model = UNet2DModel.from_pretrained(folder).eval().requires_grad_(False)
         self.output_space = self.meta['target_space']
-        self.processing_res = int(processing_res or PROCESSING_RES)
+        self.processing_res = PROCESSING_RES if processing_res is None else int(processing_res)
 
     @torch.inference_mode()
     def predict(self, rgb: np.ndarray) -> np.ndarray:
