@@ -129,9 +129,13 @@ class DepthEstimator:
                  precision='auto', processing_res: int = 768, upcast_vae: bool = False,
                  compile: bool = False, model_name: str = 'unnamed',
                  family: Family | None = None, runtime: Runtime | None = None,
-                 light_encoder=None, light_decoder=None):
+                 light_encoder=None, light_decoder=None,
+                 default_processing_res: int = DEFAULT_PROCESSING_RES):
         """``light_encoder`` / ``light_decoder`` (model.light) replace the VAE's halves; with
-        both, ``vae`` may be None (not loaded at all)."""
+        both, ``vae`` may be None (not loaded at all). ``default_processing_res``: what a
+        negative ``processing_res`` means (the model's own; from_pretrained reads it from the
+        checkpoint's model_index.json or the export's metadata)."""
+        self.default_processing_res = int(default_processing_res)
         self.strategy = family if family is not None else FiffDepth()
         # Where the pass runs (model.runtimes): the modules below (torch), or an exported
         # graph that owns its network (unet, vae and the embedding are then None).
@@ -142,9 +146,6 @@ class DepthEstimator:
             return
         self.device = resolve_device(str(device))
         self.dtype = resolve_dtype(precision, self.device)
-        # What a negative processing_res means: the model's own resolution (from_pretrained
-        # reads the checkpoint's default_processing_resolution).
-        self.default_processing_res = DEFAULT_PROCESSING_RES
         self.processing_res = processing_res
         self.model_name = model_name
         self.model_source = 'modules given in memory'   # from_pretrained: where it was found
@@ -182,7 +183,6 @@ class DepthEstimator:
         """The shared state of an engine whose runtime runs an exported graph."""
         self.device = self.runtime.device
         self.dtype = torch.float32                 # the graph's input (fp16 inside if so)
-        self.default_processing_res = DEFAULT_PROCESSING_RES   # load_exported: the export's
         self.processing_res = processing_res
         self.model_name = model_name
         self.model_source = 'exported graph'
@@ -333,11 +333,10 @@ class DepthEstimator:
                                       with_vae=not all(light))
         estimator = cls(unet, vae, embedding, device=device,
                         precision='fp16' if dtype == torch.float16 else 'fp32',
-                        processing_res=0, upcast_vae=upcast_vae, compile=compile,
+                        processing_res=processing_res, upcast_vae=upcast_vae, compile=compile,
                         model_name=model, family=family, light_encoder=light_encoder,
-                        light_decoder=light_decoder)
-        estimator.default_processing_res = info.default_processing_res
-        estimator.processing_res = processing_res
+                        light_decoder=light_decoder,
+                        default_processing_res=info.default_processing_res)
         estimator.model_source = checkpoint.origin
         return estimator
 

@@ -100,10 +100,9 @@ def load_exported(engine_cls, folder, runtime: str = 'auto', device: str = 'auto
         from .openvino_runtime import OpenVinoRuntime as cls
     runner = cls(Path(folder), info, device=device or 'auto', precision=precision,
                  providers=parse_providers(providers), cache_dir=cache_dir)
-    engine = engine_cls(None, None, None, processing_res=0,
-                        model_name=str(folder), family=family, runtime=runner)
-    engine.default_processing_res = info.processing_res     # -1: the size it was exported for
-    engine.processing_res = processing_res
+    engine = engine_cls(None, None, None, processing_res=processing_res,
+                        model_name=str(folder), family=family, runtime=runner,
+                        default_processing_res=info.processing_res)   # -1: its exported size
     engine.model_source = (f'export {Path(folder).expanduser().resolve()} of '
                            f'{info.source_model}')
     return engine
