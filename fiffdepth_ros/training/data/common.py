@@ -133,10 +133,15 @@ def zoom_crop(rgb: np.ndarray, depth: np.ndarray, zoom) -> tuple[np.ndarray, np.
     return rgb[top:top + ch, left:left + cw], depth[top:top + ch, left:left + cw]
 
 
+def valid_depth(depth: np.ndarray, min_depth: float, max_depth: float) -> np.ndarray:
+    """Where a depth map is a training target: finite and inside (min_depth, max_depth)."""
+    return np.isfinite(depth) & (depth > min_depth) & (depth < max_depth)
+
+
 def make_sample(rgb: np.ndarray, depth: np.ndarray, min_depth: float, max_depth: float,
                 flip: bool) -> dict:
     depth = np.asarray(depth, dtype=np.float32)
-    valid = np.isfinite(depth) & (depth > min_depth) & (depth < max_depth)
+    valid = valid_depth(depth, min_depth, max_depth)
     depth = np.where(valid, depth, 0.0).astype(np.float32)
     if flip:
         rgb, depth, valid = rgb[:, ::-1], depth[:, ::-1], valid[:, ::-1]
@@ -201,10 +206,8 @@ class RGBDDataset:
         if zoom is not None:
             size_hw = size_hw or rgb.shape[:2]
             crop_rgb, crop_depth = zoom_crop(rgb, depth, zoom)
-            valid = np.isfinite(crop_depth) & (crop_depth > self.min_depth) \
-                & (crop_depth < self.max_depth)
             # A window of sky (or of any invalid depth) has no target: keep the whole frame.
-            if valid.mean() >= MIN_ZOOM_VALID:
+            if valid_depth(crop_depth, self.min_depth, self.max_depth).mean() >= MIN_ZOOM_VALID:
                 rgb, depth = crop_rgb, crop_depth
         if size_hw:
             rgb, depth = resize_sample(rgb, depth, size_hw)
