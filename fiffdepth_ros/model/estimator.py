@@ -33,12 +33,12 @@ import torch.nn.functional as F
 
 from . import stages
 from .families import FAMILY_CHOICES, Family
+from .families.base import DEFAULT_PROCESSING_RES
 from .families.fiffdepth import FiffDepth
 from .runtimes import Runtime, TorchRuntime
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PROCESSING_RES = 768      # the releases' default longer side
 DEFAULT_SCALING_FACTOR = 0.18215
 
 

@@ -25,6 +25,9 @@ import torch
 from .. import stages
 
 
+DEFAULT_PROCESSING_RES = 768      # the releases' default longer side
+
+
 @dataclass
 class CheckpointInfo:
     """What a checkpoint says about itself: read from its files, no weights loaded."""
@@ -50,12 +53,19 @@ class CheckpointInfo:
     @property
     def default_processing_res(self) -> int:
         """model_index.json's default_processing_resolution (Marigold's and the released
-        DirectPipeline's key), else 768, the releases' default."""
+        DirectPipeline's key), else DEFAULT_PROCESSING_RES."""
         value = self.model_index.get('default_processing_resolution')
         try:
-            return int(value) if value is not None and int(value) >= 0 else 768
+            return int(value) if value is not None and int(value) >= 0 \
+                else DEFAULT_PROCESSING_RES
         except (TypeError, ValueError):
-            return 768
+            return DEFAULT_PROCESSING_RES
+
+    @property
+    def prediction_type(self) -> str:
+        """model_index.json's prediction_type (Marigold's key: 'depth' or 'disparity'), else
+        'depth'."""
+        return str(self.model_index.get('prediction_type') or 'depth')
 
     @property
     def scheduler_class(self) -> str:

@@ -21,7 +21,7 @@ class FiffDepth(Family):
 
     def __init__(self, info=None, **options):
         super().__init__(info, **options)
-        prediction = (info.model_index.get('prediction_type') if info else None) or 'depth'
+        prediction = info.prediction_type if info else 'depth'
         if prediction not in ('depth', 'disparity'):
             from ..checkpoint import ModelLoadError
             raise ModelLoadError(f"model_index.json prediction_type {prediction!r}: a FiffDepth "

@@ -34,7 +34,7 @@ class Marigold(Family):
         self.seed = int(seed)
         if self.ensemble_size < 1:
             raise ValueError(f'ensemble_size must be at least 1, got {ensemble_size}')
-        prediction = (info.model_index.get('prediction_type') if info else None) or 'depth'
+        prediction = info.prediction_type if info else 'depth'
         self.output_space = 'disparity' if prediction == 'disparity' else 'depth'
 
     def prepare(self, engine) -> None:
