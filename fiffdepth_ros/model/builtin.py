@@ -7,8 +7,9 @@ on procedural scenes only, for demonstrations and tests, not for a robot. It liv
 itself (``fiffdepth_ros/resources/nano``, installed as package data by pip and colcon alike), so
 it is found wherever ``fiffdepth_ros`` is importable. The resolution it runs at is its own
 model_index.json's default_processing_resolution (the size it was trained at), which every tool
-and the node use unless told otherwise (``processing_res: -1``, the default). A built-in name wins over a local folder of
-the same name in the working directory (pass ``./nano`` for that folder).
+and the node use unless told otherwise (``processing_res: -1``, the default). A built-in name
+wins over a local folder of the same name in the working directory (pass ``./nano`` for that
+folder).
 """
 from __future__ import annotations
 

@@ -103,9 +103,8 @@ class PlannedSamples(torch.utils.data.Dataset):
     def __getitem__(self, descriptor):
         if descriptor[0] == 'syn':
             _, dataset, index, flip, seed = descriptor
-            zoom = zoom_draw(seed, self.zoom)
-            sample = (self.synthetic[dataset].load(index, flip=flip) if zoom is None else
-                      self.synthetic[dataset].load(index, flip=flip, zoom=zoom))
+            sample = self.synthetic[dataset].load(index, flip=flip,
+                                                  zoom=zoom_draw(seed, self.zoom))
         else:
             _, index, flip, cu, cv, seed = descriptor
             zoom = zoom_draw(seed, self.zoom)
