@@ -88,25 +88,28 @@ class Regressor:
         return out
 
 
-def training_config(data_root: Path) -> dict:
-    """config/nano's data, method and batch settings, pointed at ``data_root``."""
+def training_config(data_root: Path, real: bool = True) -> dict:
+    """config/nano's data, method and batch settings, pointed at ``data_root``; ``real=False``
+    drops the real-like images and their pseudo-labels (as scripts/nano_ablation.sh's noreal)."""
     from fiffdepth_ros.training.config import load_config
-    return load_config(ROOT / 'config' / 'nano' / 'fiffdepth.yaml',
-                       [f'data.root={data_root}', f'data.split_root={data_root}'])
+    overrides = [f'data.root={data_root}', f'data.split_root={data_root}']
+    if not real:
+        overrides += ['data.real=null', 'train.batch_size_real=0']
+    return load_config(ROOT / 'config' / 'nano' / 'fiffdepth.yaml', overrides)
 
 
 def train(data_root: Path, out: Path, budget_cpu_s: float, snapshots: list[float],
           lr: float = 1e-3, final_ratio: float = 0.05, seed: int = 2025,
-          log_every: int = 50) -> dict:
+          log_every: int = 50, real_like: bool = True) -> dict:
     from fiffdepth_ros.training.data.factory import build_training_data
     from fiffdepth_ros.training.data.mixing import BatchPlan, PlannedSamples, collate
     from fiffdepth_ros.training.losses import depth_terms
     from fiffdepth_ros.training.targets import normalized_target, pseudo_label_to_normalized
-    cfg = training_config(data_root)
+    cfg = training_config(data_root, real_like)
     method, tcfg, data = cfg['method'], cfg['train'], cfg['data']
     q, space = float(method['depth_quantile']), method['target_space']
     pl = method['pseudo_label']
-    synthetic, probs, real = build_training_data(data)
+    synthetic, probs, real = build_training_data(data, need_real=real_like)
     plan = BatchPlan([len(d) for d in synthetic], probs, len(real) if real else 0,
                      tcfg['batch_size_synthetic'], tcfg['batch_size_real'], seed,
                      flip_p=data['lr_flip_p'])
@@ -120,7 +123,8 @@ def train(data_root: Path, out: Path, budget_cpu_s: float, snapshots: list[float
                              for k, v in ARCHITECTURE.items()},
             'parameters': parameter_count(model), 'target_space': space,
             'depth_quantile': q, 'zoom': data['zoom'], 'lr': lr, 'final_ratio': final_ratio,
-            'seed': seed, 'data': str(data_root), 'budget_cpu_s': budget_cpu_s,
+            'seed': seed, 'data': str(data_root), 'real_like': real_like,
+            'budget_cpu_s': budget_cpu_s,
             'batch': [tcfg['batch_size_synthetic'], tcfg['batch_size_real']],
             'torch_threads': torch.get_num_threads(), 'snapshots': []}
     pending = sorted(float(s) for s in snapshots if s <= budget_cpu_s) + [budget_cpu_s]
@@ -184,11 +188,13 @@ def main(argv=None) -> int:
     ap.add_argument('--lr', type=float, default=1e-3)
     ap.add_argument('--threads', type=int, default=1)
     ap.add_argument('--seed', type=int, default=2025)
+    ap.add_argument('--no-real', action='store_true',
+                    help='synthetic frames only (no real-like images, no pseudo-labels)')
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     snapshots = [float(s) for s in args.snapshots.split(',') if s.strip()]
     meta = train(args.data.resolve(), args.out, args.budget_cpu_s, snapshots, lr=args.lr,
-                 seed=args.seed)
+                 seed=args.seed, real_like=not args.no_real)
     print(f"regressor: {meta['parameters'] / 1e6:.2f}M parameters, {meta['steps']} steps, "
           f"snapshots {[s['folder'] for s in meta['snapshots']]} in {args.out}")
     return 0

@@ -304,6 +304,12 @@ def test_regressor_bench_trains_on_the_recipe_data_and_is_scored_beside_nano(dat
     assert rows['plain']['output_space'] == 'disparity'
     assert 0.0 < rows['plain']['heldout_synthetic']['abs_rel'] < 10.0
     assert 'plain | disparity' in capsys.readouterr().out
+    # --no-real: the synthetic frames alone (no real-like images, no pseudo-labels)
+    cfg = regressor.training_config(data, real=False)
+    assert cfg['data']['real'] is None and cfg['train']['batch_size_real'] == 0
+    only = regressor.train(data, tmp_path / 'syn', budget_cpu_s=1.0, snapshots=[], log_every=1,
+                           real_like=False)
+    assert only['real_like'] is False and meta['real_like'] is True and only['steps'] >= 1
 
 
 def test_ablation_seed_summary_is_mean_and_sample_std():
