@@ -101,30 +101,68 @@ def _slice_torch(factor: torch.Tensor, grid, guide: torch.Tensor | None) -> torc
     gb = (guide - np.float32(grid.axis.g0)) * np.float32(1.0 / grid.axis.width)
     # NaN (invalid aligned depth) -> bin 0, as the numpy path's fmax: a finite factor there.
     gb = torch.fmax(gb, torch.zeros((), device=gb.device)).clamp_(max=float(bins - 1))
-    b0 = gb.to(torch.int32).clamp_(0, bins - 2).float()     # truncation = floor (gb >= 0)
-    gb = gb - b0                                             # fraction towards bin b0 + 1
-    map_x = b0 * np.float32(gw) + gx
+    b0 = gb.to(torch.int32).clamp_(0, bins - 2)             # truncation = floor (gb >= 0)
+    gb = gb - b0.float()                                     # fraction towards bin b0 + 1
     tiles = factor.permute(0, 2, 1).reshape(gh, bins * gw)   # bin b at x offset b * gw
-    lo = _remap_linear(tiles, map_x, gy)
-    hi = _remap_linear(tiles, map_x + np.float32(gw), gy)
+    # cv2.remap of the tiles at x = b0 * gw + gx (and + gw), y = gy: the bin offset is a whole
+    # number of columns, so the taps and weights of (gx, gy) serve every bin (_taps).
+    rows0, rows1, col, weights = _taps(grid, factor.device)
+    stride = bins * gw + 2
+    padded = F.pad(tiles[None, None], (1, 1, 1, 1))[0, 0].reshape(-1)    # the 0 border
+    base = b0.to(torch.int64) * gw + col
+    i0, i1 = base + rows0 * stride, base + rows1 * stride
+    lo = _blend(padded, i0, i1, weights)
+    hi = _blend(padded, i0 + gw, i1 + gw, weights)
     return (hi - lo) * gb + lo
+
+
+def _blend(padded, i0, i1, weights):
+    """_remap_linear's sum of its four taps, from flat indices of the upper-left taps."""
+    w00, w01, w10, w11 = weights
+    return (padded[i0] * w00 + padded[i0 + 1] * w01 + padded[i1] * w10 + padded[i1 + 1] * w11)
+
+
+_TAPS: dict = {}
+
+
+def _taps(grid, device):
+    """For the half-resolution pixel maps of ``grid`` (cached per size and device): the padded
+    row of each pixel's upper and lower taps, its padded left column, and the four bilinear
+    weights, as _remap_linear computes them."""
+    gx, gy = _pixel_maps(grid)
+    key = (gx.shape, grid.cell, grid.nh, grid.nw, grid.gh, str(device), _remap_steps())
+    taps = _TAPS.get(key)
+    if taps is None:
+        x0, y0, ax, ay = _remap_coords(torch.from_numpy(gx), torch.from_numpy(gy))
+        bx, by = 1.0 - ax, 1.0 - ay
+        taps = tuple(t.to(device) for t in (
+            y0.clamp(-1, grid.gh) + 1, (y0 + 1).clamp(-1, grid.gh) + 1, x0 + 1,
+            by * bx, by * ax, ay * bx, ay * ax))
+        taps = (*taps[:3], taps[3:])
+        if len(_TAPS) > 8:
+            _TAPS.clear()
+        _TAPS[key] = taps
+    return taps
+
+
+def _remap_coords(map_x: torch.Tensor, map_y: torch.Tensor):
+    """Upper-left tap (int64) and fractions of cv2.remap's INTER_LINEAR (see _remap_steps)."""
+    steps = _remap_steps()
+    if steps is None:
+        x0, y0 = torch.floor(map_x), torch.floor(map_y)
+        return x0.to(torch.int64), y0.to(torch.int64), map_x - x0, map_y - y0
+    sx = torch.round(map_x * np.float32(steps)).to(torch.int64)    # half to even: cvRound
+    sy = torch.round(map_y * np.float32(steps)).to(torch.int64)
+    x0 = torch.div(sx, steps, rounding_mode='floor')
+    y0 = torch.div(sy, steps, rounding_mode='floor')
+    return (x0, y0, (sx - x0 * steps).float() * np.float32(1.0 / steps),
+            (sy - y0 * steps).float() * np.float32(1.0 / steps))
 
 
 def _remap_linear(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> torch.Tensor:
     """``cv2.remap(src, map_x, map_y, INTER_LINEAR)`` with its constant 0 border, as this
     OpenCV computes it (see ``_remap_steps``)."""
-    steps = _remap_steps()
-    if steps is None:
-        x0, y0 = torch.floor(map_x), torch.floor(map_y)
-        ax, ay = map_x - x0, map_y - y0
-        x0, y0 = x0.to(torch.int64), y0.to(torch.int64)
-    else:
-        sx = torch.round(map_x * np.float32(steps)).to(torch.int64)    # half to even: cvRound
-        sy = torch.round(map_y * np.float32(steps)).to(torch.int64)
-        x0 = torch.div(sx, steps, rounding_mode='floor')
-        y0 = torch.div(sy, steps, rounding_mode='floor')
-        ax = (sx - x0 * steps).float() * np.float32(1.0 / steps)
-        ay = (sy - y0 * steps).float() * np.float32(1.0 / steps)
+    x0, y0, ax, ay = _remap_coords(map_x, map_y)
     h, w = src.shape
     padded = F.pad(src[None, None], (1, 1, 1, 1))[0, 0].reshape(-1)    # the 0 border
     stride = w + 2
