@@ -108,18 +108,18 @@ def _slice_torch(factor: torch.Tensor, grid, guide: torch.Tensor | None) -> torc
     # number of columns, so the taps and weights of (gx, gy) serve every bin (_taps).
     rows0, rows1, col, weights = _taps(grid, factor.device)
     stride = bins * gw + 2
-    padded = F.pad(tiles[None, None], (1, 1, 1, 1))[0, 0].reshape(-1)    # the 0 border
+    padded = F.pad(tiles, (1, 2 + gw, 1, 1))                 # the 0 border (and reach)
+    # Each entry with its right neighbour, in this bin and the next: one gather per tap row.
+    quad = torch.stack([padded[:, :stride], padded[:, 1:stride + 1],
+                        padded[:, gw:gw + stride], padded[:, gw + 1:gw + 1 + stride]],
+                       -1).reshape(-1, 4)
     base = b0.to(torch.int64) * gw + col
-    i0, i1 = base + rows0 * stride, base + rows1 * stride
-    lo = _blend(padded, i0, i1, weights)
-    hi = _blend(padded, i0 + gw, i1 + gw, weights)
-    return (hi - lo) * gb + lo
-
-
-def _blend(padded, i0, i1, weights):
-    """_remap_linear's sum of its four taps, from flat indices of the upper-left taps."""
+    t0 = quad[base + rows0 * stride]
+    t1 = quad[base + rows1 * stride]
     w00, w01, w10, w11 = weights
-    return (padded[i0] * w00 + padded[i0 + 1] * w01 + padded[i1] * w10 + padded[i1 + 1] * w11)
+    lo = t0[:, :, 0] * w00 + t0[:, :, 1] * w01 + t1[:, :, 0] * w10 + t1[:, :, 1] * w11
+    hi = t0[:, :, 2] * w00 + t0[:, :, 3] * w01 + t1[:, :, 2] * w10 + t1[:, :, 3] * w11
+    return (hi - lo) * gb + lo
 
 
 _TAPS: dict = {}

@@ -58,6 +58,7 @@ scales twice apart in bench/scale_recovery.py, ~13 % less time). Anchor sets den
 """
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -137,6 +138,7 @@ _ONE = np.ones(1, np.float32)
 _JUDGE_CELLS = 4         # judging grid cell, in cells of the interpolation grid
 _JUDGE_RATIO = 4.0       # judging scales 4x apart (neighbourhoods of 0.5, 2, 8 judge cells)
 _MAX_SIGMA = 1.0        # blur at most this many cells on a pyramid floor; pool beyond
+_SPLINE_STEP = 2         # the spline base is evaluated every 2 cells, linear between
 _SLICE_STEP = 2         # the correction factor is read every 2 pixels, then upsampled
 
 
@@ -638,7 +640,7 @@ def thin_plate_base(shape, rows, cols, v, weights, grid: _Grid,
         coef = np.linalg.solve(a, b)
     except np.linalg.LinAlgError:           # e.g. all centres on one line, no smoothing
         coef = np.linalg.lstsq(a, b, rcond=None)[0]
-    # Evaluated every _JUDGE_CELLS cells (and the last), linear between: a smooth surface.
+    # Evaluated every _SPLINE_STEP cells (and the last), linear between: a smooth surface.
     iy, wy = _nodes(grid.gh)
     ix, wx = _nodes(grid.gw)
     gy = ((iy + 0.5) * grid.cell - 0.5) * side
@@ -651,11 +653,14 @@ def thin_plate_base(shape, rows, cols, v, weights, grid: _Grid,
     return base.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=16)
 def _nodes(n: int):
-    """Every _JUDGE_CELLS-th of n cells and the last, and the (n, nodes) linear weights
-    that interpolate between them."""
-    idx = np.unique(np.r_[np.arange(0, n, _JUDGE_CELLS), n - 1])
-    return idx, np.stack([np.interp(np.arange(n), idx, e) for e in np.eye(len(idx))], 1)
+    """Every _SPLINE_STEP-th of n cells and the last, and the (n, nodes) linear weights
+    that interpolate between them (cached per n: read only)."""
+    idx = np.unique(np.r_[np.arange(0, n, _SPLINE_STEP), n - 1])
+    weights = np.stack([np.interp(np.arange(n), idx, e) for e in np.eye(len(idx))], 1)
+    idx.flags.writeable = weights.flags.writeable = False
+    return idx, weights
 
 
 def _bilinear(field: np.ndarray, grid: _Grid, rows, cols) -> np.ndarray:
