@@ -664,12 +664,14 @@ def _nodes(n: int):
 
 
 def _bilinear(field: np.ndarray, grid: _Grid, rows, cols) -> np.ndarray:
-    """A (gh, gw) grid read bilinearly at pixels (cell i centred on (i + 0.5) * cell - 0.5)."""
-    y0, y1, fy = _Grid._axis((rows + 0.5) / grid.cell - 0.5, grid.nh)
-    x0, x1, fx = _Grid._axis((cols + 0.5) / grid.cell - 0.5, grid.nw)
-    f = field.astype(np.float64)
-    return ((1 - fy) * ((1 - fx) * f[y0, x0] + fx * f[y0, x1])
-            + fy * ((1 - fx) * f[y1, x0] + fx * f[y1, x1]))
+    """A float32 (gh, gw) grid read bilinearly at pixels (cell i centred on pixel
+    (i + 0.5) * cell - 0.5, clamped to the cells that cover the image), float64."""
+    scale = np.float32(1.0 / grid.cell)
+    mx = np.minimum(np.maximum((cols.astype(np.float32) + 0.5) * scale - 0.5, 0), grid.nw - 1)
+    my = np.minimum(np.maximum((rows.astype(np.float32) + 0.5) * scale - 0.5, 0), grid.nh - 1)
+    out = cv2.remap(field, mx.reshape(1, -1), my.reshape(1, -1), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.ravel().astype(np.float64)
 
 
 def log_guide(aligned: np.ndarray) -> np.ndarray:
