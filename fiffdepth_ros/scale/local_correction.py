@@ -12,13 +12,13 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    window holds enough anchors (fully at ``min_support``, half an anchor: the field passes
    through isolated anchors, as an interpolation should). Dense anchors give fine detail;
    between LiDAR rings and at image borders the fill is smooth.
-   Steps 1-3 spread what is left of the residuals after a smooth base (``spline``): a
-   thin-plate spline through the inliers' residuals (the smoothest surface through them,
-   bending energy minimised; ``spline_smoothing`` relaxes it, more for anchors the judging
+   Smooth base (``spline``): the final field spreads what is left of the residuals after a
+   thin-plate spline through the judged anchors' residuals (the surface of least bending
+   energy through them; ``spline_smoothing`` relaxes it, the more for an anchor the judging
    half-trusts; more than ``spline_centres`` anchors are first averaged per judging cell).
-   Between sparse anchors a prediction's error is a smooth warp far more often than a
-   constant: the spline carries its trend across gaps where a normalised convolution falls
-   back to a local mean. It never leaves the range of the values it interpolates.
+   Between sparse anchors the spline carries the error's trend (a prediction bent across the
+   image) over the gaps, where the normalised convolution alone falls back to a local mean.
+   It is clipped to the range of the values it fits (no extrapolated trend beyond the data).
 3. Edge aware (``edge_aware``): the prediction's errors follow its own structure (an object, a
    corner it got wrong), so the grid gets a third axis, the aligned log depth, in bins of
    ``range_sigma`` (a bilateral grid). An anchor corrects the pixels near it that the prediction
