@@ -1,8 +1,10 @@
-"""Dense local correction: accuracy, no seams, robustness, edge awareness, invalid pixels."""
+"""Dense local correction: accuracy, no seams, robustness, edge awareness, invalid pixels,
+the thin-plate spline base between sparse anchors."""
 import numpy as np
 import pytest
 
-from fiffdepth_ros.scale.local_correction import LocalCorrectionOptions, local_correction
+from fiffdepth_ros.scale.local_correction import (LocalCorrectionOptions, _Grid,
+                                                  local_correction, thin_plate_base)
 
 H, W = 240, 320
 
@@ -142,8 +144,65 @@ def test_deterministic():
     assert np.array_equal(a.weights, b.weights)
 
 
+def test_the_spline_base_carries_a_smooth_warp_across_sparse_anchors():
+    """40 anchors, a smooth warp (the prediction's typical error between sparse anchors): the
+    spline base follows its trend through the gaps, where the local means alone (spline off)
+    fall back towards the anchors' average."""
+    truth, _ = _truth()
+    errs = {}
+    for seed in range(3):
+        aligned = (truth * _smooth_error()).astype(np.float32)
+        rows, cols = _anchors(40, seed=20 + seed)
+        for spline in (True, False):
+            out = local_correction(aligned, rows, cols, truth[rows, cols],
+                                   options=LocalCorrectionOptions(spline=spline))
+            errs.setdefault(spline, []).append(_absrel(out.depth, truth))
+    assert np.mean(errs[True]) < 0.7 * np.mean(errs[False])
+
+
+def _base(rows, cols, v, weights, **opts):
+    options = LocalCorrectionOptions(**opts)
+    grid = _Grid(H, W, options.cell, options.base_sigma)
+    return thin_plate_base((H, W), rows, cols, v, weights, grid, options)[:grid.nh, :grid.nw]
+
+
+def test_thin_plate_base_reproduces_a_plane_and_stays_within_its_data():
+    rows, cols = _anchors(60, seed=7)
+    plane = 0.1 + 0.002 * rows - 0.001 * cols
+    grid = LocalCorrectionOptions().cell * (np.arange(H // 16)[:, None] + 0.5) - 0.5
+    gridc = LocalCorrectionOptions().cell * (np.arange(W // 16)[None, :] + 0.5) - 0.5
+    exact = _base(rows, cols, plane, np.ones(60), spline_smoothing=0.0)
+    want = 0.1 + 0.002 * grid - 0.001 * gridc
+    inside = (want >= plane.min()) & (want <= plane.max())
+    assert np.allclose(exact[inside], want[inside], atol=1e-5)   # linear in, linear out
+    assert exact.min() >= plane.min() - 1e-6 and exact.max() <= plane.max() + 1e-6
+    # Anchors in the top half only: the trend is not extrapolated past the data's range.
+    top = rows < H // 2
+    half = _base(rows[top], cols[top], 0.004 * rows[top], np.ones(top.sum()))
+    assert half.max() <= 0.004 * rows[top].max() + 1e-6
+
+
+def test_thin_plate_base_ignores_rejected_anchors_and_averages_dense_sets():
+    rows, cols = _anchors(60, seed=8)
+    v = 0.05 * np.sin(cols / 50.0)
+    w = np.ones(60)
+    ref = _base(rows, cols, v, w)
+    bad_v, bad_w = v.copy(), w.copy()
+    bad_v[::6], bad_w[::6] = 3.0, 0.0                  # rejected by the judging: weight 0
+    assert np.allclose(_base(rows, cols, bad_v, bad_w),
+                       _base(rows[bad_w > 0], cols[bad_w > 0], v[bad_w > 0],
+                             w[bad_w > 0]), atol=1e-6)
+    assert not np.allclose(ref, _base(rows, cols, bad_v, np.ones(60)), atol=1e-3)
+    # More anchors than spline_centres: fitted on cell means, the same smooth surface.
+    rr, cc = _anchors(3000, seed=9)
+    dense = _base(rr, cc, 0.05 * np.sin(cc / 50.0), np.ones(3000))
+    sparse = _base(rr[:100], cc[:100], 0.05 * np.sin(cc[:100] / 50.0), np.ones(100))
+    assert np.abs(dense - sparse).mean() < 0.01
+
+
 @pytest.mark.parametrize('kwargs', [dict(cell=0), dict(outlier_cutoff=0.0),
-                                    dict(range_sigma=0.0), dict(iterations=-1)])
+                                    dict(range_sigma=0.0), dict(iterations=-1),
+                                    dict(spline_smoothing=-0.1), dict(spline_centres=2)])
 def test_invalid_options(kwargs):
     with pytest.raises(ValueError):
         LocalCorrectionOptions(**kwargs)

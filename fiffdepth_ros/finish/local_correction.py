@@ -101,30 +101,68 @@ def _slice_torch(factor: torch.Tensor, grid, guide: torch.Tensor | None) -> torc
     gb = (guide - np.float32(grid.axis.g0)) * np.float32(1.0 / grid.axis.width)
     # NaN (invalid aligned depth) -> bin 0, as the numpy path's fmax: a finite factor there.
     gb = torch.fmax(gb, torch.zeros((), device=gb.device)).clamp_(max=float(bins - 1))
-    b0 = gb.to(torch.int32).clamp_(0, bins - 2).float()     # truncation = floor (gb >= 0)
-    gb = gb - b0                                             # fraction towards bin b0 + 1
-    map_x = b0 * np.float32(gw) + gx
+    b0 = gb.to(torch.int32).clamp_(0, bins - 2)             # truncation = floor (gb >= 0)
+    gb = gb - b0.float()                                     # fraction towards bin b0 + 1
     tiles = factor.permute(0, 2, 1).reshape(gh, bins * gw)   # bin b at x offset b * gw
-    lo = _remap_linear(tiles, map_x, gy)
-    hi = _remap_linear(tiles, map_x + np.float32(gw), gy)
+    # cv2.remap of the tiles at x = b0 * gw + gx (and + gw), y = gy: the bin offset is a whole
+    # number of columns, so the taps and weights of (gx, gy) serve every bin (_taps).
+    rows0, rows1, col, weights = _taps(grid, factor.device)
+    stride = bins * gw + 2
+    padded = F.pad(tiles, (1, 2 + gw, 1, 1))                 # the 0 border (and reach)
+    # Each entry with its right neighbour, in this bin and the next: one gather per tap row.
+    quad = torch.stack([padded[:, :stride], padded[:, 1:stride + 1],
+                        padded[:, gw:gw + stride], padded[:, gw + 1:gw + 1 + stride]],
+                       -1).reshape(-1, 4)
+    base = b0.to(torch.int64) * gw + col
+    t0 = quad[base + rows0 * stride]
+    t1 = quad[base + rows1 * stride]
+    w00, w01, w10, w11 = weights
+    lo = t0[:, :, 0] * w00 + t0[:, :, 1] * w01 + t1[:, :, 0] * w10 + t1[:, :, 1] * w11
+    hi = t0[:, :, 2] * w00 + t0[:, :, 3] * w01 + t1[:, :, 2] * w10 + t1[:, :, 3] * w11
     return (hi - lo) * gb + lo
+
+
+_TAPS: dict = {}
+
+
+def _taps(grid, device):
+    """For the half-resolution pixel maps of ``grid`` (cached per size and device): the padded
+    row of each pixel's upper and lower taps, its padded left column, and the four bilinear
+    weights, as _remap_linear computes them."""
+    gx, gy = _pixel_maps(grid)
+    key = (gx.shape, grid.cell, grid.nh, grid.nw, grid.gh, str(device), _remap_steps())
+    taps = _TAPS.get(key)
+    if taps is None:
+        x0, y0, ax, ay = _remap_coords(torch.from_numpy(gx), torch.from_numpy(gy))
+        bx, by = 1.0 - ax, 1.0 - ay
+        taps = tuple(t.to(device) for t in (
+            y0.clamp(-1, grid.gh) + 1, (y0 + 1).clamp(-1, grid.gh) + 1, x0 + 1,
+            by * bx, by * ax, ay * bx, ay * ax))
+        taps = (*taps[:3], taps[3:])
+        if len(_TAPS) > 8:
+            _TAPS.clear()
+        _TAPS[key] = taps
+    return taps
+
+
+def _remap_coords(map_x: torch.Tensor, map_y: torch.Tensor):
+    """Upper-left tap (int64) and fractions of cv2.remap's INTER_LINEAR (see _remap_steps)."""
+    steps = _remap_steps()
+    if steps is None:
+        x0, y0 = torch.floor(map_x), torch.floor(map_y)
+        return x0.to(torch.int64), y0.to(torch.int64), map_x - x0, map_y - y0
+    sx = torch.round(map_x * np.float32(steps)).to(torch.int64)    # half to even: cvRound
+    sy = torch.round(map_y * np.float32(steps)).to(torch.int64)
+    x0 = torch.div(sx, steps, rounding_mode='floor')
+    y0 = torch.div(sy, steps, rounding_mode='floor')
+    return (x0, y0, (sx - x0 * steps).float() * np.float32(1.0 / steps),
+            (sy - y0 * steps).float() * np.float32(1.0 / steps))
 
 
 def _remap_linear(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> torch.Tensor:
     """``cv2.remap(src, map_x, map_y, INTER_LINEAR)`` with its constant 0 border, as this
     OpenCV computes it (see ``_remap_steps``)."""
-    steps = _remap_steps()
-    if steps is None:
-        x0, y0 = torch.floor(map_x), torch.floor(map_y)
-        ax, ay = map_x - x0, map_y - y0
-        x0, y0 = x0.to(torch.int64), y0.to(torch.int64)
-    else:
-        sx = torch.round(map_x * np.float32(steps)).to(torch.int64)    # half to even: cvRound
-        sy = torch.round(map_y * np.float32(steps)).to(torch.int64)
-        x0 = torch.div(sx, steps, rounding_mode='floor')
-        y0 = torch.div(sy, steps, rounding_mode='floor')
-        ax = (sx - x0 * steps).float() * np.float32(1.0 / steps)
-        ay = (sy - y0 * steps).float() * np.float32(1.0 / steps)
+    x0, y0, ax, ay = _remap_coords(map_x, map_y)
     h, w = src.shape
     padded = F.pad(src[None, None], (1, 1, 1, 1))[0, 0].reshape(-1)    # the 0 border
     stride = w + 2

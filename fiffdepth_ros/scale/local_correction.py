@@ -9,9 +9,16 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    divide. Gaps fill without seams because the result is a ratio of smooth functions.
 2. Multi-scale, density adaptive: scales sigma_k = base_sigma * 2^k cells are blended from coarse
    to fine (large scales on a pooled grid, a pyramid); scale k takes over where its Gaussian
-   window holds enough anchors (fully at ``min_support``). Dense anchors give fine detail;
-   between LiDAR rings and at image borders the fill is smooth; with no anchors near, the
-   correction tends to the anchors' mean.
+   window holds enough anchors (fully at ``min_support``, half an anchor: the field passes
+   through isolated anchors, as an interpolation should). Dense anchors give fine detail;
+   between LiDAR rings and at image borders the fill is smooth.
+   Smooth base (``spline``): the final field spreads what is left of the residuals after a
+   thin-plate spline through the judged anchors' residuals (the surface of least bending
+   energy through them; ``spline_smoothing`` relaxes it, the more for an anchor the judging
+   half-trusts; more than ``spline_centres`` anchors are first averaged per judging cell).
+   Between sparse anchors the spline carries the error's trend (a prediction bent across the
+   image) over the gaps, where the normalised convolution alone falls back to a local mean.
+   It is clipped to the range of the values it fits (no extrapolated trend beyond the data).
 3. Edge aware (``edge_aware``): the prediction's errors follow its own structure (an object, a
    corner it got wrong), so the grid gets a third axis, the aligned log depth, in bins of
    ``range_sigma`` (a bilateral grid). An anchor corrects the pixels near it that the prediction
@@ -51,6 +58,7 @@ scales twice apart in bench/scale_recovery.py, ~13 % less time). Anchor sets den
 """
 from __future__ import annotations
 
+import functools
 import threading
 from dataclasses import dataclass
 
@@ -66,7 +74,7 @@ GUIDES = ('depth', 'image', 'both')
 class LocalCorrectionOptions:
     cell: int = 16                   # coarse grid cell, pixels
     base_sigma: float = 0.5          # finest Gaussian scale, cells
-    min_support: float = 2.0         # anchors at which a scale is fully used (interpolation)
+    min_support: float = 0.5         # anchors at which a scale is fully used (interpolation)
     edge_aware: bool = True          # bilateral grid over the aligned log depth
     range_sigma: float = 0.1         # bilateral bin width, log depth (~10 % depth difference)
     max_bins: int = 48               # bilateral bins cap (wider bins for huge depth ranges)
@@ -81,6 +89,9 @@ class LocalCorrectionOptions:
     guide: str = 'depth'             # bilateral guide with an image: 'depth', 'image', 'both'
     colour_sigma: float = 0.08       # bilateral bin width in image lightness (0-1)
     mix: tuple | None = None         # 'both': fixed (depth, image) guide weights; None: adapt
+    spline: bool = True              # thin-plate spline base under the local detail
+    spline_smoothing: float = 0.03   # its smoothing (image side = 1); 0 interpolates exactly
+    spline_centres: int = 128        # more anchors are averaged per judging cell first
 
     def __post_init__(self):
         if int(self.cell) < 1:
@@ -97,6 +108,9 @@ class LocalCorrectionOptions:
         if self.guide not in GUIDES:
             raise ValueError(f"local correction guide must be one of {GUIDES}, got "
                              f"{self.guide!r}")
+        if not (self.spline_smoothing >= 0 and int(self.spline_centres) >= 3):
+            raise ValueError('spline_smoothing must be >= 0 and spline_centres >= 3, got '
+                             f'{self.spline_smoothing!r}, {self.spline_centres!r}')
         if not self.colour_sigma > 0:
             raise ValueError(f'colour_sigma must be > 0, got {self.colour_sigma}')
         if self.mix is not None and not (len(self.mix) == 2 and min(self.mix) >= 0
@@ -124,6 +138,7 @@ _ONE = np.ones(1, np.float32)
 _JUDGE_CELLS = 4         # judging grid cell, in cells of the interpolation grid
 _JUDGE_RATIO = 4.0       # judging scales 4x apart (neighbourhoods of 0.5, 2, 8 judge cells)
 _MAX_SIGMA = 1.0        # blur at most this many cells on a pyramid floor; pool beyond
+_SPLINE_STEP = 2         # the spline base is evaluated every 2 cells, linear between
 _SLICE_STEP = 2         # the correction factor is read every 2 pixels, then upsampled
 
 
@@ -563,14 +578,100 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
     dense = len(v) >= _cells((h, w), options)
     fields = _Fields((h, w), options, options.cell, rows, cols, axis, anchor_bins,
                      nearest=dense)
+    base = None
+    if options.spline and np.count_nonzero(u) >= 3:
+        base = thin_plate_base((h, w), rows, cols, v, wv * u, fields.grid, options)
+        v = v - _bilinear(base, fields.grid, rows, cols)
     state = fields.build(v, wv * u, options.min_support, False)
     field = state[:, :, 0, :fields.grid.bins]
+    if base is not None:
+        field += base[:, :, None]
     # np.minimum/maximum: np.clip on this strided view costs ~10x (its wrapper's copies).
     limit = np.float32(options.max_correction)
     factor = np.maximum(field, -limit)
     np.minimum(factor, limit, out=factor)
     weights[used] = u
     return CorrectionGrid(np.exp(factor, out=factor), fields.grid, weights, sigma, mix)
+
+
+def _tps_kernel(d2: np.ndarray) -> np.ndarray:
+    """The thin-plate kernel r^2 log r from squared distances (0 at r = 0), in place."""
+    tiny = np.float64(1e-300)
+    k = np.log(np.maximum(d2, tiny))
+    k *= d2
+    k *= 0.5
+    return k
+
+
+def thin_plate_base(shape, rows, cols, v, weights, grid: _Grid,
+                    options: LocalCorrectionOptions) -> np.ndarray:
+    """A smoothing thin-plate spline through the anchors' log ratios ``v`` (``weights``: 0 for
+    rejected anchors), read at the centres of ``grid``'s cells: float32 (gh, gw).
+
+    Fitted on the anchors (more than ``spline_centres``: on their weighted means per judging
+    cell, doubled until few enough), coordinates in image sides; anchor i is relaxed by
+    ``spline_smoothing / weight_i`` (weights normalised to mean 1), so the judging's
+    half-trusted anchors bend it less. Clipped to the range of the fitted values (never
+    beyond the data, also where it would extrapolate its linear trend)."""
+    h, w = shape
+    side = 1.0 / max(h, w)
+    keep = weights > 0
+    y, x = rows[keep] * side, cols[keep] * side
+    vv, ww = v[keep], weights[keep]
+    if len(vv) > options.spline_centres:
+        cell = _JUDGE_CELLS * options.cell
+        while (-(-h // cell)) * (-(-w // cell)) > options.spline_centres:
+            cell *= 2
+        idx = (rows[keep] // cell) * (-(-w // cell)) + cols[keep] // cell
+        n = int(idx.max()) + 1
+        sw = np.bincount(idx, ww, n)
+        used = sw > 0
+        y, x, vv = (np.bincount(idx, ww * q, n)[used] / sw[used] for q in (y, x, vv))
+        ww = sw[used]
+    ww = ww / ww.mean()
+    m = len(vv)
+    a = np.zeros((m + 3, m + 3))
+    a[:m, :m] = _tps_kernel((y[:, None] - y) ** 2 + (x[:, None] - x) ** 2)
+    a[np.arange(m), np.arange(m)] += options.spline_smoothing / ww
+    poly = np.stack([np.ones(m), y, x], 1)
+    a[:m, m:], a[m:, :m] = poly, poly.T
+    b = np.concatenate([vv, np.zeros(3)])
+    try:
+        coef = np.linalg.solve(a, b)
+    except np.linalg.LinAlgError:           # e.g. all centres on one line, no smoothing
+        coef = np.linalg.lstsq(a, b, rcond=None)[0]
+    # Evaluated every _SPLINE_STEP cells (and the last), linear between: a smooth surface.
+    iy, wy = _nodes(grid.gh)
+    ix, wx = _nodes(grid.gw)
+    gy = ((iy + 0.5) * grid.cell - 0.5) * side
+    gx = ((ix + 0.5) * grid.cell - 0.5) * side
+    d2 = (gy[:, None, None] - y) ** 2 + (gx[None, :, None] - x) ** 2
+    nodes = _tps_kernel(d2) @ coef[:m]
+    nodes += coef[m] + coef[m + 1] * gy[:, None] + coef[m + 2] * gx[None, :]
+    base = wy @ nodes @ wx.T
+    np.clip(base, float(vv.min()), float(vv.max()), out=base)
+    return base.astype(np.float32)
+
+
+@functools.lru_cache(maxsize=16)
+def _nodes(n: int):
+    """Every _SPLINE_STEP-th of n cells and the last, and the (n, nodes) linear weights
+    that interpolate between them (cached per n: read only)."""
+    idx = np.unique(np.r_[np.arange(0, n, _SPLINE_STEP), n - 1])
+    weights = np.stack([np.interp(np.arange(n), idx, e) for e in np.eye(len(idx))], 1)
+    idx.flags.writeable = weights.flags.writeable = False
+    return idx, weights
+
+
+def _bilinear(field: np.ndarray, grid: _Grid, rows, cols) -> np.ndarray:
+    """A float32 (gh, gw) grid read bilinearly at pixels (cell i centred on pixel
+    (i + 0.5) * cell - 0.5, clamped to the cells that cover the image), float64."""
+    scale = np.float32(1.0 / grid.cell)
+    mx = np.minimum(np.maximum((cols.astype(np.float32) + 0.5) * scale - 0.5, 0), grid.nw - 1)
+    my = np.minimum(np.maximum((rows.astype(np.float32) + 0.5) * scale - 0.5, 0), grid.nh - 1)
+    out = cv2.remap(field, mx.reshape(1, -1), my.reshape(1, -1), cv2.INTER_LINEAR,
+                    borderMode=cv2.BORDER_REPLICATE)
+    return out.ravel().astype(np.float64)
 
 
 def log_guide(aligned: np.ndarray) -> np.ndarray:
