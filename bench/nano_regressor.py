@@ -62,8 +62,8 @@ def _forward(model, rgb: torch.Tensor) -> torch.Tensor:
 
 
 class Regressor:
-    """A trained snapshot, used like DepthEstimator.predict: RGB uint8 HxWx3 -> HxW map in the
-    training's target space (``output_space``), at ``processing_res`` then resized back."""
+    """A trained snapshot, used like DepthEstimator.predict: RGB uint8 HxWx3 -> HxW map in [0, 1]
+    in the training's target space (``output_space``), at ``processing_res`` then resized back."""
 
     def __init__(self, folder, processing_res: int | None = None):
         from diffusers import UNet2DModel
@@ -82,7 +82,9 @@ class Regressor:
         small = cv2.resize(rgb, (tw, th), interpolation=cv2.INTER_AREA) if (th, tw) != (h, w) \
             else rgb
         x = torch.from_numpy(np.ascontiguousarray(small)).permute(2, 0, 1)[None].float()
-        out = _forward(self.model, x / 127.5 - 1.0)[0, 0].numpy()
+        # The engine's output contract: the [-1, 1] prediction clipped and mapped to [0, 1]
+        # (model/stages.py), so that no unbounded value reaches the alignment.
+        out = ((_forward(self.model, x / 127.5 - 1.0)[0, 0].clamp(-1.0, 1.0) + 1.0) / 2.0).numpy()
         if (th, tw) != (h, w):
             out = cv2.resize(out, (w, h), interpolation=cv2.INTER_LINEAR)
         return out

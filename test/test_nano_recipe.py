@@ -295,6 +295,7 @@ def test_regressor_bench_trains_on_the_recipe_data_and_is_scored_beside_nano(dat
     assert snap.output_space == 'disparity' and snap.processing_res == 128
     out = snap.predict(np.zeros((60, 80, 3), np.uint8))
     assert out.shape == (60, 80) and np.isfinite(out).all()
+    assert out.min() >= 0.0 and out.max() <= 1.0          # the engine's output contract
     quality = load('nano_quality')
     assert quality.main(['--heldout-only', '--frames', '2', '--threads', '1', '--regressor',
                          f"plain={tmp_path / 'reg' / 'cpu-00004'}",
