@@ -5,21 +5,22 @@ Runtime or OpenVINO), side by side in one run.
 
 For each column (a runtime and a layout), the installed node (its own process; the tiny random
 model unless --model) receives 640x480 images, camera_info and a 32-line LiDAR sweep at --rate
-Hz for --seconds from this process, which records depth/image and depth/points. Printed per
-column: output rate, latency (image stamp -> receipt here) over the steady state (the first
---warmup seconds left out) with its maximum, the node's own statistics (receipt -> publish, the
-forward pass, per-frame overhead beside it, the part of it that delays the next inference,
-stage medians, publish cost per output and size), and the ratios overlapped / sequential (one
-runtime, both layouts) or runtime / torch (several runtimes); plus the bare
-DepthEstimator.predict time per runtime in this process (torch threads as the node sets them),
-with each graph runtime's output against torch's.
+Hz for --seconds from this process, which records depth/image (or, --output relative,
+depth/relative: published for every frame, also while a failing scale fit withholds the metric
+outputs) and depth/points. Printed per column: output rate, latency (image stamp -> receipt
+here) over the steady state (the first --warmup seconds left out) with its maximum, the node's
+own statistics (receipt -> publish, the forward pass, per-frame overhead beside it, the part of
+it that delays the next inference, stage medians, publish cost per output and size), and the
+ratios overlapped / sequential (one runtime, both layouts) or runtime / torch (several
+runtimes); plus the bare DepthEstimator.predict time per runtime in this process (torch threads
+as the node sets them), with each graph runtime's output against torch's.
 
     python bench/node_latency.py [--rate 30] [--seconds 20] [--processing-res 128]
                                  [--modes sequential,overlapped] [--warmup 5]
                                  [--install-prefix WS/install]
     python bench/node_latency.py --model nano --processing-res -1 --modes sequential
                                  --runtimes torch,onnxruntime,openvino [--export DIR]
-                                 [--export-shape dynamic|static]
+                                 [--export-shape dynamic|static] [--output relative]
 
 --runtimes: torch runs --model itself; onnxruntime / openvino run an export of it, made here
 with fiffdepth-export's library call (export_single_pass; --export-shape dynamic: any size,
@@ -136,7 +137,8 @@ def run_layout(label: str, runtime: str, mode: str, args, work: Path, model: str
     params = {'model': model if runtime == 'torch' else str(export), 'runtime': runtime,
               'device': 'cpu', 'processing_res': args.processing_res,
               **room.static_lidar_params(), 'publish_colorized': False, 'diagnostics_period': 1.0,
-              'cloud_type': args.cloud_type, 'overlap_stages': MODES[mode]}
+              'cloud_type': args.cloud_type, 'overlap_stages': MODES[mode],
+              'publish_relative': args.output == 'relative'}
     env = isolated_ros_env()
     os.environ.update({k: env[k] for k in ('ROS_DOMAIN_ID', 'ROS_AUTOMATIC_DISCOVERY_RANGE',
                                            'FASTDDS_DEFAULT_PROFILES_FILE')})
@@ -148,11 +150,11 @@ def run_layout(label: str, runtime: str, mode: str, args, work: Path, model: str
     try:
         if not node.wait_for_log('ready:', args.start_timeout):
             sys.exit('node did not start:\n' + node.log())
-        outputs = ['depth', 'points'] if args.cloud_type != 'none' else ['depth']
+        outputs = [args.output] + (['points'] if args.cloud_type != 'none' else [])
         # Only stamps are kept: the clouds alone would take ~10 MB each in this process.
         stamp_of = lambda m: stamp_to_ns(m.header.stamp)  # noqa: E731
         client = StreamClient(outputs=outputs, node_name='bench_camera',
-                              keep={'depth': stamp_of, 'points': stamp_of})
+                              keep={args.output: stamp_of, 'points': stamp_of})
         if not client.wait_for_node(max(30.0, args.start_timeout / 4), lidar=True):
             sys.exit('no DDS connection to the node')
         period = 1.0 / args.rate
@@ -171,7 +173,7 @@ def run_layout(label: str, runtime: str, mode: str, args, work: Path, model: str
         diags = [(t_rx, {kv.key: kv.value for kv in m.status[0].values})
                  for t_rx, m in client.received['diagnostics']]
         time.sleep(2.0)
-        received = [(t_rx, s) for t_rx, s in client.received['depth'] if s in sent]
+        received = [(t_rx, s) for t_rx, s in client.received[args.output] if s in sent]
         clouds = client.count('points')
         client.close()
     finally:
@@ -233,6 +235,10 @@ def main():
     ap.add_argument('--export-shape', default='dynamic', choices=('dynamic', 'static'),
                     help="the export made here: any size, or the node's processing size of a "
                          '640x480 frame')
+    ap.add_argument('--output', default='depth', choices=('depth', 'relative'),
+                    help="the output whose receipts are timed: depth/image (metric; withheld "
+                         "while the scale fit fails) or depth/relative (the model's own output, "
+                         'published for every frame)')
     ap.add_argument('--bare-threads', type=int, default=0,
                     help="torch threads of the bare predict in this process (0: the node's "
                          'rule, one core fewer than available)')
@@ -281,7 +287,7 @@ def main():
     rows = [
         ('frames published (rate Hz)', {m: f'{r["published"]} ({r["publish_hz"]:.1f})'
                                         for m, r in results.items()}),
-        ('depth images / clouds received', {m: f'{r["received"]} / {r["clouds"]}'
+        (f'{args.output} images / clouds received', {m: f'{r["received"]} / {r["clouds"]}'
                                             for m, r in results.items()}),
         ('output rate (Hz, steady state)', {m: r['rate'] for m, r in results.items()}),
         ('latency stamp->receipt p50 (ms)', {m: r['lat'][0] for m, r in results.items()}),

@@ -50,11 +50,13 @@ def test_bench_runs_the_node_on_torch_and_on_an_export(tmp_path, install_prefix)
     out = subprocess.run(
         [sys.executable, str(BENCH), '--runtimes', 'torch,onnxruntime', '--modes', 'sequential',
          '--seconds', '4', '--warmup', '1', '--rate', '10', '--cloud-type', 'none',
+         '--output', 'relative',
          '--start-timeout', '600', '--install-prefix', str(install_prefix)],
         capture_output=True, text=True, env=env, timeout=1400)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert '(dynamic) to' in text                          # the bench exported the model
+    assert 'relative images / clouds received' in text
     header = next(line for line in text.splitlines() if line.lstrip().startswith('torch'))
     assert header.split() == ['torch', 'onnxruntime', 'onnxruntime/torch']
     runtime_row = next(line for line in text.splitlines()
