@@ -59,9 +59,9 @@ def test_bench_runs_the_node_on_torch_and_on_an_export(tmp_path, install_prefix)
     assert 'relative images / clouds received' in text
     header = next(line for line in text.splitlines() if line.lstrip().startswith('torch'))
     assert header.split() == ['torch', 'onnxruntime', 'onnxruntime/torch']
-    runtime_row = next(line for line in text.splitlines()
-                       if line.startswith('node: runtime (providers)'))
-    assert "onnxruntime ['CPUExecutionProvider']" in runtime_row
+    # What each node said in /diagnostics it runs on (one line per column).
+    ran = dict(re.findall(r'^node: runtime \(providers\) \[(\w+)\]\s+(.+)$', text, re.M))
+    assert ran == {'torch': 'torch', 'onnxruntime': "onnxruntime ['CPUExecutionProvider']"}
     # The summary table: one row per runtime, each node produced depth at a positive rate.
     rows = re.findall(r'^\| (torch|onnxruntime) \| sequential \| ([\d.]+) \| ([\d.]+) \| '
                       r'(\d+) / (\d+) \| ([\d.]+) \|$', text, re.M)
