@@ -12,6 +12,7 @@ every row alike.
     python bench/export_runtimes.py --case nano  [--repeats 10] [--threads 2] [--compile]
     python bench/export_runtimes.py --case sd2   [--repeats 3]  [--threads 2] [--compile]
     python bench/export_runtimes.py --case nano --model DIR --light   (DIR with light parts)
+    python bench/export_runtimes.py --case sd2 --light --runtimes onnxruntime   (4 rows, not 5)
 
   nano  the shipped FiffDepth-nano (model 'nano'), a 256x192 frame at processing_res 256
   sd2   the full-size SD2 UNet + VAE with random weights (model.tiny.build_sd2_checkpoint, fp32
@@ -21,7 +22,8 @@ every row alike.
 --work DIR keeps the checkpoint and the exports between runs (default: a folder under /tmp).
 --model replaces the case's model; --light adds torch eager and ONNX Runtime rows with the
 model's light autoencoder (light_encoder/ and light_decoder/, fiffdepth-train stage
-light_autoencoder), checked against the torch engine running the same light parts.
+light_autoencoder), checked against the torch engine running the same light parts. With
+--case sd2 the SD2-size folder gets random light parts (timing only) unless it has them.
 """
 import argparse
 import os
@@ -49,7 +51,7 @@ def uptime() -> str:
     return f'load average {one:.2f}, {five:.2f}, {fifteen:.2f} on {os.cpu_count()} CPUs'
 
 
-def model_for(case: str, work: Path) -> str:
+def model_for(case: str, work: Path, light: bool = False) -> str:
     if case == 'nano':
         return 'nano'
     from fiffdepth_ros.model.tiny import build_sd2_checkpoint
@@ -57,7 +59,20 @@ def model_for(case: str, work: Path) -> str:
     path = build_sd2_checkpoint(work / 'sd2-fiffdepth', dtype=torch.float32)
     print(f'# SD2-size checkpoint (random weights, fp32) at {path}: '
           f'{time.perf_counter() - t0:.0f} s')
+    if light:
+        add_random_light_parts(path)
     return str(path)
+
+
+def add_random_light_parts(path: Path, seed: int = 0) -> None:
+    """Random light_encoder/ and light_decoder/ (model.light, their default TAESD width) in the
+    SD2-size folder, for timing only: a pass costs the same whatever the weights."""
+    from fiffdepth_ros.model.light import LIGHT_DECODER, LIGHT_ENCODER, LightDecoder, LightEncoder
+    for name, cls in ((LIGHT_ENCODER, LightEncoder), (LIGHT_DECODER, LightDecoder)):
+        if not (path / name / 'config.json').is_file():
+            torch.manual_seed(seed)
+            cls().save_pretrained(path / name)
+            print(f'# random {name}/ (timing only) written to {path}')
 
 
 def export_for(model: str, size, work: Path, case: str, autoencoder: str = 'full') -> Path:
@@ -79,16 +94,23 @@ def main() -> None:
     ap.add_argument('--compile', action='store_true', help='add a torch.compile row')
     ap.add_argument('--work', type=Path, default=Path('/tmp/fiffdepth_bench_export'))
     ap.add_argument('--model', help="instead of the case's model (a folder, or 'nano')")
+    ap.add_argument('--runtimes', default='onnxruntime,openvino',
+                    help='graph runtimes of the full-VAE rows, beside torch eager (comma list; '
+                         'fewer rows: less memory at SD2 size)')
     ap.add_argument('--light', action='store_true',
                     help='add rows with the light autoencoder (torch eager and ONNX Runtime)')
     args = ap.parse_args()
+    runtimes = [r.strip() for r in args.runtimes.split(',') if r.strip()]
+    unknown = set(runtimes) - {'onnxruntime', 'openvino'}
+    if unknown:
+        ap.error(f"--runtimes: unknown {', '.join(sorted(unknown))} (onnxruntime, openvino)")
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     case = CASES[args.case]
     h, w = case['size']
     print(f'# {platform.processor() or platform.machine()}, torch {torch.__version__}, '
           f'{args.threads} threads; {uptime()} (before)')
-    model = args.model or model_for(args.case, args.work)
+    model = args.model or model_for(args.case, args.work, args.light)
     export = export_for(model, case['size'], args.work, args.case)
     import onnxruntime
     import openvino
@@ -105,7 +127,7 @@ def main() -> None:
             model, device='cpu', precision='fp32', processing_res=case['res'], runtime='torch',
             compile=True)
         loads['torch.compile'] = time.perf_counter() - t0
-    for runtime in ('onnxruntime', 'openvino'):
+    for runtime in runtimes:
         t0 = time.perf_counter()
         engines[runtime] = DepthEstimator.from_pretrained(
             str(export), device='cpu', precision='fp32', processing_res=case['res'],
