@@ -182,6 +182,32 @@ def test_thin_plate_base_reproduces_a_plane_and_stays_within_its_data():
     assert half.max() <= 0.004 * rows[top].max() + 1e-6
 
 
+def test_thin_plate_base_equals_scipys_smoothing_thin_plate_spline():
+    """Against an independent implementation: scipy's RBFInterpolator (thin-plate kernel
+    r^2 log r, linear polynomial, per-anchor smoothing = spline_smoothing / normalised weight),
+    read at the cells where the base is evaluated exactly (every _SPLINE_STEP-th and the last;
+    linear in between), then clipped to the data's range as the base is."""
+    from scipy.interpolate import RBFInterpolator
+    from fiffdepth_ros.scale.local_correction import _nodes
+    rows, cols = _anchors(50, seed=11)
+    v = 0.08 * np.sin(cols / 60.0) + 0.05 * np.cos(rows / 45.0)
+    w = np.random.default_rng(3).uniform(0.3, 1.0, 50)
+    options = LocalCorrectionOptions()
+    grid = _Grid(H, W, options.cell, options.base_sigma)
+    base = thin_plate_base((H, W), rows, cols, v, w, grid, options)
+    side = 1.0 / max(H, W)
+    reference = RBFInterpolator(np.stack([rows * side, cols * side], 1), v,
+                                kernel='thin_plate_spline', degree=1,
+                                smoothing=options.spline_smoothing / (w / w.mean()))
+    iy, ix = _nodes(grid.gh)[0], _nodes(grid.gw)[0]
+    cy = ((iy + 0.5) * grid.cell - 0.5) * side
+    cx = ((ix + 0.5) * grid.cell - 0.5) * side
+    points = np.stack(np.meshgrid(cy, cx, indexing='ij'), -1).reshape(-1, 2)
+    want = np.clip(reference(points).reshape(len(iy), len(ix)), v.min(), v.max())
+    assert np.allclose(base[np.ix_(iy, ix)], want, atol=1e-6)
+    assert np.ptp(want) > 0.05                         # a surface, not a constant
+
+
 def test_thin_plate_base_ignores_rejected_anchors_and_averages_dense_sets():
     rows, cols = _anchors(60, seed=8)
     v = 0.05 * np.sin(cols / 50.0)
