@@ -111,7 +111,9 @@ def train(data_root: Path, out: Path, budget_cpu_s: float, snapshots: list[float
     method, tcfg, data = cfg['method'], cfg['train'], cfg['data']
     q, space = float(method['depth_quantile']), method['target_space']
     pl = method['pseudo_label']
-    synthetic, probs, real = build_training_data(data, need_real=real_like)
+    # As the trainer decides (training/loop.py): the real set only when batches take from it.
+    synthetic, probs, real = build_training_data(
+        data, need_real=int(tcfg['batch_size_real']) > 0)
     plan = BatchPlan([len(d) for d in synthetic], probs, len(real) if real else 0,
                      tcfg['batch_size_synthetic'], tcfg['batch_size_real'], seed,
                      flip_p=data['lr_flip_p'])
