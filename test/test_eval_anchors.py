@@ -129,11 +129,17 @@ def _write_predictions(ds, folder, fn):
         np.save(path, fn(s).astype(np.float32))
 
 
-def test_cli_anchor_protocol_nyu_and_kitti(tmp_path, capsys):
+def _nyu_with_predictions(tmp_path):
+    """A tiny NYU split and an affine-distorted prediction of each frame: (split, folder)."""
     split, _ = write_nyu(tmp_path / 'nyu', np.random.default_rng(0))
     ds = open_dataset('nyu', str(tmp_path / 'nyu'), str(split))
     preds = tmp_path / 'nyu_preds'
     _write_predictions(ds, preds, lambda s: (s.depth - 0.2) / 2.0)
+    return split, preds
+
+
+def test_cli_anchor_protocol_nyu_and_kitti(tmp_path, capsys):
+    split, preds = _nyu_with_predictions(tmp_path)
     out = tmp_path / 'nyu_out'
     args = ['--dataset', 'nyu', '--data', str(tmp_path / 'nyu'), '--split', str(split),
             '--predictions', str(preds), '--protocol', 'anchors', '--anchors', '100,500',
@@ -185,10 +191,7 @@ def test_anchor_protocol_guides_with_the_sample_image():
 
 
 def test_cli_anchor_protocol_local_guide_option(tmp_path, capsys):
-    split, _ = write_nyu(tmp_path / 'nyu', np.random.default_rng(0))
-    ds = open_dataset('nyu', str(tmp_path / 'nyu'), str(split))
-    preds = tmp_path / 'nyu_preds'
-    _write_predictions(ds, preds, lambda s: (s.depth - 0.2) / 2.0)
+    split, preds = _nyu_with_predictions(tmp_path)
     out = tmp_path / 'out'
     args = ['--dataset', 'nyu', '--data', str(tmp_path / 'nyu'), '--split', str(split),
             '--predictions', str(preds), '--protocol', 'anchors', '--anchors', '100',
