@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from fiffdepth_ros.model.checkpoint import ModelLoadError
 from fiffdepth_ros.model.estimator import DepthEstimator
 from fiffdepth_ros.model.tiny import build_tiny_checkpoint
+from sd_reference import load_sd_modules
 
 rng = np.random.default_rng(7)
 SIZES = [(97, 131, 40), (37, 29, 0)]     # (H, W, processing_res): resized (upscaled), native
@@ -30,17 +31,7 @@ def models(tmp_path_factory):
     }
 
 
-@functools.lru_cache(maxsize=None)
-def _modules(path):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-    vae = AutoencoderKL.from_pretrained(path / 'vae').eval()
-    unet = UNet2DConditionModel.from_pretrained(path / 'unet').eval()
-    tokenizer = CLIPTokenizer.from_pretrained(path / 'tokenizer')
-    encoder = CLIPTextModel.from_pretrained(path / 'text_encoder').eval()
-    ids = tokenizer('', padding='do_not_pad', max_length=tokenizer.model_max_length,
-                    truncation=True, return_tensors='pt').input_ids
-    return vae, unet, encoder(ids)[0]
+_modules = functools.lru_cache(maxsize=None)(load_sd_modules)
 
 
 def _latent_mean(vae, x):

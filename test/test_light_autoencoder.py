@@ -21,6 +21,7 @@ from fiffdepth_ros.model.estimator import DepthEstimator
 from fiffdepth_ros.model.light import (LightDecoder, LightEncoder, load_light_parts,
                                        model_fingerprint)
 from fiffdepth_ros.model.tiny import build_tiny_checkpoint
+from sd_reference import load_sd_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 WIDTH = dict(block_out_channels=(8, 8, 8, 8), num_blocks=(1, 1, 1, 1))
@@ -58,16 +59,10 @@ def models(tmp_path_factory):
 # ---------------------------------------------------------------------- the reference
 @functools.lru_cache(maxsize=None)
 def _modules(path):
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-    vae = AutoencoderKL.from_pretrained(path / 'vae').eval()
-    unet = UNet2DConditionModel.from_pretrained(path / 'unet').eval()
-    tokenizer = CLIPTokenizer.from_pretrained(path / 'tokenizer')
-    text = CLIPTextModel.from_pretrained(path / 'text_encoder').eval()
-    ids = tokenizer('', padding='do_not_pad', return_tensors='pt').input_ids
+    vae, unet, empty = load_sd_modules(path)
     light_encoder = LightEncoder.from_pretrained(path / 'light_encoder').eval()
     light_decoder = LightDecoder.from_pretrained(path / 'light_decoder').eval()
-    return vae, unet, text(ids)[0], light_encoder, light_decoder
+    return vae, unet, empty, light_encoder, light_decoder
 
 
 def _bilinear(x, size):

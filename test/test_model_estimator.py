@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from fiffdepth_ros.model import estimator as estimator_module
 from fiffdepth_ros.model.estimator import DepthEstimator, target_size
+from sd_reference import load_sd_modules
 
 rng = np.random.default_rng(0)
 
@@ -28,17 +29,8 @@ def reference_depth(checkpoint, image: np.ndarray, processing_res: int) -> np.nd
     """The released FiffDepth steps (DirectPipeline) written out one by one on the
     checkpoint's own modules: 2-token prompt, float size product, uint8 round trip, no
     padding, resize straight back to the input size."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTokenizer
-    vae = AutoencoderKL.from_pretrained(checkpoint / 'vae').eval()
-    unet = UNet2DConditionModel.from_pretrained(checkpoint / 'unet').eval()
-    tokenizer = CLIPTokenizer.from_pretrained(checkpoint / 'tokenizer')
-    text_encoder = CLIPTextModel.from_pretrained(checkpoint / 'text_encoder').eval()
+    vae, unet, empty = load_sd_modules(checkpoint)
     with torch.no_grad():
-        ids = tokenizer('', padding='do_not_pad', max_length=tokenizer.model_max_length,
-                        truncation=True, return_tensors='pt').input_ids
-        assert ids.shape == (1, 2)
-        empty = text_encoder(ids)[0]
         h, w = image.shape[:2]
         rgb = torch.from_numpy(image).permute(2, 0, 1)[None]          # uint8
         if processing_res > 0:
