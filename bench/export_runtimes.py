@@ -13,6 +13,7 @@ every row alike.
     python bench/export_runtimes.py --case sd2   [--repeats 3]  [--threads 2] [--compile]
     python bench/export_runtimes.py --case nano --model DIR --light   (DIR with light parts)
     python bench/export_runtimes.py --case sd2 --light --runtimes onnxruntime   (4 rows, not 5)
+    python bench/export_runtimes.py --case sd2 --release --runtimes onnxruntime,openvino
 
   nano  the shipped FiffDepth-nano (model 'nano'), a 256x192 frame at processing_res 256
   sd2   the full-size SD2 UNet + VAE with random weights (model.tiny.build_sd2_checkpoint, fp32
@@ -24,6 +25,13 @@ every row alike.
 model's light autoencoder (light_encoder/ and light_decoder/, fiffdepth-train stage
 light_autoencoder), checked against the torch engine running the same light parts. With
 --case sd2 the SD2-size folder gets random light parts (timing only) unless it has them.
+--release adds the released FiffDepth DirectPipeline's per-frame steps on the same weights
+(bench/release_direct.py), and the ratios against it.
+
+The ceiling: the pass's FLOPs (torch.utils.flop_counter on the torch eager frame) divided by
+each row's median is its achieved rate, printed beside the rate of one large fp32 GEMM on the
+same threads (torch.mm 2048x2048, timed in the same round robin: the best this CPU does). A
+pass that already runs near that rate cannot be made much faster by any fp32 runtime.
 """
 import argparse
 import os
@@ -42,6 +50,8 @@ from fiffdepth_ros.model.estimator import DepthEstimator  # noqa: E402
 from fiffdepth_ros.model.export import ExportConfig, export_single_pass  # noqa: E402
 from fiffdepth_ros.model.runtimes import is_export  # noqa: E402
 from timing import interleaved_ms  # noqa: E402
+
+RELEASE = 'release DirectPipeline'
 
 CASES = {'nano': dict(size=(192, 256), res=256), 'sd2': dict(size=(256, 256), res=256)}
 
@@ -86,6 +96,26 @@ def export_for(model: str, size, work: Path, case: str, autoencoder: str = 'full
     return out
 
 
+def pass_gflop(engine, image) -> float:
+    """The FLOPs of one predict (torch.utils.flop_counter: convolutions, matmuls, attention)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    counter = FlopCounterMode(display=False)
+    with counter:
+        engine.predict(image)
+    return counter.get_total_flops() / 1e9
+
+
+GEMM = '_gemm'
+GEMM_N = 2048
+
+
+def gemm_step():
+    """One fp32 torch.mm of GEMM_N x GEMM_N (torch's threads), timed in the round robin beside
+    the rows: this CPU's practical peak for dense work, under the rows' own conditions."""
+    a, b = torch.randn(GEMM_N, GEMM_N), torch.randn(GEMM_N, GEMM_N)
+    return lambda: torch.mm(a, b)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument('--case', choices=tuple(CASES), default='nano')
@@ -96,14 +126,18 @@ def main() -> None:
     ap.add_argument('--model', help="instead of the case's model (a folder, or 'nano')")
     ap.add_argument('--runtimes', default='onnxruntime,openvino',
                     help='graph runtimes of the full-VAE rows, beside torch eager (comma list; '
-                         'fewer rows: less memory at SD2 size)')
+                         'fewer rows: less memory at SD2 size); openvino-bf16: OpenVINO with '
+                         "precision 'bf16' (not fp32: its difference is printed)")
     ap.add_argument('--light', action='store_true',
                     help='add rows with the light autoencoder (torch eager and ONNX Runtime)')
+    ap.add_argument('--release', action='store_true',
+                    help="add the released DirectPipeline's steps on the same weights")
     args = ap.parse_args()
     runtimes = [r.strip() for r in args.runtimes.split(',') if r.strip()]
-    unknown = set(runtimes) - {'onnxruntime', 'openvino'}
+    unknown = set(runtimes) - {'onnxruntime', 'openvino', 'openvino-bf16'}
     if unknown:
-        ap.error(f"--runtimes: unknown {', '.join(sorted(unknown))} (onnxruntime, openvino)")
+        ap.error(f"--runtimes: unknown {', '.join(sorted(unknown))} (onnxruntime, openvino, "
+                 'openvino-bf16)')
     torch.set_num_threads(args.threads)
     args.work.mkdir(parents=True, exist_ok=True)
     case = CASES[args.case]
@@ -129,9 +163,10 @@ def main() -> None:
         loads['torch.compile'] = time.perf_counter() - t0
     for runtime in runtimes:
         t0 = time.perf_counter()
+        name, _, precision = runtime.partition('-')
         engines[runtime] = DepthEstimator.from_pretrained(
-            str(export), device='cpu', precision='fp32', processing_res=case['res'],
-            runtime=runtime)
+            str(export), device='cpu', precision=precision or 'fp32',
+            processing_res=case['res'], runtime=name)
         loads[runtime] = time.perf_counter() - t0
     if args.light:
         light_export = export_for(model, case['size'], args.work, args.case, 'light')
@@ -142,6 +177,12 @@ def main() -> None:
                 where, device='cpu', precision='fp32', processing_res=case['res'],
                 runtime=runtime, autoencoder='light' if runtime == 'torch' else 'full')
             loads[name] = time.perf_counter() - t0
+    if args.release:
+        from fiffdepth_ros.model.checkpoint import resolve_checkpoint
+        from release_direct import ReleaseDirect
+        t0 = time.perf_counter()
+        engines[RELEASE] = ReleaseDirect(resolve_checkpoint(model).root, case['res'])
+        loads[RELEASE] = time.perf_counter() - t0
 
     rng = np.random.default_rng(0)
     yy, xx = np.mgrid[0:h, 0:w]
@@ -158,16 +199,27 @@ def main() -> None:
         depth = engine.predict(image)                  # also the first (warm-up) frame
         loads[name] += 0 if name != 'torch.compile' else time.perf_counter() - t0
         errors[name] = float(np.abs(depth - reference).max()) / max(span, 1e-12)
-    times = interleaved_ms({name: (lambda e=e: e.predict(image)) for name, e in engines.items()},
-                           repeats=args.repeats, warmup=1)
+    gflop = pass_gflop(engines['torch eager'], image)
+    steps = {name: (lambda e=e: e.predict(image)) for name, e in engines.items()}
+    steps[GEMM] = gemm_step()
+    times = interleaved_ms(steps, repeats=args.repeats, warmup=1)
+    gemm = 2 * GEMM_N ** 3 / times.pop(GEMM)[0] / 1e6
     base = times['torch eager'][0]
+    release = times[RELEASE][0] if RELEASE in times else None
     print(f'\n{args.case}: {h}x{w} frame at processing_res {case["res"]}, fp32 CPU, '
           f'{args.threads} threads, {args.repeats} frames per row, interleaved')
-    print('| runtime | median ms | p10-p90 ms | vs torch eager | max diff / range | load s |')
-    print('| --- | --- | --- | --- | --- | --- |')
+    print(f'pass (full VAE, torch eager): {gflop:.1f} GFLOP (torch.utils.flop_counter); '
+          f'fp32 GEMM {GEMM_N}x{GEMM_N} on {args.threads} threads, in the same round robin: '
+          f'{gemm:.0f} GFLOP/s')
+    print('| runtime | median ms | p10-p90 ms | vs torch eager |'
+          + (' vs release |' if release else '')
+          + ' GFLOP/s (full-VAE FLOPs) | max diff / range | load s |')
+    print('| --- | --- | --- | --- |' + (' --- |' if release else '') + ' --- | --- | --- |')
     for name, (median, p10, p90) in times.items():
-        print(f'| {name} | {median:.1f} | {p10:.1f}-{p90:.1f} | {base / median:.2f}x | '
-              f'{errors[name]:.1e} | {loads[name]:.1f} |')
+        versus = f' {release / median:.2f}x |' if release else ''
+        rate = '' if name.endswith(', light') else f'{gflop / median * 1e3:.0f}'
+        print(f'| {name} | {median:.1f} | {p10:.1f}-{p90:.1f} | {base / median:.2f}x |{versus}'
+              f' {rate} | {errors[name]:.1e} | {loads[name]:.1f} |')
     print(f'\n# {uptime()} (after)')
 
 
