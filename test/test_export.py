@@ -218,6 +218,40 @@ def test_runtime_and_folder_mismatches_are_clear_errors(checkpoints, dynamic_exp
         DepthEstimator.from_pretrained(str(export), device='cpu')
 
 
+def test_openvino_bf16_is_an_opt_in_cpu_precision(checkpoints, dynamic_exports, tmp_path,
+                                                  one_torch_thread):
+    """precision 'bf16' runs the fp32 graph in bfloat16 on OpenVINO's CPU plugin: on the
+    trained nano, near the fp32 output but not equal to it (so bf16 really ran; random tiny
+    weights are no measure of bf16's error); a CPU without bf16 is a clear error, and the
+    runtimes that have no bf16 path say where it is."""
+    import openvino
+    export = tmp_path / 'nano-export'
+    export_single_pass(ExportConfig(model='nano', output=export, height=96, width=128))
+    fp32 = DepthEstimator.from_pretrained(str(export), device='cpu', runtime='openvino',
+                                          precision='fp32')
+    has_bf16 = 'BF16' in openvino.Core().get_property('CPU', 'OPTIMIZATION_CAPABILITIES')
+    if has_bf16:
+        bf16 = DepthEstimator.from_pretrained(str(export), device='cpu', runtime='openvino',
+                                              precision='bf16')
+        assert bf16.describe()['precision'].startswith('bf16')
+        assert fp32.describe()['precision'] == 'fp32'
+        for _, image in images([(96, 128, 0), (120, 160, 0)]):
+            reference = fp32.predict(image)
+            span = float(reference.max() - reference.min())
+            error = np.abs(bf16.predict(image) - reference) / span
+            assert 1e-5 < error.max() < 5e-2 and error.mean() < 5e-3, (image.shape, error.max())
+    else:
+        with pytest.raises(ModelLoadError, match='no bf16 support'):
+            DepthEstimator.from_pretrained(str(export), device='cpu', runtime='openvino',
+                                           precision='bf16')
+    with pytest.raises(ModelLoadError, match="use runtime 'openvino'"):
+        DepthEstimator.from_pretrained(str(dynamic_exports['fiffdepth']), device='cpu',
+                                       runtime='onnxruntime', precision='bf16')
+    with pytest.raises(ValueError, match='runtime openvino'):
+        DepthEstimator.from_pretrained(str(checkpoints['fiffdepth']), device='cpu',
+                                       precision='bf16')
+
+
 def test_metadata_missing_or_of_another_version_is_refused(dynamic_exports, tmp_path):
     import shutil
     copy = tmp_path / 'copy'

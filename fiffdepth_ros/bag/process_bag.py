@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
                     help='set one parameter (YAML value syntax); repeatable')
     ap.add_argument('--device', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    ap.add_argument('--precision', choices=('auto', 'fp16', 'fp32'))
+    ap.add_argument('--precision', choices=('auto', 'fp16', 'fp32', 'bf16'),
+                    help="'bf16': an export on --runtime openvino (CPUs with bf16)")
     ap.add_argument('--runtime', choices=('auto', 'torch', 'onnxruntime', 'openvino'),
                     help="parameter 'runtime': onnxruntime/openvino run an export folder "
                          '(fiffdepth-export) given as --model')

@@ -70,7 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="Marigold only: steps (0 = the checkpoint's default)")
     p.add_argument('--ensemble-size', type=int, default=1, metavar='N', help='Marigold only')
     p.add_argument('--device', default='auto')
-    p.add_argument('--precision', default='auto', choices=('auto', 'fp16', 'fp32'))
+    p.add_argument('--precision', default='auto', choices=('auto', 'fp16', 'fp32', 'bf16'),
+                   help="'bf16': an export on --runtime openvino (CPUs with bf16)")
     p.add_argument('--runtime', default='auto', choices=('auto', 'torch', 'onnxruntime',
                                                          'openvino'),
                    help='auto: torch for a checkpoint, the export\'s own runtime for an export '

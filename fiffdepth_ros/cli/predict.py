@@ -40,6 +40,9 @@ def parse_args(argv):
                            help='half precision (CUDA)')
     precision.add_argument('--fp32', dest='precision', action='store_const', const='fp32',
                            help='full precision')
+    precision.add_argument('--bf16', dest='precision', action='store_const', const='bf16',
+                           help='an export on --runtime openvino, in bfloat16 on CPUs that have '
+                                'it (about 2x faster, ~1e-2 of the range off fp32)')
     ap.add_argument('--batch-size', type=int, default=1,
                     help='images per forward pass (same-size images are batched)')
     ap.add_argument('--model-family', default='auto',

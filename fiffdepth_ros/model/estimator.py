@@ -57,8 +57,13 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == 'bf16':
+        raise ValueError("precision 'bf16' runs an exported graph on OpenVINO's CPU plugin "
+                         '(export with fiffdepth-export, then runtime openvino); the torch '
+                         "engine takes 'auto', 'fp16' or 'fp32'")
     if precision not in ('auto', 'fp16', 'fp32'):
-        raise ValueError(f"precision must be 'auto', 'fp16' or 'fp32', got '{precision}'")
+        raise ValueError(f"precision must be 'auto', 'fp16', 'fp32' or 'bf16' (OpenVINO on "
+                         f"the CPU), got '{precision}'")
     if precision == 'fp32' or (precision == 'auto' and device.type != 'cuda'):
         return torch.float32
     if device.type != 'cuda':

@@ -66,6 +66,10 @@ class OnnxRuntime(GraphRuntime):
                  threads: int | None = None, cache_dir=None):
         from . import require
         ort = require('onnxruntime', self.name)
+        if precision == 'bf16':
+            raise ModelLoadError("onnxruntime: precision 'bf16' is OpenVINO's (its CPU plugin "
+                                 "runs the fp32 graph in bf16): use runtime 'openvino', or "
+                                 "precision 'fp32' / 'fp16' here")
         super().__init__(info)
         chosen = choose_providers(providers, ort.get_available_providers(), device)
         graph = Path(folder) / info.graph
