@@ -130,26 +130,34 @@ def cost(args) -> dict:
             'distil_step': step}
 
 
-def distil_step(args, teacher, light_enc, light_dec) -> dict:
+def distil_step(args, teacher, light_enc, light_dec, device: str = 'cpu',
+                bf16: bool = False, images: int = 1) -> dict:
     """(d) One distillation step at SD2 size through the stage's own loss: the teacher (full
-    VAE + UNet) forward, the light parts forward and backward, on one --step-res square image;
-    CPU seconds, FLOPs (counted on the same call) and the activations autograd keeps."""
+    VAE + UNet) forward, the light parts forward and backward, on ``images`` --step-res square
+    images; seconds, FLOPs (counted on the same call) and the activations autograd keeps. On
+    CUDA (the GPU check kit: the teacher and the parts already there) also the peak of torch's
+    allocator; ``bf16``: the forward under bf16 autocast, as the stage's mixed_precision."""
     import contextlib
     import types
     from fiffdepth_ros.training.stages.light_autoencoder import LightAutoencoderStage, LightPair
+    dev = torch.device(device)
     pair = LightPair(light_dec, light_enc).train().requires_grad_(True)
+    autocast = ((lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if bf16
+                else contextlib.nullcontext)
     trainer = types.SimpleNamespace(
         teacher=teacher, light=pair, cfg={'method': {'light_autoencoder': {'gm_scales': 3}}},
         light_weights={'depth': 1.0, 'gradient': 0.5, 'latent': 1.0},
-        accelerator=types.SimpleNamespace(device=torch.device('cpu'),
-                                          autocast=contextlib.nullcontext))
+        accelerator=types.SimpleNamespace(device=dev, autocast=autocast))
     res = args.step_res
-    batch = {'real': {'rgb': torch.rand(1, 3, res, res) * 2 - 1}}
+    batch = {'real': {'rgb': torch.rand(images, 3, res, res, device=dev) * 2 - 1}}
     stage = LightAutoencoderStage()
+    cuda = dev.type == 'cuda'
 
     def run():
         pair.zero_grad(set_to_none=True)
         stage.loss(trainer, batch)['loss'].backward()
+        if cuda:
+            torch.cuda.synchronize(dev)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(
             lambda t: saved.append(t.numel() * t.element_size()) or t, lambda t: t):
@@ -158,6 +166,8 @@ def distil_step(args, teacher, light_enc, light_dec) -> dict:
     with FlopCounterMode(display=False) as counter:
         run()
     before = load()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
     seconds = [0.0] * args.step_repeats
     for i in range(args.step_repeats):
         t0 = time.perf_counter()
@@ -165,12 +175,16 @@ def distil_step(args, teacher, light_enc, light_dec) -> dict:
         seconds[i] = time.perf_counter() - t0
     step_s = float(np.median(seconds))
     tflops = counter.get_total_flops() / 1e12
-    print(f'(d) one distillation step, SD2 size, 1 image {res}x{res}, fp32 CPU, '
-          f'{args.threads} thread(s): {step_s:.1f} s (median of {args.step_repeats}; load '
-          f'average {before} before, {load()} after), {tflops:.3f} TFLOPs (teacher forward + '
-          f'light parts forward and backward), autograd keeps {sum(saved) / 2**20:.0f} MiB of '
-          f'activations for the light parts')
-    return {'res': res, 'seconds': step_s, 'tflops': tflops, 'saved_mib': sum(saved) / 2**20}
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
+    where = (f'{device}, ' if cuda else f'CPU, {args.threads} thread(s), ') + (
+        'bf16 autocast' if bf16 else 'fp32')
+    print(f'(d) one distillation step, SD2 size, {images} image(s) {res}x{res}, {where}: '
+          f'{step_s:.2f} s (median of {args.step_repeats}; load average {before} before, '
+          f'{load()} after), {tflops:.3f} TFLOPs (teacher forward + light parts forward and '
+          f'backward), autograd keeps {sum(saved) / 2**20:.0f} MiB of activations for the '
+          f'light parts' + (f', peak allocated {peak:.0f} MiB' if cuda else ''))
+    return {'res': res, 'images': images, 'device': device, 'bf16': bf16, 'seconds': step_s,
+            'tflops': tflops, 'saved_mib': sum(saved) / 2**20, 'peak_mib': peak}
 
 
 # ---------------------------------------------------------------------- accuracy
