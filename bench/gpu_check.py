@@ -71,6 +71,9 @@ SECTIONS = {
     'train': (75, 'e. one training step, bf16, gradient checkpointing'),
     'runtimes': (45, 'f. the exported graph on the runtimes present'),
 }
+# Run in this order (the report keeps a-f): the timings last, where its torch.compile rows
+# (a minute or more each for an SD2 UNet + VAE) can take whatever time the others left.
+ORDER = ('precision', 'finish', 'overlap', 'train', 'runtimes', 'timings')
 
 
 def environment() -> dict:
@@ -82,17 +85,30 @@ def environment() -> dict:
         env['cuda_version'] = torch.version.cuda
         env['gpu_memory_gib'] = round(torch.cuda.get_device_properties(0).total_memory / 2**30,
                                       1)
-    for module in ('diffusers', 'transformers', 'cv2', 'onnx', 'onnxruntime', 'openvino',
-                   'rclpy'):
+    from importlib import metadata
+    # Versions from the installed metadata (importing them all would cost seconds).
+    for module, dists in (('diffusers', ('diffusers',)), ('transformers', ('transformers',)),
+                          ('cv2', ('opencv-python-headless', 'opencv-python',
+                                   'opencv-contrib-python')),
+                          ('onnx', ('onnx',)),
+                          ('onnxruntime', ('onnxruntime-gpu', 'onnxruntime')),
+                          ('openvino', ('openvino',)), ('rclpy', ())):
+        if importlib.util.find_spec(module) is None:
+            env[module] = 'missing'
+            continue
+        env[module] = 'present'
+        for dist in dists:
+            try:
+                env[module] = metadata.version(dist) + ('' if dist == module else f' ({dist})')
+                break
+            except metadata.PackageNotFoundError:
+                pass
+    if env['onnxruntime'] != 'missing':
         try:
-            env[module] = getattr(__import__(module), '__version__', 'present')
-        except Exception as exc:                        # ImportError, or a broken install
-            env[module] = f'missing ({type(exc).__name__})'
-    try:
-        import onnxruntime
-        env['onnxruntime_providers'] = onnxruntime.get_available_providers()
-    except ImportError:
-        pass
+            import onnxruntime
+            env['onnxruntime_providers'] = onnxruntime.get_available_providers()
+        except Exception as exc:                        # a broken install: say so
+            env['onnxruntime'] += f' (import failed: {type(exc).__name__})'
     return env
 
 
@@ -754,11 +770,8 @@ def main(argv=None) -> int:
 
     def modules(size, family):
         """Random modules per layout, built once (an SD2 build takes seconds)."""
-        key = (size, gpu_models.LAYOUT[family])
+        key = (size, gpu_models.UNET_LAYOUT[family])    # SD2: 3 sets, ~3.8 GB each
         if key not in cache:
-            if size == 'sd2':                  # one SD2 set in host memory at a time
-                for old in [k for k in cache if k[0] == 'sd2']:
-                    del cache[old]
             cache[key] = gpu_models.modules(size, family)
         return cache[key]
     ctx = {'args': args, 'device': device, 'work': args.work, 'modules': modules,
@@ -779,10 +792,11 @@ def main(argv=None) -> int:
     watchdog = threading.Timer(args.time_limit, at_the_limit)
     watchdog.daemon = True
     watchdog.start()
-    names = list(args.sections)
+    names = [n for n in ORDER if n in args.sections]
     for i, name in enumerate(names):
         later = sum(SECTIONS[n][0] for n in names[i + 1:])
-        budget = Budget(SECTIONS[name][0], end - later)
+        # The last section may use all that is left; the others their own budget.
+        budget = Budget(SECTIONS[name][0] if later else args.time_limit, end - later)
         report.current = f'section {name}'
         t0 = time.perf_counter()
         try:

@@ -27,13 +27,16 @@ from fiffdepth_ros.model.tiny import (SD2_TEXT_DIM, TINY_UNET, TINY_VAE, _random
 # Families of the single-pass engine and the released layout each one's UNet has.
 LAYOUT = {'fiffdepth': 'fiffdepth', 'e2e_ft': 'e2e_ft', 'lotus_d': 'lotus_d',
           'lotus_d_disparity': 'lotus_d', 'marigold': 'marigold'}
+# The UNet layout each family's modules have (Marigold's and E2E-FT's UNets are alike).
+UNET_LAYOUT = {'fiffdepth': 'fiffdepth', 'e2e_ft': 'e2e_ft', 'lotus_d': 'lotus_d',
+               'lotus_d_disparity': 'lotus_d', 'marigold': 'e2e_ft'}
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16, 'bf16': torch.bfloat16}
 
 
 def modules(size: str, family: str = 'fiffdepth', seed: int = 0):
     """(unet, vae, empty_embedding) with random weights, fp32 on the CPU, the UNet laid out for
     ``family``."""
-    layout = LAYOUT[family]
+    layout = UNET_LAYOUT[family]
     if size == 'sd2':
         return build_sd2_modules(seed, layout)
     if size != 'tiny':
