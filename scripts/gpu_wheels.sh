@@ -9,8 +9,10 @@
 # pipeline) and its import chain (huggingface_hub, safetensors, Pillow, regex, requests, ...),
 # transformers (Marigold's pipeline class and the shipped nano checkpoint's text encoder, run once
 # for its empty-prompt embedding), numpy, PyYAML (fiffdepth_ros.params, the training config).
-# Versions are pinned to this machine's environment where it has the package (what the tests
-# here ran with), else the lower bounds of requirements.txt.
+# The wheels are the versions in this machine's environment where it has the package (what the
+# tests here ran with). DIR/requirements.txt, what the device installs, pins diffusers and
+# transformers (absent there) and gives the others requirements.txt's lower bounds, so a numpy,
+# Pillow or PyYAML the machine already has stays as it is (its torch may be built against it).
 #
 # Left out by default, and why (the rows that need them say 'skipped: ...' with the reason):
 #   opencv-python-headless  ~50 MB wheel: beside diffusers it breaks the 64 MiB budget. The
@@ -41,9 +43,10 @@ cd "$(dirname "$0")/.."
 venv="${FIFFDEPTH_VENV:-.venv}"
 if [ -f "$venv/bin/activate" ]; then . "$venv/bin/activate"; fi
 mkdir -p "$dir"
-rm -f "$dir"/*.whl "$dir/requirements.txt"
-# Pin each to the version installed here (tested), else requirements.txt's bound.
-python - "$dir/requirements.txt" "${packages[@]}" <<'EOF'
+rm -f "$dir"/*.whl "$dir/requirements.txt" "$dir/download.txt"
+# download.txt: each at the version installed here (tested), else requirements.txt's bound;
+# requirements.txt: the same, but only the kit's own additions pinned (see above).
+python - "$dir" "${packages[@]}" <<'EOF'
 import re
 import sys
 from importlib import metadata
@@ -54,22 +57,27 @@ for line in Path('requirements.txt').read_text().splitlines():
     m = re.match(r'([A-Za-z0-9_.-]+)\s*([<>=!~].*)?$', line.split('#')[0].strip())
     if m:
         bounds[m.group(1).lower().replace('_', '-')] = m.group(2) or ''
-lines = []
+download, install = [], []
 for name in sys.argv[2:]:
+    bound = name + bounds.get(name.lower().replace('_', '-'), '')
     try:
-        lines.append(f'{name}=={metadata.version(name)}')
+        pinned = f'{name}=={metadata.version(name)}'
     except metadata.PackageNotFoundError:
-        lines.append(name + bounds.get(name.lower().replace('_', '-'), ''))
-Path(sys.argv[1]).write_text('\n'.join(lines) + '\n')
+        pinned = bound
+    download.append(pinned)
+    install.append(pinned if name.lower() in ('diffusers', 'transformers') else bound)
+folder = Path(sys.argv[1])
+(folder / 'download.txt').write_text('\n'.join(download) + '\n')
+(folder / 'requirements.txt').write_text('\n'.join(install) + '\n')
 EOF
-echo "requirements ($dir/requirements.txt):"
-sed 's/^/  /' "$dir/requirements.txt"
+echo "downloading ($dir/download.txt): $(tr '\n' ' ' < "$dir/download.txt")"
+echo "installed there ($dir/requirements.txt): $(tr '\n' ' ' < "$dir/requirements.txt")"
 target=(--only-binary=:all: --python-version 3.12 --implementation cp
         --abi cp312 --abi abi3 --abi none
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64
         --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 --platform any)
 quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
-python -m pip download --quiet "${target[@]}" -d "$dir" -r "$dir/requirements.txt" 2>&1 | quiet
+python -m pip download --quiet "${target[@]}" -d "$dir" -r "$dir/download.txt" 2>&1 | quiet
 # The folder alone must satisfy the requirements (what the device's offline install does).
 python -m pip install --quiet --dry-run --ignore-installed --no-index --find-links "$dir" \
     --target "$(mktemp -d)" "${target[@]}" -r "$dir/requirements.txt" 2>&1 | quiet
