@@ -3,7 +3,7 @@
 relies on this package, in one run that writes report.json and report.md.
 
 Sections, each independent (a row that cannot run says 'skipped: <reason>' and the rest goes
-on) and each with a time budget, so the whole run stays inside --time-limit:
+on) and each with a time budget, its share of --time-limit, so the whole run stays inside it:
 
   precision  fp16 and bf16 against fp32 on the same device, per family (fiffdepth, e2e_ft,
              lotus_d, lotus_d_disparity, marigold at 1 step), on tiny random weights and on
@@ -62,7 +62,8 @@ from timing import interleaved_ms  # noqa: E402
 
 FAMILIES = ('fiffdepth', 'e2e_ft', 'lotus_d', 'lotus_d_disparity', 'marigold')
 NO_CUDA = 'skipped: CUDA is not available'
-# Section: (budget in seconds on a CUDA machine, title).
+# Section: (share of the time limit, in seconds of a 430 s run; title). The budgets are these
+# shares scaled to --time-limit over the sections that run.
 SECTIONS = {
     'precision': (110, 'a. fp16 and bf16 against fp32'),
     'timings': (130, 'b. SD2-size single pass at 480x640, fp16'),
@@ -211,6 +212,19 @@ def compare(out: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def section_precision(report: Report, budget: Budget, ctx: dict) -> None:
+    # fp32 means fp32: cuDNN's default TF32 convolutions would round the reference itself.
+    flags = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    report.note('precision', reference='fp32 on the same device, TF32 off')
+    try:
+        _precision_rows(report, budget, ctx)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+    # The timings need SD2 FiffDepth only; the training step (a subprocess) needs the memory.
+    ctx['drop_modules'](keep=(('sd2', 'fiffdepth'),))
+
+
+def _precision_rows(report: Report, budget: Budget, ctx: dict) -> None:
     args, device = ctx['args'], ctx['device']
     sizes = [('tiny', ctx['tiny_hw'], max(ctx['tiny_hw']))]
     sd2_hw = (480, 640)
@@ -263,16 +277,16 @@ def peak_reset(device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def peak_mb(device):
+def peak_mb(device, base: int = 0):
     if device.type != 'cuda':
         return None
     sync(device)
-    return round(torch.cuda.max_memory_allocated(device) / 2**20)
+    return round((torch.cuda.max_memory_allocated(device) - base) / 2**20)
 
 
-def timed(fn, device, repeats: int, warmup: int = 2) -> dict:
+def timed(fn, device, repeats: int, warmup: int = 2, base: int = 0) -> dict:
     """Median / p10 / p90 ms of ``fn`` (synchronised) and the allocator peak across the
-    timed calls."""
+    timed calls, less ``base`` bytes (what was allocated before the engine was built)."""
     for _ in range(warmup):
         fn()
     sync(device)
@@ -285,7 +299,7 @@ def timed(fn, device, repeats: int, warmup: int = 2) -> dict:
         times.append((time.perf_counter() - t0) * 1e3)
     p50, p10, p90 = np.percentile(times, [50, 10, 90])
     return {'median_ms': round(float(p50), 2), 'p10_ms': round(float(p10), 2),
-            'p90_ms': round(float(p90), 2), 'peak_mb': peak_mb(device), 'runs': repeats}
+            'p90_ms': round(float(p90), 2), 'peak_mb': peak_mb(device, base), 'runs': repeats}
 
 
 def single_pass(engine):
@@ -321,6 +335,10 @@ def section_timings(report: Report, budget: Budget, ctx: dict) -> None:
     rows = {n: report.add('timings', {'row': n}) for n in names}
     try:
         mods = ctx['modules'](size, 'fiffdepth')
+        ctx['drop_modules'](keep=((size, 'fiffdepth'),))
+        # Peak memory counts from here: the engine's weights, activations and workspace (the
+        # fp32 modules it is copied from stay allocated beside it and are not counted).
+        base = torch.cuda.memory_allocated(device) if cuda else 0
         engine, how = gpu_models.make_engine(mods, 'fiffdepth', str(device), precision, max(h, w))
         image = frame(h, w)
         pixels = engine.preprocess([image]).pixels
@@ -330,7 +348,8 @@ def section_timings(report: Report, budget: Budget, ctx: dict) -> None:
         for row in rows.values():
             row['status'] = reason(exc)
         return
-    report.note('timings', how=how)
+    report.note('timings', how=how, peak_memory='CUDA allocator peak above what was allocated '
+                'before the engine was built (its weights, activations and workspace)')
     repeats = args.repeats
 
     def measure(name, fn, need=5.0):
@@ -344,7 +363,7 @@ def section_timings(report: Report, budget: Budget, ctx: dict) -> None:
             got = out()                        # a compile or a graph capture happens here
             sync(device)
             row['first_call_s'] = round(time.perf_counter() - t0, 2)
-            row.update(timed(out, device, repeats, warmup=1))
+            row.update(timed(out, device, repeats, warmup=1, base=base))
             if torch.is_tensor(got):
                 row['max_diff_vs_eager'] = float((got.float() - reference).abs().max())
             row['status'] = 'ok'
@@ -387,6 +406,8 @@ def section_timings(report: Report, budget: Budget, ctx: dict) -> None:
         for name in names[4:]:
             rows[name]['status'] = NO_CUDA + ' (compile rows measure the GPU)'
         return
+    del engine, run                            # the compiled rows' memory is their own
+    free_memory()
     from torch import _dynamo
     for name, options in ((names[4], {}), (names[5], {'mode': 'reduce-overhead'})):
         # Inductor's first compile of an SD2 UNet + VAE takes about a minute: only with room.
@@ -684,7 +705,8 @@ COLUMNS = {
                   ('decode', 'decode', ''), ('how', 'how', ''), ('s', 'seconds', '')],
     'timings': [('row', 'row', ''), ('status', 'status', ''), ('median ms', 'median_ms', ''),
                 ('p10-p90 ms', None, ''), ('peak MB', 'peak_mb', ''),
-                ('first call s', 'first_call_s', ''), ('max diff vs eager', 'max_diff_vs_eager', '.1e')],
+                ('first call s', 'first_call_s', ''),
+                ('max diff vs eager', 'max_diff_vs_eager', '.1e')],
     'finish': [('row', 'row', ''), ('status', 'status', ''), ('median ms', 'median_ms', ''),
                ('p10-p90 ms', None, ''), ('frames', 'frames', ''),
                ('messages byte-equal', 'messages_byte_equal', ''),
@@ -769,12 +791,23 @@ def main(argv=None) -> int:
     cache = {}
 
     def modules(size, family):
-        """Random modules per layout, built once (an SD2 build takes seconds)."""
-        key = (size, gpu_models.UNET_LAYOUT[family])    # SD2: 3 sets, ~3.8 GB each
+        """Random fp32 modules per UNet layout, built once (an SD2 build takes seconds). SD2
+        sets are kept on the GPU (3.8 GB each): every engine then copies them there instead
+        of copying and uploading 3.8 GB from the host."""
+        key = (size, gpu_models.UNET_LAYOUT[family])
         if key not in cache:
-            cache[key] = gpu_models.modules(size, family)
+            unet, vae, embedding = gpu_models.modules(size, family)
+            if size == 'sd2' and device.type == 'cuda':
+                unet, vae, embedding = unet.to(device), vae.to(device), embedding.to(device)
+            cache[key] = (unet, vae, embedding)
         return cache[key]
+
+    def drop_modules(keep=()):
+        for key in [k for k in cache if k not in keep]:
+            del cache[key]
+        free_memory()
     ctx = {'args': args, 'device': device, 'work': args.work, 'modules': modules,
+           'drop_modules': drop_modules,
            'tiny_hw': (48, 64) if args.smoke else (96, 128), 'child': None}
     functions = {'precision': section_precision, 'timings': section_timings,
                  'finish': section_finish, 'overlap': section_overlap,
@@ -793,10 +826,12 @@ def main(argv=None) -> int:
     watchdog.daemon = True
     watchdog.start()
     names = [n for n in ORDER if n in args.sections]
+    scale = args.time_limit / sum(SECTIONS[n][0] for n in names)
+    report.data['budgets_s'] = {n: round(SECTIONS[n][0] * scale, 1) for n in names}
     for i, name in enumerate(names):
-        later = sum(SECTIONS[n][0] for n in names[i + 1:])
+        later = scale * sum(SECTIONS[n][0] for n in names[i + 1:])
         # The last section may use all that is left; the others their own budget.
-        budget = Budget(SECTIONS[name][0] if later else args.time_limit, end - later)
+        budget = Budget(SECTIONS[name][0] * scale if later else args.time_limit, end - later)
         report.current = f'section {name}'
         t0 = time.perf_counter()
         try:

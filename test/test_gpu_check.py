@@ -17,11 +17,13 @@ FAMILIES = ('fiffdepth', 'e2e_ft', 'lotus_d', 'lotus_d_disparity', 'marigold')
 
 
 def _run_kit(tmp_path, *args):
+    # A generous limit: the sections' budgets are its shares, and a stall of this shared
+    # machine must not turn rows into 'time budget spent' here.
     env = dict(os.environ, FIFFDEPTH_CACHE=str(tmp_path / 'cache'), OMP_NUM_THREADS='1',
-               HF_HOME=str(tmp_path / 'hf'), FIFFDEPTH_VENV=sys.prefix)
+               HF_HOME=str(tmp_path / 'hf'), FIFFDEPTH_VENV=sys.prefix, GPU_CHECK_TOTAL='1500')
     done = subprocess.run([str(ROOT / 'scripts' / 'gpu_check.sh'), str(tmp_path / 'report'),
                            '--', '--smoke', '--work', str(tmp_path / 'work'), *args],
-                          env=env, capture_output=True, text=True, timeout=600)
+                          env=env, capture_output=True, text=True, timeout=1600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     report = json.loads((tmp_path / 'report' / 'report.json').read_text())
     markdown = (tmp_path / 'report' / 'report.md').read_text()
@@ -43,6 +45,8 @@ def test_the_report_has_every_section_and_prints_its_markdown(smoke):
     assert list(report['sections']) == ['precision', 'timings', 'finish', 'overlap', 'train',
                                         'runtimes']
     assert 'stopped' not in report and report['total_s'] < report['time_limit_s']
+    budgets = report['budgets_s']       # shares of the limit, the last section the rest
+    assert sum(budgets.values()) == pytest.approx(report['time_limit_s'], abs=1)
     for section in report['sections'].values():
         assert f"## {section['title']}" in markdown
         assert section['rows'] and all(row['status'] for row in section['rows'])
@@ -113,9 +117,10 @@ def test_runtime_rows_agree_with_torch(smoke):
 def test_the_kit_stops_at_its_time_limit_with_the_report_written(tmp_path):
     done, report, markdown = _run_kit(tmp_path, '--sections', 'precision,timings',
                                       '--time-limit', '1')
-    # precision: no time left for its rows once the later section's budget is kept back;
-    # timings: still building its model when the limit struck.
-    assert 'time limit of 1 s reached during section timings' in report['stopped']
+    # A 1 s limit leaves the precision rows well under a second: they say so; the limit
+    # strikes at the section's end or in the timings, still building their model.
+    assert report['stopped'].startswith('time limit of 1 s reached during section ')
+    assert 'total_s' not in report
     assert all(row['status'] == 'skipped: section time budget spent'
                for row in report['sections']['precision']['rows'] if row['size'] == 'tiny')
     assert '**stopped**' in markdown and markdown in done.stdout
