@@ -25,6 +25,8 @@
 # The total must stay within GPU_WHEELS_MAX_MIB (default 64, what a device run can carry);
 # above it the script says so and exits 1 (the wheels stay in DIR to look at).
 # DIR is git-ignored when it is .gpu_wheels (see .gitignore); never commit wheels.
+# GPU_WHEELS_PYTHON (default 3.12): the device's Python version (another one for a rehearsal
+# on a machine with another Python).
 set -euo pipefail
 dir="${1:?usage: scripts/gpu_wheels.sh DIR [--with PKG]... [--without PKG]...}"
 shift
@@ -72,8 +74,9 @@ folder = Path(sys.argv[1])
 EOF
 echo "downloading ($dir/download.txt): $(tr '\n' ' ' < "$dir/download.txt")"
 echo "installed there ($dir/requirements.txt): $(tr '\n' ' ' < "$dir/requirements.txt")"
-target=(--only-binary=:all: --python-version 3.12 --implementation cp
-        --abi cp312 --abi abi3 --abi none
+py="${GPU_WHEELS_PYTHON:-3.12}"
+target=(--only-binary=:all: --python-version "$py" --implementation cp
+        --abi "cp${py/./}" --abi abi3 --abi none
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64
         --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 --platform any)
 quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
@@ -81,7 +84,7 @@ python -m pip download --quiet "${target[@]}" -d "$dir" -r "$dir/download.txt" 2
 # The folder alone must satisfy the requirements (what the device's offline install does).
 python -m pip install --quiet --dry-run --ignore-installed --no-index --find-links "$dir" \
     --target "$(mktemp -d)" "${target[@]}" -r "$dir/requirements.txt" 2>&1 | quiet
-echo "offline install of $dir/requirements.txt from $dir alone (dry run, Python 3.12): ok"
+echo "offline install of $dir/requirements.txt from $dir alone (dry run, Python $py): ok"
 echo "wheels in $dir:"
 ls -l "$dir"/*.whl | awk '{printf "  %8.2f MiB  %s\n", $5 / 1048576, $NF}' | sort -rn
 total=$(cat "$dir"/*.whl | wc -c)
