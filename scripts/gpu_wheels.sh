@@ -4,6 +4,7 @@
 # `pip install --no-index --find-links DIR` (gpu_check.sh --wheels DIR).
 #
 #   scripts/gpu_wheels.sh DIR [--with PKG]... [--without PKG]...
+#   scripts/gpu_wheels.sh DIR --opencv      OpenCV alone (see below)
 #
 # What the kit's code path imports beyond torch: diffusers (UNet, VAE, schedulers, Marigold's
 # pipeline) and its import chain (huggingface_hub, safetensors, Pillow, regex, requests, ...),
@@ -21,6 +22,10 @@
 #                           ~200 MB); openvino (~40 MB).
 #   rclpy                   not a wheel; overlap runs with its plain message backend instead.
 # --with PKG adds one (the budget check still applies); --without PKG drops a default one.
+# --opencv: a folder with opencv-python-headless alone (55 MiB, without its numpy, which the
+# main folder has), to carry in a run of its own before the kit's when each run can carry only
+# 64 MiB: `scripts/gpu_check.sh OUT --wheels .gpu_wheels_cv --install-only`, then the kit
+# with --wheels .gpu_wheels (on the same machine, while it is still held).
 #
 # The total must stay within GPU_WHEELS_MAX_MIB (default 64, what a device run can carry);
 # above it the script says so and exits 1 (the wheels stay in DIR to look at).
@@ -31,8 +36,10 @@ set -euo pipefail
 dir="${1:?usage: scripts/gpu_wheels.sh DIR [--with PKG]... [--without PKG]...}"
 shift
 packages=(diffusers transformers safetensors huggingface_hub Pillow numpy PyYAML)
+nodeps=""
 while [ $# -gt 0 ]; do
     case "$1" in
+        --opencv) packages=(opencv-python-headless); nodeps="--no-deps"; shift ;;
         --with) packages+=("$2"); shift 2 ;;
         --without)
             keep=()
@@ -45,7 +52,9 @@ cd "$(dirname "$0")/.."
 venv="${FIFFDEPTH_VENV:-.venv}"
 if [ -f "$venv/bin/activate" ]; then . "$venv/bin/activate"; fi
 mkdir -p "$dir"
-rm -f "$dir"/*.whl "$dir/requirements.txt" "$dir/download.txt"
+rm -f "$dir"/*.whl "$dir/requirements.txt" "$dir/download.txt" "$dir/pip-options"
+# pip-options: read by gpu_check.sh --wheels (--no-deps for the OpenCV folder).
+echo "$nodeps" > "$dir/pip-options"
 # download.txt: each at the version installed here (tested), else requirements.txt's bound;
 # requirements.txt: the same, but only the kit's own additions pinned (see above).
 python - "$dir" "${packages[@]}" <<'EOF'
@@ -67,7 +76,8 @@ for name in sys.argv[2:]:
     except metadata.PackageNotFoundError:
         pinned = bound
     download.append(pinned)
-    install.append(pinned if name.lower() in ('diffusers', 'transformers') else bound)
+    install.append(pinned if name.lower() in ('diffusers', 'transformers',
+                                              'opencv-python-headless') else bound)
 folder = Path(sys.argv[1])
 (folder / 'download.txt').write_text('\n'.join(download) + '\n')
 (folder / 'requirements.txt').write_text('\n'.join(install) + '\n')
@@ -80,10 +90,11 @@ target=(--only-binary=:all: --python-version "$py" --implementation cp
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64
         --platform manylinux_2_27_x86_64 --platform manylinux_2_28_x86_64 --platform any)
 quiet() { grep -v "is ignored: it is neither a file nor a directory" || true; }
-python -m pip download --quiet "${target[@]}" -d "$dir" -r "$dir/download.txt" 2>&1 | quiet
+python -m pip download --quiet $nodeps "${target[@]}" -d "$dir" -r "$dir/download.txt" 2>&1 \
+    | quiet
 # The folder alone must satisfy the requirements (what the device's offline install does).
 python -m pip install --quiet --dry-run --ignore-installed --no-index --find-links "$dir" \
-    --target "$(mktemp -d)" "${target[@]}" -r "$dir/requirements.txt" 2>&1 | quiet
+    --target "$(mktemp -d)" $nodeps "${target[@]}" -r "$dir/requirements.txt" 2>&1 | quiet
 echo "offline install of $dir/requirements.txt from $dir alone (dry run, Python $py): ok"
 echo "wheels in $dir:"
 ls -l "$dir"/*.whl | awk '{printf "  %8.2f MiB  %s\n", $5 / 1048576, $NF}' | sort -rn
