@@ -427,8 +427,9 @@ def section_timings(report: Report, budget: Budget, ctx: dict) -> None:
 def cv2_missing() -> str | None:
     if importlib.util.find_spec('cv2') is None:
         return ('skipped: OpenCV (cv2) is not installed: the finishing path imports it '
-                '(pip install opencv-python-headless; its ~50 MB wheel does not fit the '
-                "kit's 64 MiB of wheels beside diffusers)")
+                '(pip install opencv-python-headless; on a machine without internet carry '
+                'scripts/gpu_wheels.sh DIR --opencv and install it first with '
+                'scripts/gpu_check.sh OUT --wheels DIR --install-only)')
     return None
 
 

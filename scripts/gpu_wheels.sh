@@ -16,8 +16,8 @@
 # Pillow or PyYAML the machine already has stays as it is (its torch may be built against it).
 #
 # Left out by default, and why (the rows that need them say 'skipped: ...' with the reason):
-#   opencv-python-headless  ~50 MB wheel: beside diffusers it breaks the 64 MiB budget. The
-#                           finishing path (sections finish and overlap) imports it.
+#   opencv-python-headless  a 55 MiB wheel: beside diffusers it breaks the 64 MiB budget. The
+#                           finishing path (sections finish and overlap) imports it (--opencv).
 #   onnx, onnxruntime-gpu   the runtimes section's exported-graph rows (onnxruntime-gpu alone is
 #                           ~200 MB); openvino (~40 MB).
 #   rclpy                   not a wheel; overlap runs with its plain message backend instead.
