@@ -18,8 +18,18 @@ the ratios.
 Both layouts run interleaved in rounds (this VM's speed drifts), medians over the rounds.
 
     python bench/overlap.py [--frames 60] [--rounds 3] [--model-ms 40] [--processing-res 128]
+                            [--device cpu|cuda] [--backend rclpy|plain|auto] [--in-memory]
+                            [--json PATH]
+
+``--device cuda``: the tiny model on the GPU (fp16, as the node's precision 'auto'), the
+finishing then on the device too (fiffdepth_ros.finish) as in the node. ``--backend plain``
+(bench/gpu_messages.py): messages without ROS, nothing serialised -- for machines without ROS
+(the GPU check kit); 'auto' takes rclpy when it imports. ``--in-memory``: the tiny model's
+modules built in memory (bench/gpu_models.py) instead of a checkpoint folder, so transformers
+is not needed. ``--json``: the table's numbers in a file as well.
 """
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -29,9 +39,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))            # gpu_messages, gpu_models
 
 from fiffdepth_ros import params as P  # noqa: E402
-from fiffdepth_ros.conversions.backends import RclpyBackend  # noqa: E402
 from fiffdepth_ros.conversions.depth_image import rgb_to_image_msg  # noqa: E402
 from fiffdepth_ros.conversions.pointcloud import xyz_to_pointcloud  # noqa: E402
 from fiffdepth_ros.demo.scene import SyntheticRoom  # noqa: E402
@@ -39,6 +49,7 @@ from fiffdepth_ros.model.tiny import build_tiny_checkpoint  # noqa: E402
 from fiffdepth_ros.pipeline import DepthPipeline, PipelineConfig  # noqa: E402
 from fiffdepth_ros.ros.overlap import HandOff  # noqa: E402
 from fiffdepth_ros.sync import FrameInputs  # noqa: E402
+from gpu_messages import backend as message_backend  # noqa: E402
 
 
 class GpuLike:
@@ -53,16 +64,16 @@ class GpuLike:
         return self.outputs[self.i % len(self.outputs)]
 
 
-def run(pipeline, inputs, overlapped: bool) -> dict:
-    from rclpy.serialization import serialize_message
+def run(pipeline, inputs, overlapped: bool, serialize_message=None) -> dict:
     finish_ms, critical = [], []
 
     def back(item):
         frame, relative = item
         t0 = time.perf_counter()
         result = pipeline.finish(frame, relative, ('depth', 'camera_info', 'points'))
-        for msg in result.messages.values():
-            serialize_message(msg)            # what publish costs before the transport
+        if serialize_message is not None:
+            for msg in result.messages.values():
+                serialize_message(msg)        # what publish costs before the transport
         finish_ms.append((time.perf_counter() - t0) * 1e3)
 
     stage = HandOff(back, overlapped=overlapped)
@@ -99,17 +110,30 @@ def main():
     ap.add_argument('--processing-res', type=int, default=128)
     ap.add_argument('--switch-interval-ms', type=float, default=0.5,
                     help="sys.setswitchinterval for the overlapped layout (the node's 0.5 ms)")
+    ap.add_argument('--device', default='cpu', help="the model's device: cpu or cuda")
+    ap.add_argument('--backend', choices=('rclpy', 'plain', 'auto'), default='rclpy',
+                    help='message backend (plain: no ROS, nothing serialised)')
+    ap.add_argument('--in-memory', action='store_true',
+                    help='build the tiny modules in memory (no checkpoint, no transformers)')
+    ap.add_argument('--json', type=Path, default=None, help='also write the numbers here')
     args = ap.parse_args()
 
     import torch
     torch.set_num_threads(1)                 # as the node on this 2-core machine
     from fiffdepth_ros.model.estimator import DepthEstimator
-    work = Path(tempfile.mkdtemp(prefix='fiffdepth_overlap_'))
-    model = DepthEstimator.from_pretrained(str(build_tiny_checkpoint(work / 'tiny')),
-                                           device='cpu', processing_res=args.processing_res)
+    precision = 'fp16' if torch.device(args.device).type == 'cuda' else 'fp32'
+    if args.in_memory:
+        import gpu_models
+        model, _ = gpu_models.make_engine(gpu_models.modules('tiny'), 'fiffdepth', args.device,
+                                          precision, args.processing_res)
+    else:
+        work = Path(tempfile.mkdtemp(prefix='fiffdepth_overlap_'))
+        model = DepthEstimator.from_pretrained(str(build_tiny_checkpoint(work / 'tiny')),
+                                               device=args.device, precision=precision,
+                                               processing_res=args.processing_res)
     room = SyntheticRoom(640, 480, lidar_lines=32)
     frames = [room.render(t=i * 0.05) for i in range(6)]
-    backend = RclpyBackend()
+    backend, serialize = message_backend(args.backend)
     inputs = []
     for i in range(args.frames):
         f, stamp = frames[i % len(frames)], 10**18 + i * 33_333_333
@@ -136,13 +160,17 @@ def main():
                 sys.setswitchinterval(args.switch_interval_ms / 1e3 if layout == 'overlapped'
                                       else default_interval)
                 pipe = DepthPipeline(est, config, backend)
-                run(pipe, inputs[:5], layout == 'overlapped')          # warm-up
-                results[(name, layout)].append(run(pipe, inputs, layout == 'overlapped'))
+                run(pipe, inputs[:5], layout == 'overlapped', serialize)          # warm-up
+                results[(name, layout)].append(run(pipe, inputs, layout == 'overlapped',
+                                                   serialize))
     sys.setswitchinterval(default_interval)
 
+    serialised = f'{backend.name} serialisation' if serialize else 'no serialisation'
     print(f'two-stage worker in one process: 640x480, LiDAR 32x1024 with every 3rd image, '
-          f'xyzrgb cloud + rclpy serialisation; {args.frames} frames x {args.rounds} rounds; '
+          f'xyzrgb cloud + {serialised}; model on {args.device} ({precision}); '
+          f'{args.frames} frames x {args.rounds} rounds; '
           f'CPU cores {len(os.sched_getaffinity(0))}, load average {os.getloadavg()[0]:.2f}')
+    table = []
     print(f'{"model":<10} {"layout":<11} {"frames/s":>9} {"model ms":>9} {"finish ms":>10} '
           f'{"critical ms":>12} {"cores used":>11}')
     for name in models:
@@ -151,10 +179,21 @@ def main():
             rows = results[(name, layout)]
             med = {k: float(np.median([r[k] for r in rows])) for k in rows[0]}
             fps[layout] = med['fps']
+            table.append({'model': name, 'layout': layout, 'fps': med['fps'],
+                          'model_ms': med['model'], 'finish_ms': med['finish'],
+                          'critical_ms': med['critical'], 'cores': med['cores']})
             print(f'{name:<10} {layout:<11} {med["fps"]:>9.1f} {med["model"]:>9.1f} '
                   f'{med["finish"]:>10.1f} {med["critical"]:>12.1f} {med["cores"]:>11.2f}')
         print(f'{name:<10} overlapped / sequential frames/s: '
               f'{fps["overlapped"] / fps["sequential"]:.2f}x')
+    if args.json:
+        args.json.write_text(json.dumps({
+            'settings': {'device': args.device, 'precision': precision, 'backend': backend.name,
+                         'serialised': serialize is not None, 'frames': args.frames,
+                         'rounds': args.rounds, 'processing_res': args.processing_res,
+                         'gpu_like_model_ms': args.model_ms,
+                         'load_average': os.getloadavg()[0]},
+            'rows': table}, indent=2) + '\n')
 
 
 if __name__ == '__main__':

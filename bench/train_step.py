@@ -8,14 +8,18 @@ own backward pass (the gradient of the summed loss is the sum of these), then th
 
     python bench/train_step.py [--res 128x160] [--batch 1] [--steps 2] [--checkpointing]
                                [--optimizer sgd|adam] [--device cpu|cuda] [--bf16]
+                               [--size sd2|tiny] [--json PATH]
 
 CPU default: fp32, 128x160 px, SGD (Adam's two fp32 moments add 2 x 3.5 GB that a small shared
 machine may not have; they are reported as computed bytes, not measured). CUDA default when a
 device is present: 480x640, bf16 autocast, Adam, gradient checkpointing off.
 Memory: CUDA, torch's allocator peak per phase; CPU, the process's peak resident set (VmHWM)
 per phase, reset before each phase through /proc/self/clear_refs (Linux).
+``--size tiny``: the tiny random UNet and VAE (model.tiny) instead, for a smoke run of this
+script (the GPU check kit's CPU smoke); ``--json``: the table's numbers in a file as well.
 """
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -81,6 +85,9 @@ def main():
     ap.add_argument('--checkpointing', action='store_true', help='gradient checkpointing')
     ap.add_argument('--bf16', action='store_true', help='bf16 autocast (default on CUDA)')
     ap.add_argument('--threads', type=int, default=0, help='torch CPU threads (0: default)')
+    ap.add_argument('--size', choices=('sd2', 'tiny'), default='sd2',
+                    help='the SD2 architecture, or the tiny random model (a smoke run)')
+    ap.add_argument('--json', type=Path, default=None, help='also write the numbers here')
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == 'cuda'
@@ -93,8 +100,15 @@ def main():
 
     from diffusers import DDPMScheduler
     t0 = time.perf_counter()
-    unet, vae, _ = build_sd2_modules(seed=0)
-    embedding = torch.randn(1, 2, SD2_TEXT_DIM, generator=torch.Generator().manual_seed(1)) * 0.1
+    if args.size == 'tiny':
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from gpu_models import embedding_dim, modules
+        unet, vae, _ = modules('tiny')
+        unet.train()
+    else:
+        unet, vae, _ = build_sd2_modules(seed=0)
+    width = embedding_dim('tiny') if args.size == 'tiny' else SD2_TEXT_DIM
+    embedding = torch.randn(1, 2, width, generator=torch.Generator().manual_seed(1)) * 0.1
     scheduler = DDPMScheduler(beta_schedule='scaled_linear', beta_start=0.00085, beta_end=0.012,
                               prediction_type='v_prediction')
     vae = vae.to(device, torch.bfloat16 if bf16 else torch.float32).requires_grad_(False)
@@ -107,7 +121,7 @@ def main():
     embedding = embedding.to(device)
     alphas = scheduler.alphas_cumprod.to(device)
     settings = MethodSettings.from_config(DEFAULTS['method'], 'v_prediction')
-    print(f'# built SD2 UNet ({params / 1e6:.0f}M parameters) and VAE in '
+    print(f'# built {args.size} UNet ({params / 1e6:.0f}M parameters) and VAE in '
           f'{time.perf_counter() - t0:.1f} s; device {device}, {h}x{w} px, batch {args.batch} '
           f'synthetic + {args.batch} real, {"bf16 autocast" if bf16 else "fp32"}, '
           f'{optimizer_name}, gradient checkpointing {"on" if args.checkpointing else "off"}, '
@@ -182,6 +196,15 @@ def main():
           f'the three uses take {100 * uses / total:.0f} % of the step')
     print(f'weights + grads (fp32): {2 * params * 4 / 2**30:.2f} GiB computed; Adam would add '
           f'{2 * params * 4 / 2**30:.2f} GiB of moments (computed)')
+    if args.json:
+        args.json.write_text(json.dumps({
+            'size': args.size, 'device': str(device), 'res': f'{h}x{w}', 'batch': args.batch,
+            'bf16': bf16, 'checkpointing': args.checkpointing, 'optimizer': optimizer_name,
+            'steps': args.steps, 'parameters': params, 'whole_step_s': total,
+            'peak_mb': max(peak.values()), 'memory': 'CUDA allocator peak' if cuda else
+            'process peak RSS (VmHWM)',
+            'phases': {p: {'median_s': med[p], 'peak_mb': peak[p]} for p in PHASES}},
+            indent=2) + '\n')
 
 
 if __name__ == '__main__':
