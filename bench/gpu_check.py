@@ -21,6 +21,9 @@ on) and each with a time budget, its share of --time-limit, so the whole run sta
   overlap    bench/overlap.py with the model on the device (subprocess)
   train      bench/train_step.py: one training step at 480x640, bf16 autocast, gradient
              checkpointing (subprocess): time and peak memory
+  light      one distillation step of the light autoencoder (bench/light_autoencoder.py's, the
+             stage's own loss): SD2-size teacher, 8 images at 480x640, bf16 autocast: step time
+             and peak memory, for the README's GPU sizing of that stage
   runtimes   the exported graph (fiffdepth-export) of --model on the runtimes present: torch
              CPU / CUDA, ONNX Runtime TensorRT / CUDA / CPU, OpenVINO; load s, first frame s,
              median ms, max difference / range against torch fp32 on the CPU
@@ -31,7 +34,7 @@ rewritten after every section, so a run stopped from outside still leaves what i
 at --time-limit the kit itself stops, marks the rest as not run and exits 0.
 
     python bench/gpu_check.py [--out gpu_check] [--smoke] [--time-limit 420]
-                              [--sections precision,timings,finish,overlap,train,runtimes]
+                              [--sections precision,timings,finish,overlap,train,light,runtimes]
                               [--model nano] [--height 192 --width 256] [--repeats 10]
     scripts/gpu_check.sh OUT [--wheels DIR] [-- arguments of this script]
 """
@@ -71,10 +74,12 @@ SECTIONS = {
     'overlap': (45, 'd. bench/overlap.py with the model on the device'),
     'train': (75, 'e. one training step, bf16, gradient checkpointing'),
     'runtimes': (45, 'f. the exported graph on the runtimes present'),
+    'light': (40, 'g. light autoencoder: one distillation step (fiffdepth-train stage '
+                  'light_autoencoder), bf16'),
 }
 # Run in this order (the report keeps a-f): the timings last, where its torch.compile rows
 # (a minute or more each for an SD2 UNet + VAE) can take whatever time the others left.
-ORDER = ('precision', 'finish', 'overlap', 'train', 'runtimes', 'timings')
+ORDER = ('precision', 'finish', 'overlap', 'train', 'light', 'runtimes', 'timings')
 
 
 def environment() -> dict:
@@ -599,6 +604,43 @@ def section_train(report: Report, budget: Budget, ctx: dict) -> None:
                    memory=result['memory'])
 
 
+# ---------------------------------------------------------------------------- g. light
+LIGHT_IMAGES = 8            # config/light_autoencoder.yaml's images per step
+
+
+def section_light(report: Report, budget: Budget, ctx: dict) -> None:
+    """The stage's own step (bench/light_autoencoder.distil_step): the SD2-size teacher (UNet +
+    full VAE, fp32 weights) forward and the TAESD-width light parts forward and backward under
+    bf16 autocast, 8 images at 480x640 on CUDA: the step time and peak memory the README's
+    GPU sizing of a light-autoencoder distillation needs. The CPU smoke: a tiny teacher, 1
+    image at the tiny size."""
+    import types
+    from light_autoencoder import distil_step
+    from fiffdepth_ros.model.light import LightDecoder, LightEncoder
+    args, device = ctx['args'], ctx['device']
+    cuda = device.type == 'cuda'
+    size, hw, images = ('sd2', (480, 640), LIGHT_IMAGES) if cuda else ('tiny', ctx['tiny_hw'], 1)
+    row = report.add('light', {'row': f'{size} teacher, {images} x {hw[0]}x{hw[1]}, light parts '
+                                      'of TAESD width, bf16 autocast', 'device': str(device)})
+    if not cuda and not args.smoke:
+        row['status'] = NO_CUDA + ' (--smoke runs a tiny teacher on the CPU)'
+        return
+    if budget.spent(10):
+        row['status'] = 'skipped: section time budget spent'
+        return
+    teacher, _ = gpu_models.make_engine(ctx['modules'](size, 'fiffdepth'), 'fiffdepth',
+                                        str(device), 'fp32', max(hw))
+    torch.manual_seed(0)
+    step_args = types.SimpleNamespace(step_res=max(hw), step_hw=hw, threads=torch.get_num_threads(),
+                                      step_repeats=2 if cuda else 1)
+    result = distil_step(step_args, teacher, LightEncoder().to(device), LightDecoder().to(device),
+                         device=str(device), bf16=True, images=images)
+    row.update(status='ok', step_s=round(result['seconds'], 3), tflops=round(result['tflops'], 3),
+               light_activations_mib=round(result['saved_mib']),
+               peak_mb=None if result['peak_mib'] is None else round(result['peak_mib']))
+    del teacher
+
+
 # ---------------------------------------------------------------------------- f. runtimes
 def section_runtimes(report: Report, budget: Budget, ctx: dict) -> None:
     args, cuda = ctx['args'], ctx['device'].type == 'cuda'
@@ -719,6 +761,9 @@ COLUMNS = {
                 ('critical ms', 'critical_ms', ''), ('cores used', 'cores', '')],
     'train': [('row', 'row', ''), ('status', 'status', ''), ('step s', 'step_s', '.3g'),
               ('peak MB', 'peak_mb', '.0f'), ('memory', 'memory', '')],
+    'light': [('row', 'row', ''), ('status', 'status', ''), ('step s', 'step_s', '.3g'),
+              ('TFLOPs', 'tflops', '.3g'), ('light-part activations MiB', 'light_activations_mib',
+                                            ''), ('peak MB', 'peak_mb', '')],
     'runtimes': [('row', 'row', ''), ('status', 'status', ''), ('load s', 'load_s', ''),
                  ('first frame s', 'first_frame_s', ''), ('median ms', 'median_ms', ''),
                  ('p10-p90 ms', None, ''), ('max diff / range', 'max_diff_of_range', '.1e')],
@@ -812,7 +857,8 @@ def main(argv=None) -> int:
            'tiny_hw': (48, 64) if args.smoke else (96, 128), 'child': None}
     functions = {'precision': section_precision, 'timings': section_timings,
                  'finish': section_finish, 'overlap': section_overlap,
-                 'train': section_train, 'runtimes': section_runtimes}
+                 'train': section_train, 'runtimes': section_runtimes,
+                 'light': section_light}
 
     def at_the_limit():
         with report.lock:

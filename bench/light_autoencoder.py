@@ -149,7 +149,8 @@ def distil_step(args, teacher, light_enc, light_dec, device: str = 'cpu',
         light_weights={'depth': 1.0, 'gradient': 0.5, 'latent': 1.0},
         accelerator=types.SimpleNamespace(device=dev, autocast=autocast))
     res = args.step_res
-    batch = {'real': {'rgb': torch.rand(images, 3, res, res, device=dev) * 2 - 1}}
+    h, w = getattr(args, 'step_hw', None) or (res, res)
+    batch = {'real': {'rgb': torch.rand(images, 3, h, w, device=dev) * 2 - 1}}
     stage = LightAutoencoderStage()
     cuda = dev.type == 'cuda'
 
@@ -178,12 +179,12 @@ def distil_step(args, teacher, light_enc, light_dec, device: str = 'cpu',
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
     where = (f'{device}, ' if cuda else f'CPU, {args.threads} thread(s), ') + (
         'bf16 autocast' if bf16 else 'fp32')
-    print(f'(d) one distillation step, SD2 size, {images} image(s) {res}x{res}, {where}: '
+    print(f'(d) one distillation step, {images} image(s) {h}x{w}, {where}: '
           f'{step_s:.2f} s (median of {args.step_repeats}; load average {before} before, '
           f'{load()} after), {tflops:.3f} TFLOPs (teacher forward + light parts forward and '
           f'backward), autograd keeps {sum(saved) / 2**20:.0f} MiB of activations for the '
           f'light parts' + (f', peak allocated {peak:.0f} MiB' if cuda else ''))
-    return {'res': res, 'images': images, 'device': device, 'bf16': bf16, 'seconds': step_s,
+    return {'res': [h, w], 'images': images, 'device': device, 'bf16': bf16, 'seconds': step_s,
             'tflops': tflops, 'saved_mib': sum(saved) / 2**20, 'peak_mib': peak}
 
 

@@ -43,7 +43,7 @@ def smoke(tiny_checkpoint, tmp_path_factory):
 def test_the_report_has_every_section_and_prints_its_markdown(smoke):
     done, report, markdown = smoke
     assert list(report['sections']) == ['precision', 'timings', 'finish', 'overlap', 'train',
-                                        'runtimes']
+                                        'runtimes', 'light']
     assert 'stopped' not in report and report['total_s'] < report['time_limit_s']
     budgets = report['budgets_s']       # shares of the limit, the last section the rest
     assert sum(budgets.values()) == pytest.approx(report['time_limit_s'], abs=1)
@@ -101,6 +101,15 @@ def test_overlap_and_the_training_step_ran_as_scripts(smoke):
     (train,) = report['sections']['train']['rows']
     assert train['status'] == 'ok' and train['step_s'] > 0 and train['peak_mb'] > 0
     assert train['parameters'] > 0 and len(train['phases']) == 5
+
+
+def test_the_light_distillation_step_ran(smoke):
+    """The light autoencoder stage's own step (teacher forward, light parts forward and
+    backward under bf16 autocast) on the tiny teacher: time, FLOPs and kept activations."""
+    (light,) = smoke[1]['sections']['light']['rows']
+    assert light['status'] == 'ok', light
+    assert light['step_s'] > 0 and light['tflops'] > 0 and light['light_activations_mib'] > 0
+    assert light['peak_mb'] is None or torch.cuda.is_available()
 
 
 def test_runtime_rows_agree_with_torch(smoke):
