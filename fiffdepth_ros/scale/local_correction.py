@@ -224,16 +224,25 @@ class _Grid:
             wts = (fw[None] if wts is None else wts[:, None] * fw[None]).reshape(2 * k, -1)
         return idx, wts
 
-    def splat(self, corners, values, weights) -> np.ndarray:
-        """(num, den) of the points, (gh, gw, 2, channels) float32, by one bincount."""
+    def splat_index(self, corners) -> np.ndarray:
+        """The bincount index of ``splat`` for these corners (num then den): fixed per anchor
+        set, so the judging rounds compute it once."""
+        idx = corners[0]
+        return np.concatenate([idx.ravel(), (idx + self.channels).ravel()])
+
+    def splat(self, corners, values, weights, index=None) -> np.ndarray:
+        """(num, den) of the points, (gh, gw, 2, channels) float32, by one bincount
+        (``index``: ``splat_index(corners)`` if already known)."""
         idx, wts = corners
         w = weights if wts is None else wts * weights
         w = np.broadcast_to(w, idx.shape)
-        c = self.channels
-        flat = np.bincount(np.concatenate([idx.ravel(), (idx + c).ravel()]),
-                           np.concatenate([(w * values).ravel(), w.ravel()]),
-                           self.gh * self.gw * 2 * c)
-        return flat.astype(np.float32).reshape(self.gh, self.gw, 2, c)
+        size = idx.size
+        both = np.empty(2 * size)
+        np.multiply(w, values, out=both[:size].reshape(idx.shape))
+        both[size:].reshape(idx.shape)[...] = w
+        flat = np.bincount(self.splat_index(corners) if index is None else index, both,
+                           self.gh * self.gw * 2 * self.channels)
+        return flat.astype(np.float32).reshape(self.gh, self.gw, 2, self.channels)
 
     def sample(self, state, corners, offset=0):
         """Interpolate a (gh, gw, 2, channels) grid at the points: ``offset`` 0 reads the first
@@ -267,12 +276,14 @@ def _pool2(a: np.ndarray) -> np.ndarray:
         .reshape(h // 2, w // 2, *a.shape[2:])
 
 
-def _unpool2(a: np.ndarray) -> np.ndarray:
-    """Bilinear 2x upsampling (inverse geometry of _pool2)."""
-    h, w = a.shape[:2]
-    flat = a.reshape(h, w, -1)
-    return cv2.resize(flat, (w * 2, h * 2), interpolation=cv2.INTER_LINEAR) \
-        .reshape(h * 2, w * 2, *a.shape[2:])
+def _unpool2(a: np.ndarray, times: int = 1) -> np.ndarray:
+    """Bilinear 2x upsampling (inverse geometry of _pool2), ``times`` times."""
+    for _ in range(times):
+        h, w = a.shape[:2]
+        flat = a.reshape(h, w, -1)
+        a = cv2.resize(flat, (w * 2, h * 2), interpolation=cv2.INTER_LINEAR) \
+            .reshape(h * 2, w * 2, *a.shape[2:])
+    return a
 
 
 def _range_blur(nd: np.ndarray) -> np.ndarray:
@@ -304,44 +315,45 @@ def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool,
     for _ in range(max(floors)):
         pyramid.append(_pool2(pyramid[-1]))
     current = floors[-1]
-    # state[:, :, 0] is the estimate, state[:, :, 1] the base's share. Each level moves both
-    # towards its own (estimate, 0) by alpha: est += alpha (n - est), keep *= 1 - alpha, in one
-    # pass over one array (the grids are small: numpy calls, not arithmetic, set the cost).
-    state = np.zeros(pyramid[current].shape, np.float32)
-    state[:, :, 1] = 1.0
+    # The estimate and the base's share, each contiguous (h, w, channels). Each level moves
+    # both towards its own (estimate, 0) by alpha: est += alpha (n - est), keep -= alpha keep.
+    # The grids are small: numpy calls and strided passes, not arithmetic, set the cost.
+    shape = pyramid[current].shape
+    est = np.zeros((*shape[:2], shape[3]), np.float32)
+    keep = np.ones_like(est)
     tiny, zero, one = np.float32(1e-30), np.float32(0.0), np.float32(1.0)
     for k in range(grid.levels - 1, -1, -1):
         j = floors[k]
-        while current > j:                                   # carry the state down to floor j
-            current -= 1
-            state = _unpool2(state)
+        if current > j:                                      # carry the state down to floor j
+            est, keep = _unpool2(est, current - j), _unpool2(keep, current - j)
+            current = j
         s = grid.sigmas[k] / 2 ** j
         layer = pyramid[j]
         target = cv2.GaussianBlur(layer.reshape(*layer.shape[:2], -1), (0, 0), s,
                                   borderType=cv2.BORDER_CONSTANT).reshape(layer.shape)
         n, d = target[:, :, 0], target[:, :, 1]
         # Effective anchors in the window: a unit-peak kernel summed over the splats.
-        alpha = d * np.float32(gain * s * s * 4 ** j)
+        alpha = np.multiply(d, np.float32(gain * s * s * 4 ** j))
         if exclusive:
             alpha -= one
         np.maximum(alpha, zero, out=alpha)       # clip to [0, 1] (np.clip's wrapper is slower)
         np.minimum(alpha, one, out=alpha)
         if prior is not None:
             # Worth prior[0] * support anchors at every scale: d counts anchors per window
-            # as d * gain * s^2 * 4^j (the alpha above).
+            # as d * gain * s^2 * 4^j (the alpha above). d + weight > 0: no floor needed.
             weight = np.float32(prior[0] / (gain * s * s * 4 ** j))
-            n += weight * np.float32(prior[1])
-            d += weight
-        np.maximum(d, tiny, out=d)
-        n /= d
-        d[...] = 0.0
-        target -= state
-        target *= alpha[:, :, None]
-        state += target
-    while current > 0:
-        current -= 1
-        state = _unpool2(state)
-    return state
+            ratio = np.add(n, weight * np.float32(prior[1]))
+            ratio /= np.add(d, weight)
+        else:
+            ratio = np.divide(n, np.maximum(d, tiny))
+        ratio -= est
+        ratio *= alpha
+        est += ratio
+        alpha *= keep
+        keep -= alpha
+    if current > 0:
+        est, keep = _unpool2(est, current), _unpool2(keep, current)
+    return np.stack([est, keep], 2)
 
 
 class _Fields:
@@ -356,6 +368,7 @@ class _Fields:
         h, w = shape
         self.grid = _Grid(h, w, cell, opts.base_sigma, axis, ratio)
         self.corners = self.grid.corners(rows, cols, anchor_bins, nearest)
+        self.index = self.grid.splat_index(self.corners)
 
     def build(self, v, wv, support, exclusive, prior=0.0) -> np.ndarray:
         """The blended grid, (gh, gw, 2, channels): [..., 0, :bins] the field (the spatial
@@ -365,7 +378,7 @@ class _Fields:
         base = float(np.dot(v, wv)) / total
         mean_w = total / np.count_nonzero(wv)
         gain = 2.0 * np.pi / (mean_w * support)
-        nd = self.grid.splat(self.corners, v - base, wv)
+        nd = self.grid.splat(self.corners, v - base, wv, self.index)
         grid = self.grid
         pseudo = (prior / support, -base) if prior > 0 else None   # v = 0, relative to base
         if grid.axis is None:
@@ -822,11 +835,8 @@ def _slice(field: np.ndarray, grid: _Grid, guide) -> np.ndarray:
     # upsampling cannot spread NaN onto valid neighbours (the depth itself stays NaN).
     np.fmax(gb, np.float32(0.0), out=gb)
     np.minimum(gb, np.float32(bins - 1), out=gb)
-    b0 = _WORK.get('b0', shape, np.int32)
-    b0[...] = gb                                          # truncation = floor (gb >= 0)
-    np.minimum(b0, bins - 2, out=b0)                      # b0 >= 0 already (gb >= 0)
-    map_x = _WORK.get('map_x', shape, np.float32)
-    map_x[...] = b0
+    map_x = np.floor(gb, out=_WORK.get('map_x', shape, np.float32))     # bin b0 (gb >= 0)
+    np.minimum(map_x, np.float32(bins - 2), out=map_x)
     gb -= map_x                                           # fraction towards bin b0 + 1
     map_x *= np.float32(gw)
     map_x += gx
