@@ -334,9 +334,9 @@ def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool,
         n, d = target[:, :, 0], target[:, :, 1]
         # Effective anchors in the window: a unit-peak kernel summed over the splats.
         alpha = np.multiply(d, np.float32(gain * s * s * 4 ** j))
-        if exclusive:
+        if exclusive:                            # clip to [0, 1] (np.clip's wrapper is slower)
             alpha -= one
-        np.maximum(alpha, zero, out=alpha)       # clip to [0, 1] (np.clip's wrapper is slower)
+            np.maximum(alpha, zero, out=alpha)   # (d >= 0: a sum of non-negative splats)
         np.minimum(alpha, one, out=alpha)
         if prior is not None:
             # Worth prior[0] * support anchors at every scale: d counts anchors per window
@@ -460,7 +460,7 @@ _CHOOSE_ANCHORS = 1024   # 'both' scores the candidate mixes on at most this man
 
 
 def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_extent,
-                depth_field=None):
+                depth_field=None, depth_axis=None):
     """The guide that best explains the anchors from their neighbours, (mix, axis, bins).
 
     Each candidate mix's judging field (exclusive: an anchor's own share in it is bounded by
@@ -469,7 +469,8 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
     that separates the surfaces keeps its own edges; a poor one leans on the image. Dense sets
     are scored on an even subset (``_CHOOSE_ANCHORS``): a choice, not a field.
     ``depth_field``: the last judging round's field at the anchors (the depth guide's judging
-    field), which stands for the first candidate instead of a build of its own."""
+    field), which stands for the first candidate instead of a build of its own;
+    ``depth_axis``: the judging's (axis, bins), returned as they are when the depth wins."""
     k = options.range_sigma / options.colour_sigma
     sub = evenly_spaced(len(v), _CHOOSE_ANCHORS)
     srows, scols, sv, su, sga, sla = (x[sub] for x in (rows, cols, v, u, ga, la))
@@ -489,6 +490,8 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
         if best is None or err < best[0]:
             best = (err, mix)
     mix = best[1]
+    if mix == (1.0, 0.0) and depth_axis is not None:
+        return (mix, *depth_axis)
     return (mix, *_axis_for(options, shape[1], mix, ga, la, depth_extent, light_extent))
 
 
@@ -585,7 +588,7 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
         else:
             mix, axis, anchor_bins = _choose_mix(options, (h, w), rows, cols, v, u, ga, la,
                                                  guide_extent, lightness_extent,
-                                                 judge.sample(state))
+                                                 judge.sample(state), (axis, anchor_bins))
     # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
     # would keep, at a quarter of the cost.
     dense = len(v) >= _cells((h, w), options)
@@ -662,7 +665,8 @@ def thin_plate_base(shape, rows, cols, v, weights, grid: _Grid,
     nodes = _tps_kernel(d2) @ coef[:m]
     nodes += coef[m] + coef[m + 1] * gy[:, None] + coef[m + 2] * gx[None, :]
     base = wy @ nodes @ wx.T
-    np.clip(base, float(vv.min()), float(vv.max()), out=base)
+    np.maximum(base, vv.min(), out=base)      # clip (np.clip's wrapper costs more)
+    np.minimum(base, vv.max(), out=base)
     return base.astype(np.float32)
 
 
