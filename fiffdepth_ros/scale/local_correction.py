@@ -37,6 +37,14 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    the prediction's genuine local errors are far from Gaussian. The global fit has a weak vote
    in every judging window (``judge_prior`` anchors at v = 0, never counted as support): where
    bad anchors happen to match the good ones in number locally, it tips the balance.
+   Sparse sets (up to ``consensus_max`` anchors) have a second judge with a veto: the median
+   log ratio of each anchor's 8 nearest anchors (pixels, and the aligned log depth at one
+   judging cell per ``range_sigma``), the same cutoff, the judging field's rejects not voting
+   and its unjudged anchors not judged. Where anchors are few the judging field is coarse and
+   a corrupted third pulls its weighted mean towards them (the good anchors of a region the
+   prediction gets 30 % wrong, and the x1.8 ones, end up on either side of it, both within the
+   cutoff); a median stays with the majority. Denser sets do not need it (their fields are
+   fine), and a k-d tree's query would cost more than the whole correction there.
 
 5. Image guided (``guide``, with the frame's RGB image): where the prediction is weak its depth
    cannot tell which anchors share a surface; the image's lightness (Rec. 601 luma, 0-1) joins
@@ -65,7 +73,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .fit import evenly_spaced
+from .fit import _median_rows, evenly_spaced
 
 GUIDES = ('depth', 'image', 'both')
 
@@ -92,6 +100,7 @@ class LocalCorrectionOptions:
     spline: bool = True              # thin-plate spline base under the local detail
     spline_smoothing: float = 0.03   # its smoothing (image side = 1); 0 interpolates exactly
     spline_centres: int = 128        # more anchors are averaged per judging cell first
+    consensus_max: int = 1024        # sets up to this size: also judged by neighbours' median
 
     def __post_init__(self):
         if int(self.cell) < 1:
@@ -111,6 +120,8 @@ class LocalCorrectionOptions:
         if not (self.spline_smoothing >= 0 and int(self.spline_centres) >= 3):
             raise ValueError('spline_smoothing must be >= 0 and spline_centres >= 3, got '
                              f'{self.spline_smoothing!r}, {self.spline_centres!r}')
+        if not int(self.consensus_max) >= 0:
+            raise ValueError(f'consensus_max must be >= 0, got {self.consensus_max!r}')
         if not self.colour_sigma > 0:
             raise ValueError(f'colour_sigma must be > 0, got {self.colour_sigma}')
         if self.mix is not None and not (len(self.mix) == 2 and min(self.mix) >= 0
@@ -140,6 +151,7 @@ _JUDGE_RATIO = 4.0       # judging scales 4x apart (neighbourhoods of 0.5, 2, 8 
 _MAX_SIGMA = 1.0        # blur at most this many cells on a pyramid floor; pool beyond
 _SPLINE_STEP = 2         # the spline base is evaluated every 2 cells, linear between
 _SLICE_STEP = 2         # the correction factor is read every 2 pixels, then upsampled
+_CONSENSUS_NEIGHBOURS = 8   # the consensus judging's neighbourhood, anchors
 
 
 class _Workspace(threading.local):
@@ -565,7 +577,8 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
             # Only anchors on the same surface (similar predicted depth) can outvote an anchor;
             # one whose depth band holds no other anchors nearby is not judged by the spatial
             # fallback (it may sample a structure, e.g. a corner, that only it sees).
-            e *= 1.0 - judge.sample(state, 1)
+            unjudged = judge.sample(state, 1)
+            e *= 1.0 - unjudged
         t = np.minimum(np.abs(e) * (1.0 / options.outlier_cutoff), 1.0)
         u_new = (1.0 - t * t) ** 2
         if not u_new.any():
@@ -574,6 +587,13 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
         u = u_new
         if change < options.settle:    # the field is a weighted mean: it has settled as well
             break
+    if judged and len(v) <= options.consensus_max:
+        # Sparse sets: the judging field is coarse where anchors are few, and a corrupted third
+        # pulls its weighted mean towards them; the neighbours' median also has a veto.
+        uc = _consensus_weights(rows, cols, v, ga, options,
+                                unjudged if axis is not None else None, u)
+        if uc.any():                   # as the rounds: never every anchor rejected
+            u = uc
     if judged and u.any():
         # Reported only (the cutoff is fixed, see the module docstring); a subset suffices.
         spread = np.abs(e[u > 0])
@@ -608,6 +628,33 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
     np.minimum(factor, limit, out=factor)
     weights[used] = u
     return CorrectionGrid(np.exp(factor, out=factor), fields.grid, weights, sigma, mix)
+
+
+def _consensus_weights(rows, cols, v, ga, options: LocalCorrectionOptions, unjudged,
+                       start) -> np.ndarray:
+    """Tukey weights of the anchors against the median log ratio of their
+    ``_CONSENSUS_NEIGHBOURS`` nearest anchors, never above ``start`` (the judging field's
+    weights), whose rejected anchors do not vote; a second round leaves out the neighbours the
+    first rejected as well. Distance: pixels, plus the aligned log depth ``ga`` with one
+    ``range_sigma`` counting as one judging cell, so that neighbours share a surface where they
+    can. A median, not the judging field's weighted mean: a third of the neighbours pulled one
+    way cannot drag it with them. ``unjudged``: the judging field's fallback share per anchor
+    (None: none); an anchor with no neighbours on its own surface (share 1) is not judged here
+    either."""
+    from scipy.spatial import cKDTree
+    scale = _JUDGE_CELLS * options.cell / options.range_sigma
+    pts = np.stack([rows.astype(np.float64), cols.astype(np.float64), ga * scale], 1)
+    k = min(_CONSENSUS_NEIGHBOURS, len(v) - 1)
+    nb = cKDTree(pts).query(pts, k + 1)[1][:, 1:]            # without the anchor itself
+    u = start
+    for _ in range(2):
+        med = _median_rows(np.where(u[nb] > 0, v[nb], np.nan))
+        e = np.where(np.isfinite(med), v - med, 0.0)          # no neighbour left: not judged
+        if unjudged is not None:
+            e *= 1.0 - unjudged
+        t = np.minimum(np.abs(e) * (1.0 / options.outlier_cutoff), 1.0)
+        u = np.minimum((1.0 - t * t) ** 2, start)
+    return u
 
 
 def _tps_kernel(d2: np.ndarray) -> np.ndarray:
