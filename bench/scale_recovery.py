@@ -509,9 +509,14 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
 
                 steps[f'torch (CPU), {name}, guide {guide}'] = torch_path
     # Two passes, numpy then torch: after a torch call its idle OpenMP workers spin for a
-    # while, and that CPU time would land on whichever step comes next.
+    # while, and that CPU time would land on whichever step comes next. Each pass starts after
+    # a second's pause: OpenBLAS's workers spin after the large products of the accuracy part
+    # (the baseline's interpolation) for a few hundred ms, and the process CPU time counts them.
+    import time
     numpy_steps = {k: f for k, f in steps.items() if k.startswith('numpy')}
+    time.sleep(1.0)
     times = interleaved_wall_and_cpu_ms(numpy_steps, repeats)
+    time.sleep(1.0)
     times.update(interleaved_wall_and_cpu_ms(
         {k: f for k, f in steps.items() if k not in numpy_steps}, repeats))
     return {k: times[k] for k in steps}

@@ -699,9 +699,13 @@ def thin_plate_base(shape, rows, cols, v, weights, grid: _Grid,
     poly = np.stack([np.ones(m), y, x], 1)
     a[:m, m:], a[m:, :m] = poly, poly.T
     b = np.concatenate([vv, np.zeros(3)])
-    try:
-        coef = np.linalg.solve(a, b)
-    except np.linalg.LinAlgError:           # e.g. all centres on one line, no smoothing
+    # OpenCV's LU, not numpy's LAPACK: OpenBLAS factors a system of ~100 unknowns on several
+    # threads, whose idle workers then spin for a few hundred ms (the process's CPU time
+    # doubles for the rest of the frame and the next ones); this one runs on the caller's.
+    ok, coef = cv2.solve(a, b[:, None], flags=cv2.DECOMP_LU)
+    if ok:
+        coef = coef[:, 0]
+    else:                                   # e.g. all centres on one line, no smoothing
         coef = np.linalg.lstsq(a, b, rcond=None)[0]
     # Evaluated every _SPLINE_STEP cells (and the last), linear between: a smooth surface.
     iy, wy = _nodes(grid.gh)
