@@ -37,8 +37,13 @@ import platform
 import sys
 from pathlib import Path
 
-import cv2
-import numpy as np
+# numpy's OpenBLAS on one thread (before numpy loads): this script's large products (the IDW
+# baseline) would otherwise leave idle OpenBLAS workers spinning, which doubled the process
+# CPU time of the timed steps that followed; the correction's own BLAS calls are small.
+os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -509,14 +514,9 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
 
                 steps[f'torch (CPU), {name}, guide {guide}'] = torch_path
     # Two passes, numpy then torch: after a torch call its idle OpenMP workers spin for a
-    # while, and that CPU time would land on whichever step comes next. Each pass starts after
-    # a second's pause: OpenBLAS's workers spin after the large products of the accuracy part
-    # (the baseline's interpolation) for a few hundred ms, and the process CPU time counts them.
-    import time
+    # while, and that CPU time would land on whichever step comes next.
     numpy_steps = {k: f for k, f in steps.items() if k.startswith('numpy')}
-    time.sleep(1.0)
     times = interleaved_wall_and_cpu_ms(numpy_steps, repeats)
-    time.sleep(1.0)
     times.update(interleaved_wall_and_cpu_ms(
         {k: f for k, f in steps.items() if k not in numpy_steps}, repeats))
     return {k: times[k] for k in steps}
