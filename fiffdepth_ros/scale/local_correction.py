@@ -38,7 +38,7 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    in every judging window (``judge_prior`` anchors at v = 0, never counted as support): where
    bad anchors happen to match the good ones in number locally, it tips the balance.
    Sparse sets (up to ``consensus_max`` anchors) have a second judge with a veto: the median
-   log ratio of each anchor's 8 nearest anchors (pixels, and the aligned log depth at one
+   log ratio of each anchor's 8 nearest anchors (pixels, and the judging's guide at one
    judging cell per ``range_sigma``), the same cutoff, the judging field's rejects not voting
    and its unjudged anchors not judged. Where anchors are few the judging field is coarse and
    a corrupted third pulls its weighted mean towards them (the good anchors of a region the
@@ -591,7 +591,10 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
     if judged and len(v) <= options.consensus_max:
         # Sparse sets: the judging field is coarse where anchors are few, and a corrupted third
         # pulls its weighted mean towards them; the neighbours' median also has a veto.
-        uc = _consensus_weights(rows, cols, v, ga, options,
+        # Neighbours on the judging's own guide: the log depth, or the lightness for 'image'.
+        gj = ga * judge_mix[0] if la is None or judge_mix[1] == 0 else \
+            ga * judge_mix[0] + la * judge_mix[1]
+        uc = _consensus_weights(rows, cols, v, gj, options,
                                 unjudged if axis is not None else None, u)
         if uc.any():                   # as the rounds: never every anchor rejected
             u = uc
@@ -631,12 +634,13 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
     return CorrectionGrid(np.exp(factor, out=factor), fields.grid, weights, sigma, mix)
 
 
-def _consensus_weights(rows, cols, v, ga, options: LocalCorrectionOptions, unjudged,
+def _consensus_weights(rows, cols, v, guide, options: LocalCorrectionOptions, unjudged,
                        start) -> np.ndarray:
     """Tukey weights of the anchors against the median log ratio of their
     ``_CONSENSUS_NEIGHBOURS`` nearest anchors, never above ``start`` (the judging field's
     weights), whose rejected anchors do not vote; a second round leaves out the neighbours the
-    first rejected as well. Distance: pixels, plus the aligned log depth ``ga`` with one
+    first rejected as well. Distance: pixels, plus the judging's guide at the anchors
+    (``guide``: the aligned log depth, or the lightness in its units for 'image') with one
     ``range_sigma`` counting as one judging cell, so that neighbours share a surface where they
     can. A median, not the judging field's weighted mean: a third of the neighbours pulled one
     way cannot drag it with them. ``unjudged``: the judging field's fallback share per anchor
@@ -644,7 +648,7 @@ def _consensus_weights(rows, cols, v, ga, options: LocalCorrectionOptions, unjud
     either."""
     from scipy.spatial import cKDTree
     scale = _JUDGE_CELLS * options.cell / options.range_sigma
-    pts = np.stack([rows.astype(np.float64), cols.astype(np.float64), ga * scale], 1)
+    pts = np.stack([rows.astype(np.float64), cols.astype(np.float64), guide * scale], 1)
     k = min(_CONSENSUS_NEIGHBOURS, len(v) - 1)
     nb = cKDTree(pts).query(pts, k + 1)[1][:, 1:]            # without the anchor itself
     u = start
