@@ -45,7 +45,8 @@ def test_torch_local_correction_is_the_numpy_one(size, options):
     z[::11] *= 2.0                                           # outliers for the robust rounds
     ref = local_correction(aligned, anchors.rows, anchors.cols, z, anchors.weight, options)
     depth, weights, sigma = flc.local_correction_torch(torch.from_numpy(aligned), anchors.rows,
-                                                       anchors.cols, z, anchors.weight, options)
+                                                       anchors.cols, z, anchors.weight, options,
+                                                       host_read=False)
     got = depth.numpy()
     assert got.dtype == np.float32 and got.shape == aligned.shape
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref.depth))
@@ -58,11 +59,34 @@ def test_torch_local_correction_is_the_numpy_one(size, options):
         assert 0 < np.count_nonzero(weights) < len(z)           # some outliers rejected
 
 
-def test_no_usable_anchor_leaves_the_depth_as_it_is():
+def test_on_a_cpu_tensor_the_host_path_runs_on_its_memory():
+    """A CPU tensor is host memory: by default the numpy path itself reads the grid there
+    (OpenCV's remap, no gathers) and the result is exactly its own."""
+    aligned, anchors = _aligned(320, 240)
+    z = anchors.depth.copy()
+    z[::11] *= 2.0
+    options = LocalCorrectionOptions()
+    ref = local_correction(aligned, anchors.rows, anchors.cols, z, anchors.weight, options)
+    depth, weights, sigma = flc.local_correction_torch(torch.from_numpy(aligned), anchors.rows,
+                                                       anchors.cols, z, anchors.weight, options)
+    assert depth.dtype == torch.float32 and depth.device.type == 'cpu'
+    np.testing.assert_array_equal(depth.numpy(), ref.depth)
+    np.testing.assert_array_equal(weights, ref.weights)
+    assert sigma == ref.sigma
+    twin, _, _ = flc.local_correction_torch(torch.from_numpy(aligned), anchors.rows,
+                                            anchors.cols, z, anchors.weight, options,
+                                            host_read=False)
+    assert not np.array_equal(twin.numpy(), ref.depth)        # the twin rounds differently
+    np.testing.assert_allclose(twin.numpy(), ref.depth, rtol=RTOL, atol=0)
+
+
+@pytest.mark.parametrize('host_read', [None, False])
+def test_no_usable_anchor_leaves_the_depth_as_it_is(host_read):
     aligned, anchors = _aligned(160, 120, lines=16)
     z = np.full(len(anchors), np.nan)
     depth, weights, sigma = flc.local_correction_torch(torch.from_numpy(aligned), anchors.rows,
-                                                       anchors.cols, z, None)
+                                                       anchors.cols, z, None,
+                                                       host_read=host_read)
     np.testing.assert_array_equal(depth.numpy(), aligned)
     assert not weights.any() and np.isnan(sigma)
 

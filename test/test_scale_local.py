@@ -83,6 +83,48 @@ def test_outlier_anchors_are_dropped():
     assert _absrel(naive.depth, truth) > 2 * _absrel(out.depth, truth)
 
 
+def _bent_corner(seed, n=100):
+    """A plane whose prediction is 35 % too far over one corner (a smooth bump of the error),
+    ``n`` random anchors, 30 % of them corrupted (x0.5 or x1.8, half each)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    truth = (2.0 + 0.004 * yy + 0.002 * xx).astype(np.float32)
+    bump = 0.3 * np.exp(-((yy - 0.75 * H) ** 2 + (xx - 0.25 * W) ** 2) / (2 * 60.0 ** 2))
+    aligned = (truth * np.exp(bump)).astype(np.float32)
+    rows, cols = _anchors(n, seed)
+    z = truth[rows, cols].astype(np.float64)
+    chosen = rng.permutation(n)[:int(0.3 * n)]
+    bad = np.zeros(n, bool)
+    bad[chosen] = True
+    zc = z.copy()
+    zc[chosen[:len(chosen) // 2]] *= 0.5
+    zc[chosen[len(chosen) // 2:]] *= 1.8
+    return truth, aligned, rows, cols, z, zc, bad
+
+
+def test_sparse_sets_get_the_neighbours_median_veto():
+    """Where anchors are sparse and the prediction is locally off, the judging field sits
+    between the good anchors and the x1.8 ones and keeps some of those; the median of each
+    anchor's nearest neighbours sees the good majority (``consensus_max``)."""
+    kept, lost, errors = {}, {}, {}
+    for cm in (1024, 0):
+        opts = LocalCorrectionOptions(consensus_max=cm)
+        kept[cm] = lost[cm] = 0
+        errors[cm] = []
+        for seed in range(8):
+            truth, aligned, rows, cols, z, zc, bad = _bent_corner(seed)
+            out = local_correction(aligned, rows, cols, zc, options=opts)
+            kept[cm] += int(np.count_nonzero(out.weights[bad] > 0))
+            lost[cm] += int(np.count_nonzero(out.weights[~bad] == 0))
+            errors[cm].append(_absrel(out.depth, truth))
+            clean = local_correction(aligned, rows, cols, z, options=opts)
+            assert clean.inliers.all()                       # clean anchors: nobody vetoed
+    assert kept[0] >= 10 and kept[1024] <= kept[0] // 2
+    assert lost[1024] == lost[0] == 0
+    assert np.all(np.array(errors[1024]) <= 1.01 * np.array(errors[0]))
+    assert np.mean(errors[1024]) < 0.9 * np.mean(errors[0])
+
+
 def test_consistent_local_structure_is_kept():
     # The prediction is wrong by x1.6 on the box only (e.g. a hallucinated object): the box's
     # anchors agree with each other, so they are not outliers, and the box gets corrected.
@@ -228,7 +270,8 @@ def test_thin_plate_base_ignores_rejected_anchors_and_averages_dense_sets():
 
 @pytest.mark.parametrize('kwargs', [dict(cell=0), dict(outlier_cutoff=0.0),
                                     dict(range_sigma=0.0), dict(iterations=-1),
-                                    dict(spline_smoothing=-0.1), dict(spline_centres=2)])
+                                    dict(spline_smoothing=-0.1), dict(spline_centres=2),
+                                    dict(consensus_max=-1)])
 def test_invalid_options(kwargs):
     with pytest.raises(ValueError):
         LocalCorrectionOptions(**kwargs)

@@ -246,7 +246,8 @@ def test_torch_twin_gives_the_numpy_result(guide, size):
     opts = LocalCorrectionOptions(guide=guide)
     ref = local_correction(aligned, rows, cols, z, weight, opts, image=rgb)
     depth, weights, sigma = flc.local_correction_torch(torch.from_numpy(aligned), rows, cols, z,
-                                                       weight, opts, image=rgb)
+                                                       weight, opts, image=rgb,
+                                                       host_read=False)
     got = depth.numpy()
     np.testing.assert_array_equal(np.isnan(got), np.isnan(ref.depth))
     np.testing.assert_allclose(got, ref.depth, rtol=RTOL, atol=0)

@@ -11,7 +11,9 @@ read on the host). To the host go the aligned depth at the anchors and two
 numbers (the guide's extent); to the device the grid (tens of kB).
 
 The result equals the numpy path's to float32 rounding (torch's and numpy's log differ in the
-last bits; the tests state the tolerance).
+last bits; the tests state the tolerance). On a CPU device the tensor's memory is the host's and
+the numpy path runs on it as it is (``host_read``): the gathers that reproduce ``remap`` cost
+several times OpenCV's own on a CPU, and the result is then the numpy path's exactly.
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ import torch
 import torch.nn.functional as F
 
 from ..scale.local_correction import (_LUMA, _SLICE_STEP, LocalCorrectionOptions, _pixel_maps,
-                                      check_guide_image, correction_grid, lightness_at)
+                                      check_guide_image, correction_grid, lightness_at,
+                                      local_correction)
 
 _TAB = 32            # OpenCV 4's INTER_TAB_SIZE: its remap weighs in steps of 1/32
 
@@ -30,12 +33,23 @@ _TAB = 32            # OpenCV 4's INTER_TAB_SIZE: its remap weighs in steps of 1
 @torch.inference_mode()
 def local_correction_torch(aligned: torch.Tensor, rows, cols, depth, weight=None,
                            options: LocalCorrectionOptions = LocalCorrectionOptions(),
-                           image=None):
+                           image=None, host_read: bool | None = None):
     """(corrected depth tensor, weights, sigma) as ``local_correction`` gives (depth,
     weights, sigma) for the same arguments; ``aligned`` is an HxW float32 tensor (NaN
     invalid) on any device; rows/cols/depth/weight are host arrays (the anchors); ``image``
-    the frame's HxWx3 uint8 RGB host array (its half-resolution pixels go to the device)."""
+    the frame's HxWx3 uint8 RGB host array (its half-resolution pixels go to the device).
+
+    ``host_read`` (None: where ``aligned`` is on the CPU): the tensor's memory is the host's,
+    so ``local_correction`` itself runs on it (OpenCV's remap and resize: several times
+    cheaper on a CPU than the gathers below, which stand in for them on an accelerator)
+    and the result is its, exactly. False forces the torch read (the tests compare it)."""
     aligned = aligned.float()
+    if host_read is None:
+        host_read = aligned.device.type == 'cpu'
+    if host_read:
+        host = aligned.detach().cpu().numpy()
+        out = local_correction(host, rows, cols, depth, weight, options, image=image)
+        return torch.from_numpy(out.depth).to(aligned.device), out.weights, out.sigma
     h, w = aligned.shape
     guide = extent = light = light_at = light_extent = None
     if options.edge_aware:

@@ -37,6 +37,15 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    the prediction's genuine local errors are far from Gaussian. The global fit has a weak vote
    in every judging window (``judge_prior`` anchors at v = 0, never counted as support): where
    bad anchors happen to match the good ones in number locally, it tips the balance.
+   Sparse sets (up to ``consensus_max`` anchors) have a second judge with a veto: the median
+   log ratio of each anchor's 8 nearest anchors (pixels, and the judging's guide at one
+   judging cell per ``range_sigma``), the same cutoff, the judging field's rejects not voting
+   and its unjudged anchors not judged. Where anchors are few the judging field is coarse and
+   a corrupted third pulls its weighted mean towards them (the good anchors of a region the
+   prediction gets 30 % wrong, and the x1.8 ones, end up on either side of it, both within the
+   cutoff); a median stays with the majority. Denser sets are left to the field: there the
+   median did not help on the benchmark (16 scan lines, ~2000 anchors), and its k-d tree query
+   would cost about as much as the whole correction.
 
 5. Image guided (``guide``, with the frame's RGB image): where the prediction is weak its depth
    cannot tell which anchors share a surface; the image's lightness (Rec. 601 luma, 0-1) joins
@@ -65,7 +74,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .fit import evenly_spaced
+from .fit import _median_rows, evenly_spaced
 
 GUIDES = ('depth', 'image', 'both')
 
@@ -92,6 +101,7 @@ class LocalCorrectionOptions:
     spline: bool = True              # thin-plate spline base under the local detail
     spline_smoothing: float = 0.03   # its smoothing (image side = 1); 0 interpolates exactly
     spline_centres: int = 128        # more anchors are averaged per judging cell first
+    consensus_max: int = 1024        # sets up to this size: also judged by neighbours' median
 
     def __post_init__(self):
         if int(self.cell) < 1:
@@ -111,6 +121,8 @@ class LocalCorrectionOptions:
         if not (self.spline_smoothing >= 0 and int(self.spline_centres) >= 3):
             raise ValueError('spline_smoothing must be >= 0 and spline_centres >= 3, got '
                              f'{self.spline_smoothing!r}, {self.spline_centres!r}')
+        if not int(self.consensus_max) >= 0:
+            raise ValueError(f'consensus_max must be >= 0, got {self.consensus_max!r}')
         if not self.colour_sigma > 0:
             raise ValueError(f'colour_sigma must be > 0, got {self.colour_sigma}')
         if self.mix is not None and not (len(self.mix) == 2 and min(self.mix) >= 0
@@ -140,6 +152,7 @@ _JUDGE_RATIO = 4.0       # judging scales 4x apart (neighbourhoods of 0.5, 2, 8 
 _MAX_SIGMA = 1.0        # blur at most this many cells on a pyramid floor; pool beyond
 _SPLINE_STEP = 2         # the spline base is evaluated every 2 cells, linear between
 _SLICE_STEP = 2         # the correction factor is read every 2 pixels, then upsampled
+_CONSENSUS_NEIGHBOURS = 8   # the consensus judging's neighbourhood, anchors
 
 
 class _Workspace(threading.local):
@@ -224,16 +237,25 @@ class _Grid:
             wts = (fw[None] if wts is None else wts[:, None] * fw[None]).reshape(2 * k, -1)
         return idx, wts
 
-    def splat(self, corners, values, weights) -> np.ndarray:
-        """(num, den) of the points, (gh, gw, 2, channels) float32, by one bincount."""
+    def splat_index(self, corners) -> np.ndarray:
+        """The bincount index of ``splat`` for these corners (num then den): fixed per anchor
+        set, so the judging rounds compute it once."""
+        idx = corners[0]
+        return np.concatenate([idx.ravel(), (idx + self.channels).ravel()])
+
+    def splat(self, corners, values, weights, index=None) -> np.ndarray:
+        """(num, den) of the points, (gh, gw, 2, channels) float32, by one bincount
+        (``index``: ``splat_index(corners)`` if already known)."""
         idx, wts = corners
         w = weights if wts is None else wts * weights
         w = np.broadcast_to(w, idx.shape)
-        c = self.channels
-        flat = np.bincount(np.concatenate([idx.ravel(), (idx + c).ravel()]),
-                           np.concatenate([(w * values).ravel(), w.ravel()]),
-                           self.gh * self.gw * 2 * c)
-        return flat.astype(np.float32).reshape(self.gh, self.gw, 2, c)
+        size = idx.size
+        both = np.empty(2 * size)
+        np.multiply(w, values, out=both[:size].reshape(idx.shape))
+        both[size:].reshape(idx.shape)[...] = w
+        flat = np.bincount(self.splat_index(corners) if index is None else index, both,
+                           self.gh * self.gw * 2 * self.channels)
+        return flat.astype(np.float32).reshape(self.gh, self.gw, 2, self.channels)
 
     def sample(self, state, corners, offset=0):
         """Interpolate a (gh, gw, 2, channels) grid at the points: ``offset`` 0 reads the first
@@ -267,12 +289,14 @@ def _pool2(a: np.ndarray) -> np.ndarray:
         .reshape(h // 2, w // 2, *a.shape[2:])
 
 
-def _unpool2(a: np.ndarray) -> np.ndarray:
-    """Bilinear 2x upsampling (inverse geometry of _pool2)."""
-    h, w = a.shape[:2]
-    flat = a.reshape(h, w, -1)
-    return cv2.resize(flat, (w * 2, h * 2), interpolation=cv2.INTER_LINEAR) \
-        .reshape(h * 2, w * 2, *a.shape[2:])
+def _unpool2(a: np.ndarray, times: int = 1) -> np.ndarray:
+    """Bilinear 2x upsampling (inverse geometry of _pool2), ``times`` times."""
+    for _ in range(times):
+        h, w = a.shape[:2]
+        flat = a.reshape(h, w, -1)
+        a = cv2.resize(flat, (w * 2, h * 2), interpolation=cv2.INTER_LINEAR) \
+            .reshape(h * 2, w * 2, *a.shape[2:])
+    return a
 
 
 def _range_blur(nd: np.ndarray) -> np.ndarray:
@@ -304,44 +328,45 @@ def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool,
     for _ in range(max(floors)):
         pyramid.append(_pool2(pyramid[-1]))
     current = floors[-1]
-    # state[:, :, 0] is the estimate, state[:, :, 1] the base's share. Each level moves both
-    # towards its own (estimate, 0) by alpha: est += alpha (n - est), keep *= 1 - alpha, in one
-    # pass over one array (the grids are small: numpy calls, not arithmetic, set the cost).
-    state = np.zeros(pyramid[current].shape, np.float32)
-    state[:, :, 1] = 1.0
+    # The estimate and the base's share, each contiguous (h, w, channels). Each level moves
+    # both towards its own (estimate, 0) by alpha: est += alpha (n - est), keep -= alpha keep.
+    # The grids are small: numpy calls and strided passes, not arithmetic, set the cost.
+    shape = pyramid[current].shape
+    est = np.zeros((*shape[:2], shape[3]), np.float32)
+    keep = np.ones_like(est)
     tiny, zero, one = np.float32(1e-30), np.float32(0.0), np.float32(1.0)
     for k in range(grid.levels - 1, -1, -1):
         j = floors[k]
-        while current > j:                                   # carry the state down to floor j
-            current -= 1
-            state = _unpool2(state)
+        if current > j:                                      # carry the state down to floor j
+            est, keep = _unpool2(est, current - j), _unpool2(keep, current - j)
+            current = j
         s = grid.sigmas[k] / 2 ** j
         layer = pyramid[j]
         target = cv2.GaussianBlur(layer.reshape(*layer.shape[:2], -1), (0, 0), s,
                                   borderType=cv2.BORDER_CONSTANT).reshape(layer.shape)
         n, d = target[:, :, 0], target[:, :, 1]
         # Effective anchors in the window: a unit-peak kernel summed over the splats.
-        alpha = d * np.float32(gain * s * s * 4 ** j)
-        if exclusive:
+        alpha = np.multiply(d, np.float32(gain * s * s * 4 ** j))
+        if exclusive:                            # clip to [0, 1] (np.clip's wrapper is slower)
             alpha -= one
-        np.maximum(alpha, zero, out=alpha)       # clip to [0, 1] (np.clip's wrapper is slower)
+            np.maximum(alpha, zero, out=alpha)   # (d >= 0: a sum of non-negative splats)
         np.minimum(alpha, one, out=alpha)
         if prior is not None:
             # Worth prior[0] * support anchors at every scale: d counts anchors per window
-            # as d * gain * s^2 * 4^j (the alpha above).
+            # as d * gain * s^2 * 4^j (the alpha above). d + weight > 0: no floor needed.
             weight = np.float32(prior[0] / (gain * s * s * 4 ** j))
-            n += weight * np.float32(prior[1])
-            d += weight
-        np.maximum(d, tiny, out=d)
-        n /= d
-        d[...] = 0.0
-        target -= state
-        target *= alpha[:, :, None]
-        state += target
-    while current > 0:
-        current -= 1
-        state = _unpool2(state)
-    return state
+            ratio = np.add(n, weight * np.float32(prior[1]))
+            ratio /= np.add(d, weight)
+        else:
+            ratio = np.divide(n, np.maximum(d, tiny))
+        ratio -= est
+        ratio *= alpha
+        est += ratio
+        alpha *= keep
+        keep -= alpha
+    if current > 0:
+        est, keep = _unpool2(est, current), _unpool2(keep, current)
+    return np.stack([est, keep], 2)
 
 
 class _Fields:
@@ -356,6 +381,7 @@ class _Fields:
         h, w = shape
         self.grid = _Grid(h, w, cell, opts.base_sigma, axis, ratio)
         self.corners = self.grid.corners(rows, cols, anchor_bins, nearest)
+        self.index = self.grid.splat_index(self.corners)
 
     def build(self, v, wv, support, exclusive, prior=0.0) -> np.ndarray:
         """The blended grid, (gh, gw, 2, channels): [..., 0, :bins] the field (the spatial
@@ -365,7 +391,7 @@ class _Fields:
         base = float(np.dot(v, wv)) / total
         mean_w = total / np.count_nonzero(wv)
         gain = 2.0 * np.pi / (mean_w * support)
-        nd = self.grid.splat(self.corners, v - base, wv)
+        nd = self.grid.splat(self.corners, v - base, wv, self.index)
         grid = self.grid
         pseudo = (prior / support, -base) if prior > 0 else None   # v = 0, relative to base
         if grid.axis is None:
@@ -447,7 +473,7 @@ _CHOOSE_ANCHORS = 1024   # 'both' scores the candidate mixes on at most this man
 
 
 def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_extent,
-                depth_field=None):
+                depth_field=None, depth_axis=None):
     """The guide that best explains the anchors from their neighbours, (mix, axis, bins).
 
     Each candidate mix's judging field (exclusive: an anchor's own share in it is bounded by
@@ -456,7 +482,8 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
     that separates the surfaces keeps its own edges; a poor one leans on the image. Dense sets
     are scored on an even subset (``_CHOOSE_ANCHORS``): a choice, not a field.
     ``depth_field``: the last judging round's field at the anchors (the depth guide's judging
-    field), which stands for the first candidate instead of a build of its own."""
+    field), which stands for the first candidate instead of a build of its own;
+    ``depth_axis``: the judging's (axis, bins), returned as they are when the depth wins."""
     k = options.range_sigma / options.colour_sigma
     sub = evenly_spaced(len(v), _CHOOSE_ANCHORS)
     srows, scols, sv, su, sga, sla = (x[sub] for x in (rows, cols, v, u, ga, la))
@@ -476,6 +503,8 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
         if best is None or err < best[0]:
             best = (err, mix)
     mix = best[1]
+    if mix == (1.0, 0.0) and depth_axis is not None:
+        return (mix, *depth_axis)
     return (mix, *_axis_for(options, shape[1], mix, ga, la, depth_extent, light_extent))
 
 
@@ -549,7 +578,8 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
             # Only anchors on the same surface (similar predicted depth) can outvote an anchor;
             # one whose depth band holds no other anchors nearby is not judged by the spatial
             # fallback (it may sample a structure, e.g. a corner, that only it sees).
-            e *= 1.0 - judge.sample(state, 1)
+            unjudged = judge.sample(state, 1)
+            e *= 1.0 - unjudged
         t = np.minimum(np.abs(e) * (1.0 / options.outlier_cutoff), 1.0)
         u_new = (1.0 - t * t) ** 2
         if not u_new.any():
@@ -558,6 +588,16 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
         u = u_new
         if change < options.settle:    # the field is a weighted mean: it has settled as well
             break
+    if judged and len(v) <= options.consensus_max:
+        # Sparse sets: the judging field is coarse where anchors are few, and a corrupted third
+        # pulls its weighted mean towards them; the neighbours' median also has a veto.
+        # Neighbours on the judging's own guide: the log depth, or the lightness for 'image'.
+        gj = ga * judge_mix[0] if la is None or judge_mix[1] == 0 else \
+            ga * judge_mix[0] + la * judge_mix[1]
+        uc = _consensus_weights(rows, cols, v, gj, options,
+                                unjudged if axis is not None else None, u)
+        if uc.any():                   # as the rounds: never every anchor rejected
+            u = uc
     if judged and u.any():
         # Reported only (the cutoff is fixed, see the module docstring); a subset suffices.
         spread = np.abs(e[u > 0])
@@ -572,7 +612,7 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
         else:
             mix, axis, anchor_bins = _choose_mix(options, (h, w), rows, cols, v, u, ga, la,
                                                  guide_extent, lightness_extent,
-                                                 judge.sample(state))
+                                                 judge.sample(state), (axis, anchor_bins))
     # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
     # would keep, at a quarter of the cost.
     dense = len(v) >= _cells((h, w), options)
@@ -592,6 +632,34 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
     np.minimum(factor, limit, out=factor)
     weights[used] = u
     return CorrectionGrid(np.exp(factor, out=factor), fields.grid, weights, sigma, mix)
+
+
+def _consensus_weights(rows, cols, v, guide, options: LocalCorrectionOptions, unjudged,
+                       start) -> np.ndarray:
+    """Tukey weights of the anchors against the median log ratio of their
+    ``_CONSENSUS_NEIGHBOURS`` nearest anchors, never above ``start`` (the judging field's
+    weights), whose rejected anchors do not vote; a second round leaves out the neighbours the
+    first rejected as well. Distance: pixels, plus the judging's guide at the anchors
+    (``guide``: the aligned log depth, or the lightness in its units for 'image') with one
+    ``range_sigma`` counting as one judging cell, so that neighbours share a surface where they
+    can. A median, not the judging field's weighted mean: a third of the neighbours pulled one
+    way cannot drag it with them. ``unjudged``: the judging field's fallback share per anchor
+    (None: none); an anchor with no neighbours on its own surface (share 1) is not judged here
+    either."""
+    from scipy.spatial import cKDTree
+    scale = _JUDGE_CELLS * options.cell / options.range_sigma
+    pts = np.stack([rows.astype(np.float64), cols.astype(np.float64), guide * scale], 1)
+    k = min(_CONSENSUS_NEIGHBOURS, len(v) - 1)
+    nb = cKDTree(pts).query(pts, k + 1)[1][:, 1:]            # without the anchor itself
+    u = start
+    for _ in range(2):
+        med = _median_rows(np.where(u[nb] > 0, v[nb], np.nan))
+        e = np.where(np.isfinite(med), v - med, 0.0)          # no neighbour left: not judged
+        if unjudged is not None:
+            e *= 1.0 - unjudged
+        t = np.minimum(np.abs(e) * (1.0 / options.outlier_cutoff), 1.0)
+        u = np.minimum((1.0 - t * t) ** 2, start)
+    return u
 
 
 def _tps_kernel(d2: np.ndarray) -> np.ndarray:
@@ -636,9 +704,13 @@ def thin_plate_base(shape, rows, cols, v, weights, grid: _Grid,
     poly = np.stack([np.ones(m), y, x], 1)
     a[:m, m:], a[m:, :m] = poly, poly.T
     b = np.concatenate([vv, np.zeros(3)])
-    try:
-        coef = np.linalg.solve(a, b)
-    except np.linalg.LinAlgError:           # e.g. all centres on one line, no smoothing
+    # OpenCV's LU, not numpy's LAPACK: OpenBLAS factors a system of ~100 unknowns on several
+    # threads, whose idle workers then spin for a few hundred ms (the process's CPU time
+    # doubles for the rest of the frame and the next ones); this one runs on the caller's.
+    ok, coef = cv2.solve(a, b[:, None], flags=cv2.DECOMP_LU)
+    if ok:
+        coef = coef[:, 0]
+    else:                                   # e.g. all centres on one line, no smoothing
         coef = np.linalg.lstsq(a, b, rcond=None)[0]
     # Evaluated every _SPLINE_STEP cells (and the last), linear between: a smooth surface.
     iy, wy = _nodes(grid.gh)
@@ -649,7 +721,8 @@ def thin_plate_base(shape, rows, cols, v, weights, grid: _Grid,
     nodes = _tps_kernel(d2) @ coef[:m]
     nodes += coef[m] + coef[m + 1] * gy[:, None] + coef[m + 2] * gx[None, :]
     base = wy @ nodes @ wx.T
-    np.clip(base, float(vv.min()), float(vv.max()), out=base)
+    np.maximum(base, vv.min(), out=base)      # clip (np.clip's wrapper costs more)
+    np.minimum(base, vv.max(), out=base)
     return base.astype(np.float32)
 
 
@@ -822,11 +895,8 @@ def _slice(field: np.ndarray, grid: _Grid, guide) -> np.ndarray:
     # upsampling cannot spread NaN onto valid neighbours (the depth itself stays NaN).
     np.fmax(gb, np.float32(0.0), out=gb)
     np.minimum(gb, np.float32(bins - 1), out=gb)
-    b0 = _WORK.get('b0', shape, np.int32)
-    b0[...] = gb                                          # truncation = floor (gb >= 0)
-    np.minimum(b0, bins - 2, out=b0)                      # b0 >= 0 already (gb >= 0)
-    map_x = _WORK.get('map_x', shape, np.float32)
-    map_x[...] = b0
+    map_x = np.floor(gb, out=_WORK.get('map_x', shape, np.float32))     # bin b0 (gb >= 0)
+    np.minimum(map_x, np.float32(bins - 2), out=map_x)
     gb -= map_x                                           # fraction towards bin b0 + 1
     map_x *= np.float32(gw)
     map_x += gx
