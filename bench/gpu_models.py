@@ -21,8 +21,8 @@ import torch
 from fiffdepth_ros.model.estimator import DepthEstimator
 from fiffdepth_ros.model.families import make_family
 from fiffdepth_ros.model.families.base import CheckpointInfo
-from fiffdepth_ros.model.tiny import (SD2_TEXT_DIM, TINY_UNET, TINY_VAE, _random_init_,
-                                      build_sd2_modules, family_layout, unet_config)
+from fiffdepth_ros.model.tiny import (SD2_TEXT_DIM, TINY_UNET, TINY_VAE, build_random_modules,
+                                      build_sd2_modules, family_layout)
 
 # Families of the single-pass engine and the released layout each one's UNet has.
 LAYOUT = {'fiffdepth': 'fiffdepth', 'e2e_ft': 'e2e_ft', 'lotus_d': 'lotus_d',
@@ -41,16 +41,7 @@ def modules(size: str, family: str = 'fiffdepth', seed: int = 0):
         return build_sd2_modules(seed, layout)
     if size != 'tiny':
         raise ValueError(f"size must be 'tiny' or 'sd2', got {size!r}")
-    from diffusers import AutoencoderKL, UNet2DConditionModel
-    with torch.device('meta'):
-        unet = UNet2DConditionModel(**unet_config(TINY_UNET, layout))
-        vae = AutoencoderKL(**TINY_VAE)
-    generator = torch.Generator().manual_seed(seed)
-    for module in (unet, vae):
-        module.to_empty(device='cpu')
-        _random_init_(module, generator)
-    embedding = torch.randn(1, 2, TINY_UNET['cross_attention_dim'], generator=generator) * 0.1
-    return unet.eval(), vae.eval(), embedding
+    return build_random_modules(TINY_UNET, TINY_VAE, seed, layout)
 
 
 def strategy(unet, family: str, marigold_steps: int = 1, seed: int = 0):

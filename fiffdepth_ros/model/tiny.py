@@ -204,26 +204,33 @@ def _random_init_(module, generator) -> None:
             buffer.zero_()
 
 
-def build_sd2_modules(seed: int = 0, family: str = 'fiffdepth'):
-    """Full-size SD2 UNet (~866M parameters) and VAE (~84M) with random weights, no download.
+def build_random_modules(unet_base: dict, vae_config: dict, seed: int = 0,
+                         family: str = 'fiffdepth'):
+    """(unet, vae, empty_embedding (1, 2, cross_attention_dim)) of the given architectures with
+    random weights, fp32 on the CPU, the UNet laid out for ``family`` (8 input channels for
+    e2e_ft/marigold, a class embedding for lotus_d); nothing written to disk.
 
     Modules are created on the meta device and materialised with a cheap uniform init: the
-    default initialisation of 950M parameters takes minutes on a small CPU, for weights that are
-    random anyway (a forward pass costs the same whatever the values). Returns
-    (unet, vae, empty_embedding of shape (1, 2, 1024)), fp32 on the CPU; the UNet laid out
-    for ``family`` (8 input channels for e2e_ft/marigold, a class embedding for lotus_d).
-    """
+    default initialisation of SD2's 950M parameters takes minutes on a small CPU, for weights
+    that are random anyway (a forward pass costs the same whatever the values)."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
+    config = unet_config(unet_base, family)
     with torch.device('meta'):
-        unet = UNet2DConditionModel(**unet_config(SD2_UNET, family))
-        vae = AutoencoderKL(**SD2_VAE)
+        unet = UNet2DConditionModel(**config)
+        vae = AutoencoderKL(**vae_config)
     generator = torch.Generator().manual_seed(seed)
     for module in (unet, vae):
         module.to_empty(device='cpu')
         _random_init_(module, generator)
-    embedding = torch.randn(1, 2, SD2_TEXT_DIM, generator=generator) * 0.1
+    embedding = torch.randn(1, 2, config['cross_attention_dim'], generator=generator) * 0.1
     return unet.eval(), vae.eval(), embedding
+
+
+def build_sd2_modules(seed: int = 0, family: str = 'fiffdepth'):
+    """Full-size SD2 UNet (~866M parameters) and VAE (~84M) with random weights, no download:
+    ``build_random_modules`` of SD2_UNET / SD2_VAE (embedding (1, 2, 1024))."""
+    return build_random_modules(SD2_UNET, SD2_VAE, seed, family)
 
 
 def build_sd2_checkpoint(path, seed: int = 0, dtype=None, family: str = 'fiffdepth') -> Path:
