@@ -51,7 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))            # bench/timi
 from fiffdepth_ros.model.estimator import DepthEstimator  # noqa: E402
 from fiffdepth_ros.model.export import ExportConfig, export_single_pass  # noqa: E402
 from fiffdepth_ros.model.runtimes import is_export  # noqa: E402
-from timing import interleaved_ms  # noqa: E402
+from timing import interleaved_ms, tflops  # noqa: E402
 
 RELEASE = 'release DirectPipeline'
 
@@ -96,15 +96,6 @@ def export_for(model: str, size, work: Path, case: str, autoencoder: str = 'full
                                         overwrite=True, autoencoder=autoencoder))
         print(f'# exported {out} in {time.perf_counter() - t0:.0f} s')
     return out
-
-
-def pass_gflop(engine, image) -> float:
-    """The FLOPs of one predict (torch.utils.flop_counter: convolutions, matmuls, attention)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    counter = FlopCounterMode(display=False)
-    with counter:
-        engine.predict(image)
-    return counter.get_total_flops() / 1e9
 
 
 CEILING = '_conv'
@@ -208,7 +199,7 @@ def main() -> None:
         depth = engine.predict(image)                  # also the first (warm-up) frame
         loads[name] += 0 if name != 'torch.compile' else time.perf_counter() - t0
         errors[name] = float(np.abs(depth - reference).max()) / max(span, 1e-12)
-    gflop = pass_gflop(engines['torch eager'], image)
+    gflop = tflops(lambda: engines['torch eager'].predict(image)) * 1e3   # the full-VAE pass
     steps = {name: (lambda e=e: e.predict(image)) for name, e in engines.items()}
     steps[CEILING] = conv_step()
     times = interleaved_ms(steps, repeats=args.repeats, warmup=1)

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / 'bench'))
 
 from nano_quality import aligned_metrics, held_out  # noqa: E402
-from timing import interleaved_ms  # noqa: E402
+from timing import interleaved_ms, tflops  # noqa: E402
 
 from fiffdepth_ros.model import stages  # noqa: E402
 
@@ -50,13 +50,6 @@ VARIANTS = ('full', 'light', 'light_encoder', 'light_decoder')
 
 def load() -> str:
     return ', '.join(f'{v:.2f}' for v in os.getloadavg())
-
-
-def flops(fn) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        fn()
-    return counter.get_total_flops() / 1e12
 
 
 def sd2_parts(meta: bool = False):
@@ -79,11 +72,11 @@ def cost(args) -> dict:
     unet, vae, embedding, light_enc, light_dec = sd2_parts(meta=True)
     x = torch.zeros(1, 3, 480, 640, device='meta')
     z = torch.zeros(1, 4, 60, 80, device='meta')
-    t = {'vae_encoder': flops(lambda: stages.encode_image(vae, x, 0.18215)),
-         'unet': flops(lambda: stages.unet_pass(unet, z, 0, embedding)),
-         'vae_decoder': flops(lambda: stages.decode_latent(vae, z, 0.18215)),
-         'light_encoder': flops(lambda: stages.light_encode(light_enc, x)),
-         'light_decoder': flops(lambda: stages.light_decode(light_dec, z))}
+    t = {'vae_encoder': tflops(lambda: stages.encode_image(vae, x, 0.18215)),
+         'unet': tflops(lambda: stages.unet_pass(unet, z, 0, embedding)),
+         'vae_decoder': tflops(lambda: stages.decode_latent(vae, z, 0.18215)),
+         'light_encoder': tflops(lambda: stages.light_encode(light_enc, x)),
+         'light_decoder': tflops(lambda: stages.light_decode(light_dec, z))}
     frame = {'full': t['vae_encoder'] + t['unet'] + t['vae_decoder'],
              'light': t['light_encoder'] + t['unet'] + t['light_decoder'],
              'light_encoder': t['light_encoder'] + t['unet'] + t['vae_decoder'],
@@ -175,17 +168,17 @@ def distil_step(args, teacher, light_enc, light_dec, device: str = 'cpu',
         run()
         seconds[i] = time.perf_counter() - t0
     step_s = float(np.median(seconds))
-    tflops = counter.get_total_flops() / 1e12
+    step_tflops = counter.get_total_flops() / 1e12
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
     where = (f'{device}, ' if cuda else f'CPU, {args.threads} thread(s), ') + (
         'bf16 autocast' if bf16 else 'fp32')
     print(f'(d) one distillation step, {images} image(s) {h}x{w}, {where}: '
           f'{step_s:.2f} s (median of {args.step_repeats}; load average {before} before, '
-          f'{load()} after), {tflops:.3f} TFLOPs (teacher forward + light parts forward and '
+          f'{load()} after), {step_tflops:.3f} TFLOPs (teacher forward + light parts forward and '
           f'backward), autograd keeps {sum(saved) / 2**20:.0f} MiB of activations for the '
           f'light parts' + (f', peak allocated {peak:.0f} MiB' if cuda else ''))
     return {'res': [h, w], 'images': images, 'device': device, 'bf16': bf16, 'seconds': step_s,
-            'tflops': tflops, 'saved_mib': sum(saved) / 2**20, 'peak_mib': peak}
+            'tflops': step_tflops, 'saved_mib': sum(saved) / 2**20, 'peak_mib': peak}
 
 
 # ---------------------------------------------------------------------- accuracy

@@ -1,4 +1,5 @@
-"""Shared by the benchmark scripts: the median wall time of repeated calls."""
+"""Shared by the benchmark scripts: the median wall time of repeated calls, and the FLOPs of
+one call."""
 import time
 
 import numpy as np
@@ -31,3 +32,13 @@ def interleaved_ms(fns: dict, repeats: int, warmup: int = 1) -> dict:
             times[name].append(time.perf_counter() - t0)
     return {name: tuple(float(v) * 1e3 for v in np.percentile(t, [50, 10, 90]))
             for name, t in times.items()}
+
+
+def tflops(fn) -> float:
+    """TFLOPs of one call of ``fn`` without autograd (torch.utils.flop_counter: convolutions,
+    matmuls, attention; a multiply-add counted as 2)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fn()
+    return counter.get_total_flops() / 1e12
