@@ -69,9 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument('-p', '--param', action='append', default=[], metavar='NAME:=VALUE',
                     help='set one parameter (YAML value syntax); repeatable')
     ap.add_argument('--device', help="'auto', 'cpu', 'cuda' or 'cuda:N'")
-    ap.add_argument('--precision', choices=('auto', 'fp16', 'fp32', 'bf16'),
+    ap.add_argument('--precision', choices=P.SPECS['precision'].choices,
                     help="'bf16': an export on --runtime openvino (CPUs with bf16)")
-    ap.add_argument('--runtime', choices=('auto', 'torch', 'onnxruntime', 'openvino'),
+    ap.add_argument('--runtime', choices=P.SPECS['runtime'].choices,
                     help="parameter 'runtime': onnxruntime/openvino run an export folder "
                          '(fiffdepth-export) given as --model')
     ap.add_argument('--processing-res', type=int, metavar='PX',

@@ -29,6 +29,7 @@ from ..evaluation.datasets import DATASETS, DatasetError, open_dataset
 from ..evaluation.runner import (EvaluationError, FilePredictor, ModelPredictor, evaluate,
                                  evaluate_anchors)
 from ..model.checkpoint import ModelLoadError
+from ..params import SPECS
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,10 +71,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="Marigold only: steps (0 = the checkpoint's default)")
     p.add_argument('--ensemble-size', type=int, default=1, metavar='N', help='Marigold only')
     p.add_argument('--device', default='auto')
-    p.add_argument('--precision', default='auto', choices=('auto', 'fp16', 'fp32', 'bf16'),
+    p.add_argument('--precision', default='auto', choices=SPECS['precision'].choices,
                    help="'bf16': an export on --runtime openvino (CPUs with bf16)")
-    p.add_argument('--runtime', default='auto', choices=('auto', 'torch', 'onnxruntime',
-                                                         'openvino'),
+    p.add_argument('--runtime', default='auto', choices=SPECS['runtime'].choices,
                    help='auto: torch for a checkpoint, the export\'s own runtime for an export '
                         'folder (fiffdepth-export)')
     p.add_argument('--no-progress', action='store_true')

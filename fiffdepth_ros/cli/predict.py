@@ -54,8 +54,8 @@ def parse_args(argv):
                     help='Marigold: predictions ensembled per image')
     ap.add_argument('--seed', type=int, default=0, help='Marigold: noise seed')
     add_autoencoder_arguments(ap)
-    ap.add_argument('--runtime', default='auto', choices=('auto', 'torch', 'onnxruntime',
-                                                          'openvino'),
+    from ..params import SPECS
+    ap.add_argument('--runtime', default='auto', choices=SPECS['runtime'].choices,
                     help='auto: torch for a checkpoint, the export\'s own runtime for an export '
                          'folder (fiffdepth-export)')
     ap.add_argument('--providers', default='',
