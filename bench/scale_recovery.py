@@ -279,7 +279,8 @@ def run_timing(relative, gt, valid, repeats):
 
         def fit_and_local(x=x, z=z, w=w, r=r, c=c):
             f = fit_scale_shift(x, z, w)
-            return local_correction(apply_fit(relative, f.scale, f.shift, 'depth'), r, c, z, w)
+            aligned = apply_fit(relative, f.scale, f.shift, 'depth')
+            return local_correction(aligned, r, c, z, w, out=aligned)   # in place, as the node
 
         rec = ScaleRecovery(ScaleRecoveryConfig(max_depth=10.0))
         stamp = iter(np.arange(10 ** 6) * 0.033)
@@ -502,8 +503,9 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
 
             def numpy_path(x=x, z=z, w=w, r=r, c=c, opts=opts):
                 f = fit_scale_shift(x, z, w)
-                return local_correction(apply_fit(relative, f.scale, f.shift, 'depth'), r, c, z,
-                                        w, opts, image=rgb)
+                aligned = apply_fit(relative, f.scale, f.shift, 'depth')
+                # In place, as ScaleRecovery does.
+                return local_correction(aligned, r, c, z, w, opts, image=rgb, out=aligned)
 
             steps[f'numpy, {name}, guide {guide}'] = numpy_path
             if torch is not None:

@@ -186,6 +186,67 @@ def test_deterministic():
     assert np.array_equal(a.weights, b.weights)
 
 
+def test_in_place_output_equals_a_fresh_one():
+    """``out=aligned`` corrects the caller's array itself, to the same values (NaN kept), and
+    a second call does not see the first one's scratch images; no usable anchor leaves ``out``
+    a copy of the input; a wrong ``out`` is a clear error."""
+    truth, _ = _truth()
+    aligned = (truth * _smooth_error()).astype(np.float32)
+    aligned[10:20, 30:40] = np.nan
+    rows, cols = _anchors(300, seed=7)
+    fresh = local_correction(aligned, rows, cols, truth[rows, cols])
+    mine = aligned.copy()
+    inplace = local_correction(mine, rows, cols, truth[rows, cols], out=mine)
+    assert inplace.depth is mine
+    assert np.array_equal(mine, fresh.depth, equal_nan=True)
+    assert not np.array_equal(mine, aligned, equal_nan=True)
+    other = (truth * 1.2).astype(np.float32)
+    again = local_correction(other, rows, cols, truth[rows, cols])
+    assert np.array_equal(mine, fresh.depth, equal_nan=True)       # not overwritten
+    assert _absrel(again.depth, truth) < 0.01
+    target = np.zeros_like(aligned)
+    none = local_correction(aligned, np.array([5]), np.array([5]), np.array([np.nan]),
+                            out=target)
+    assert none.depth is target and np.array_equal(target, aligned, equal_nan=True)
+    with pytest.raises(ValueError, match='out must be'):
+        local_correction(aligned, rows, cols, truth[rows, cols], out=np.zeros((H, W)))
+
+
+def test_the_spline_solve_runs_on_one_blas_thread(monkeypatch):
+    """The thin-plate system is solved with every loaded OpenBLAS limited to one thread (on
+    more, its idle workers spin and double the frame's CPU time), and the limit is lifted
+    afterwards."""
+    threadpoolctl = pytest.importorskip('threadpoolctl')
+    import cv2
+
+    import fiffdepth_ros.scale.local_correction as lc
+
+    def openblas_threads():
+        return {i['filepath']: i['num_threads'] for i in threadpoolctl.threadpool_info()
+                if i['internal_api'] == 'openblas'}
+
+    seen = []
+    real_solve = cv2.solve
+
+    def solve(*args, **kwargs):
+        seen.append(openblas_threads())
+        return real_solve(*args, **kwargs)
+
+    monkeypatch.setattr(lc.cv2, 'solve', solve)
+    truth, _ = _truth()
+    rows, cols = _anchors(120, seed=8)
+    aligned = (truth * _smooth_error()).astype(np.float32)
+    local_correction(aligned, rows, cols, truth[rows, cols])    # every library loaded
+    # Two threads outside (the test runner may have set one through OMP_NUM_THREADS).
+    with threadpoolctl.threadpool_limits(limits=2, user_api='blas'):
+        before = openblas_threads()
+        assert before and set(before.values()) == {2}, 'numpy and OpenCV load OpenBLAS'
+        seen.clear()
+        local_correction(aligned, rows, cols, truth[rows, cols])
+        assert seen and set(seen[0]) == set(before) and set(seen[0].values()) == {1}
+        assert openblas_threads() == before
+
+
 def test_the_spline_base_carries_a_smooth_warp_across_sparse_anchors():
     """40 anchors, a smooth warp (the prediction's typical error between sparse anchors): the
     spline base follows its trend through the gaps, where the local means alone (spline off)

@@ -67,6 +67,7 @@ scales twice apart in bench/scale_recovery.py, ~13 % less time). Anchor sets den
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from dataclasses import dataclass
@@ -300,10 +301,14 @@ def _unpool2(a: np.ndarray, times: int = 1) -> np.ndarray:
 
 
 def _range_blur(nd: np.ndarray) -> np.ndarray:
-    """Blur (gh, gw, 2, channels) along the last axis with the binomial kernel, zero borders."""
-    flat = cv2.sepFilter2D(nd.reshape(-1, nd.shape[-1]), -1, _RANGE_KERNEL, _ONE,
-                           borderType=cv2.BORDER_CONSTANT)
-    return flat.reshape(nd.shape)
+    """Blur (gh, gw, 2, channels) along the last axis with the binomial kernel, zero borders.
+    Filtered down the columns of the transposed (channels, rows) image: a separable filter
+    along rows of a few tens of channels costs ~2x in per-row setup (the same sums). (A
+    product with the banded matrix is faster still, but hands the work to OpenBLAS's
+    threads, whose idle spinning doubles the process's CPU time.)"""
+    flat = cv2.transpose(nd.reshape(-1, nd.shape[-1]))
+    flat = cv2.sepFilter2D(flat, -1, _ONE, _RANGE_KERNEL, borderType=cv2.BORDER_CONSTANT)
+    return cv2.transpose(flat).reshape(nd.shape)
 
 
 def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool,
@@ -662,12 +667,32 @@ def _consensus_weights(rows, cols, v, guide, options: LocalCorrectionOptions, un
     return u
 
 
-def _tps_kernel(d2: np.ndarray) -> np.ndarray:
-    """The thin-plate kernel r^2 log r from squared distances (0 at r = 0), in place."""
-    tiny = np.float64(1e-300)
-    k = np.log(np.maximum(d2, tiny))
+_OPENBLAS = None
+
+
+def single_blas_thread():
+    """A context in which every OpenBLAS loaded in the process (numpy's, OpenCV's) runs on
+    the calling thread only (threadpoolctl; ~10 us). For small systems solved per frame: on
+    more threads they finish no sooner and leave workers spinning. Without threadpoolctl
+    (an optional dependency): a context that changes nothing."""
+    global _OPENBLAS
+    if _OPENBLAS is None:
+        try:
+            from threadpoolctl import ThreadpoolController
+        except ImportError:                 # pragma: no cover - in requirements.txt
+            _OPENBLAS = False
+        else:
+            _OPENBLAS = ThreadpoolController().select(internal_api='openblas')
+    return _OPENBLAS.limit(limits=1) if _OPENBLAS else contextlib.nullcontext()
+
+
+def _tps_kernel(d2: np.ndarray, tiny=np.float64(1e-300)) -> np.ndarray:
+    """The thin-plate kernel r^2 log r from squared distances (0 at r = 0), in place; ``tiny``
+    (of d2's dtype) stands in for 0 under the log."""
+    np.maximum(d2, tiny, out=d2)
+    k = np.log(d2)
     k *= d2
-    k *= 0.5
+    k *= d2.dtype.type(0.5)
     return k
 
 
@@ -704,21 +729,30 @@ def thin_plate_base(shape, rows, cols, v, weights, grid: _Grid,
     poly = np.stack([np.ones(m), y, x], 1)
     a[:m, m:], a[m:, :m] = poly, poly.T
     b = np.concatenate([vv, np.zeros(3)])
-    # OpenCV's LU, not numpy's LAPACK: OpenBLAS factors a system of ~100 unknowns on several
-    # threads, whose idle workers then spin for a few hundred ms (the process's CPU time
-    # doubles for the rest of the frame and the next ones); this one runs on the caller's.
-    ok, coef = cv2.solve(a, b[:, None], flags=cv2.DECOMP_LU)
-    if ok:
-        coef = coef[:, 0]
-    else:                                   # e.g. all centres on one line, no smoothing
-        coef = np.linalg.lstsq(a, b, rcond=None)[0]
+    # On one BLAS thread: OpenCV's LU goes to its OpenBLAS's LAPACK (as numpy's would to its
+    # own), which factors a system of ~100 unknowns on every core; its idle workers then
+    # spin for a few hundred ms, doubling the process's CPU time for the next frames.
+    with single_blas_thread():
+        ok, coef = cv2.solve(a, b[:, None], flags=cv2.DECOMP_LU)
+        if ok:
+            coef = coef[:, 0]
+        else:                               # e.g. all centres on one line, no smoothing
+            coef = np.linalg.lstsq(a, b, rcond=None)[0]
     # Evaluated every _SPLINE_STEP cells (and the last), linear between: a smooth surface.
+    # The kernel sum in float32 (a log of nodes x centres values, most of the spline's time:
+    # float64 costs ~7x); the result is a correction in log ratio, good to ~1e-6. einsum, not
+    # a matrix product: OpenBLAS would run this one on all cores, and its idle threads then
+    # spin, doubling the process's CPU time per frame.
     iy, wy = _nodes(grid.gh)
     ix, wx = _nodes(grid.gw)
     gy = ((iy + 0.5) * grid.cell - 0.5) * side
     gx = ((ix + 0.5) * grid.cell - 0.5) * side
-    d2 = (gy[:, None, None] - y) ** 2 + (gx[None, :, None] - x) ** 2
-    nodes = _tps_kernel(d2) @ coef[:m]
+    f32 = np.float32
+    dy = np.square(gy.astype(f32)[:, None] - y.astype(f32))
+    dx = np.square(gx.astype(f32)[:, None] - x.astype(f32))
+    d2 = np.add(dy[:, None, :], dx[None], out=_WORK.get('tps', (len(gy), len(gx), m), f32))
+    nodes = np.einsum('ijk,k->ij', _tps_kernel(d2, f32(1e-30)),
+                      coef[:m].astype(f32)).astype(np.float64)
     nodes += coef[m] + coef[m + 1] * gy[:, None] + coef[m + 2] * gx[None, :]
     base = wy @ nodes @ wx.T
     np.maximum(base, vv.min(), out=base)      # clip (np.clip's wrapper costs more)
@@ -825,8 +859,11 @@ def compose_guide(log_depth, light, mix) -> np.ndarray:
 
 def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
                      options: LocalCorrectionOptions = LocalCorrectionOptions(),
-                     image=None) -> LocalCorrection:
-    """Locally corrected depth (HxW float32, a new array) that honours the anchors.
+                     image=None, out: np.ndarray | None = None) -> LocalCorrection:
+    """Locally corrected depth (HxW float32) that honours the anchors: a new array, or
+    ``out`` (HxW float32), which may be ``aligned`` itself (corrected in place: a caller that
+    owns its aligned depth saves a fresh image, whose page faults cost about as much as the
+    product itself).
 
     ``aligned``: globally fitted metric depth, float32 (NaN where invalid). ``weight``: the
     anchors' inverse depth variance (1/m^2), None for equal noise. ``image``: the frame's
@@ -835,6 +872,8 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     """
     aligned = np.asarray(aligned, np.float32)
     h, w = aligned.shape
+    if out is not None and (out.shape != (h, w) or out.dtype != np.float32):
+        raise ValueError(f'out must be a {h}x{w} float32 array, got {out.shape} {out.dtype}')
     guide = log_guide(aligned) if options.edge_aware else None
     light_at = light_extent = None
     if image is not None and options.edge_aware and options.guide != 'depth':
@@ -845,13 +884,16 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
                            guide_range(guide) if guide is not None else None, options,
                            light_at, light_extent)
     if plan.factor is None:
-        return LocalCorrection(aligned.copy(), plan.weights, np.nan)
+        if out is None:
+            return LocalCorrection(aligned.copy(), plan.weights, np.nan)
+        np.copyto(out, aligned)
+        return LocalCorrection(out, plan.weights, np.nan)
     if guide is not None and plan.mix[1] != 0:          # the image is in the chosen guide
         guide = compose_guide(guide, lightness_guide(image), plan.mix)
     factor = _slice(plan.factor, plan.grid, guide)
-    corrected = cv2.resize(factor, (w, h), interpolation=cv2.INTER_LINEAR)
-    corrected *= aligned
-    return LocalCorrection(corrected, plan.weights, plan.sigma)
+    up = cv2.resize(factor, (w, h), dst=_WORK.get('up', (h, w), np.float32),
+                    interpolation=cv2.INTER_LINEAR)
+    return LocalCorrection(np.multiply(up, aligned, out=out), plan.weights, plan.sigma)
 
 
 _MAPS: dict = {}

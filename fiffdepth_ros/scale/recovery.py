@@ -269,7 +269,9 @@ class ScaleRecovery:
         return opts
 
     def correct_locally(self, depth: np.ndarray, plan: 'Plan') -> np.ndarray:
-        local = local_correction(depth, *plan.local, self.guided_options, image=plan.image)
+        # In place: ``depth`` is this frame's own array (apply_fit's).
+        local = local_correction(depth, *plan.local, self.guided_options, image=plan.image,
+                                 out=depth)
         plan.report.local_inliers = int(np.count_nonzero(local.weights))
         return local.depth
 
