@@ -476,7 +476,8 @@ def _mix_for(options: LocalCorrectionOptions) -> tuple[float, float]:
 
 # 'both': the (depth, image) mixes tried, the image's weight in units of colour_sigma.
 # (1, 1) and (0.5, 1) were tried too and never chosen on the benchmark's frames
-# (bench/scale_recovery.py --only guide): two candidates, half the cost.
+# (bench/scale_recovery.py --only guide); with the holdout scoring, a third candidate of
+# either changed the mean by under 0.3 %: two candidates, the cost of two builds.
 MIX_CANDIDATES = ((1.0, 0.0), (1.0, 0.5))
 
 
@@ -702,7 +703,8 @@ def detail_grid(shape, rows, cols, residual, weights,
     should) and fades out beyond, so what the grid's cells average away (LiDAR returns every few
     pixels along a ring, the prediction's errors at their scale) stays with the anchors, and
     the field between rings or sparse anchors is the grid's. ``weights``: as the final field's
-    (rejected anchors 0). Not edge aware: it reaches a few pixels."""
+    (rejected anchors 0). Not edge aware: it reaches a few pixels. Its log is clipped to
+    ``max_correction`` as the grid's is."""
     h, w = shape
     cell = _DETAIL_CELL
     dh, dw = -(-h // cell), -(-w // cell)
