@@ -336,3 +336,25 @@ def test_thin_plate_base_ignores_rejected_anchors_and_averages_dense_sets():
 def test_invalid_options(kwargs):
     with pytest.raises(ValueError):
         LocalCorrectionOptions(**kwargs)
+
+
+def test_detail_level_honours_anchors_closer_than_a_cell_and_leaves_the_gaps_to_the_grid():
+    """Scan lines (returns every 4 px, lines 32 px apart) over a prediction whose error varies
+    along the lines faster than the grid's 16-px cells resolve: the detail level keeps most of
+    it on and near the lines (the grid alone averages it away); midway between the lines the
+    correction is the grid's."""
+    truth, _ = _truth()
+    xx = np.mgrid[0:H, 0:W][1].astype(np.float64)
+    aligned = (truth * np.exp(0.04 * np.sin(xx / 6.0))).astype(np.float32)
+    lines = np.arange(16, H, 32)
+    rows, cols = (a.ravel() for a in np.meshgrid(lines, np.arange(1, W, 4), indexing='ij'))
+    on = local_correction(aligned, rows, cols, truth[rows, cols])
+    off = local_correction(aligned, rows, cols, truth[rows, cols],
+                           options=LocalCorrectionOptions(detail=False))
+    assert on.inliers.all() and off.inliers.all()
+    gap = np.min(np.abs(np.arange(H)[:, None] - lines[None]), 1)
+    near = np.broadcast_to((gap <= 2)[:, None], (H, W))
+    far = np.broadcast_to((gap >= 14)[:, None], (H, W))
+    assert _absrel(off.depth[near], truth[near]) > 0.015                 # the grid alone
+    assert _absrel(on.depth[near], truth[near]) < 0.4 * _absrel(off.depth[near], truth[near])
+    np.testing.assert_allclose(on.depth[far], off.depth[far], rtol=2e-3)

@@ -122,8 +122,11 @@ def test_local_correction_is_its_grid_read_densely(edge_aware):
                               lc.guide_range(guide) if edge_aware else None, options)
     assert plan.factor.shape[2] == (plan.grid.bins if edge_aware else 1)
     import cv2
-    factor = cv2.resize(lc._slice(plan.factor, plan.grid, guide),
-                        (aligned.shape[1], aligned.shape[0]), interpolation=cv2.INTER_LINEAR)
+    half = lc._slice(plan.factor, plan.grid, guide)
+    # The detail level (on by default), upsampled 2x onto the half-resolution read.
+    half *= cv2.resize(plan.detail, half.shape[::-1], interpolation=cv2.INTER_LINEAR)
+    factor = cv2.resize(half, (aligned.shape[1], aligned.shape[0]),
+                        interpolation=cv2.INTER_LINEAR)
     np.testing.assert_array_equal(out.depth, factor * aligned)
     np.testing.assert_array_equal(out.weights, plan.weights)
     assert np.count_nonzero(out.weights) > 100

@@ -66,15 +66,19 @@ def test_random_anchors_reach_the_accuracy_targets(frame, n, max_absrel, max_rms
 @pytest.mark.parametrize('factor', [0.5, 2.0])
 def test_a_third_of_scan_anchors_seen_through_edges_barely_matters(frame, factor):
     """30 % of a 64-line scan moved to the foreground (x0.5) or background (x2), one side only:
-    every seed still fits the majority, and the corrected depth stays within 15 % of clean on
-    average (30 % for any one seed)."""
+    every seed still fits the majority, and the corrected depth stays within 15 % on average
+    (30 % for any one seed) of the same scan without the moved third: what a perfect judge
+    would give, the information the moved anchors take with them set aside (the clean scan
+    itself is 20-40 % better since the detail level honours the anchors at their spacing)."""
     relative, gt = frame
     ratios = []
     for seed in range(5):
         rows, cols = _scan_lines(gt > 0, 64, seed)
         z = gt[rows, cols].copy()
-        clean, _, _ = _recover(relative, gt, rows, cols, z)
         bad = np.random.default_rng(1000 + seed).permutation(len(z))[:int(round(0.3 * len(z)))]
+        kept = np.ones(len(z), bool)
+        kept[bad] = False
+        clean, _, _ = _recover(relative, gt, rows[kept], cols[kept], z[kept])
         z[bad] *= factor
         absrel, _, report = _recover(relative, gt, rows, cols, z)
         assert report.status == 'fitted', report.detail
@@ -111,3 +115,57 @@ def test_global_fit_prior_limits_one_sided_corruption_of_sparse_anchors(frame):
         moved_no_prior.append(absrel(rows, cols, z, without))
     assert np.mean(moved) < 0.9 * np.mean(moved_no_prior)      # 0.0154 vs 0.0184 here
     assert np.mean(moved) < 1.5 * np.mean(clean)              # clean 0.0116
+
+
+def _simulated_prediction(gt, seed):
+    """A relative depth with a network's kind of error from the GT: holes filled, edges blurred
+    (4 px), a smooth +-20 % warp, 1 % pixel noise, an unknown scale and shift."""
+    rng = np.random.default_rng(seed)
+    valid = (gt > 0).astype(np.float32)
+    fill = cv2.GaussianBlur(gt * valid, (0, 0), 8) / np.maximum(cv2.GaussianBlur(valid, (0, 0), 8),
+                                                                1e-6)
+    d = cv2.GaussianBlur(np.where(gt > 0, gt, fill), (0, 0), 4.0)
+    warp = cv2.resize(rng.standard_normal((3, 4)).astype(np.float32), gt.shape[::-1],
+                      interpolation=cv2.INTER_CUBIC)
+    d = d * np.exp(0.2 * warp + 0.01 * rng.standard_normal(gt.shape).astype(np.float32))
+    return (d * rng.uniform(0.3, 3.0) + rng.uniform(-0.5, 0.5)).astype(np.float32)
+
+
+@pytest.mark.skipif(not (DATA.parent / 'indoor_sparse').is_dir(), reason='no indoor_sparse')
+def test_the_guide_choice_survives_corrupted_anchors():
+    """'both' on a 16-line scan over predictions with blurred edges: the guide chosen on the
+    clean anchors (the image joins it on most) is the one chosen with 30 % of them corrupted
+    (x0.5 / x1.8, rejected by the judging). Scoring the candidates by their judging fields
+    went back to the depth guide once anchors were rejected (and lost 12 % on the
+    benchmark's sparse-frame case)."""
+    from fiffdepth_ros.scale import local_correction as lc
+    from fiffdepth_ros.scale.fit import apply_fit, fit_scale_shift
+    sparse = DATA.parent / 'indoor_sparse'
+    gt = cv2.imread(str(sparse / 'gt_depth.png'), cv2.IMREAD_UNCHANGED).astype(np.float32) / 1e3
+    rgb = cv2.cvtColor(cv2.imread(str(sparse / 'rgb.png')), cv2.COLOR_BGR2RGB)
+    rows, cols = _scan_lines(gt > 0, 16, 0)
+    z = gt[rows, cols].astype(np.float64)
+    rng = np.random.default_rng(7)
+    chosen = rng.permutation(len(z))[:int(round(0.3 * len(z)))]
+    corrupted = z.copy()
+    corrupted[chosen[::2]] *= 0.5
+    corrupted[chosen[1::2]] *= 1.8
+    options = lc.LocalCorrectionOptions(guide='both')
+    images = []
+    for seed in range(4):
+        relative = _simulated_prediction(gt, seed)
+        mixes = []
+        for anchors in (z, corrupted):
+            fit = fit_scale_shift(relative[rows, cols].astype(np.float64), anchors)
+            aligned = apply_fit(relative, fit.scale, fit.shift, 'depth')
+            plan = lc.correction_grid(gt.shape, rows, cols, anchors, None,
+                                      lambda r, c: aligned[r, c],
+                                      lc.guide_range(lc.log_guide(aligned)), options,
+                                      lambda r, c: lc.lightness_at(rgb, r, c),
+                                      lc.lightness_range(rgb))
+            mixes.append(plan.mix)
+            if anchors is corrupted:
+                assert np.count_nonzero(plan.weights[chosen] == 0) > 0.9 * len(chosen)
+        assert mixes[0] == mixes[1], (seed, mixes)
+        images.append(mixes[0][1] > 0)
+    assert sum(images) >= 2, images              # the image mattered on most of these

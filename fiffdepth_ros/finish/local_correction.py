@@ -5,10 +5,11 @@ the host, the same code as the CPU path); what touches every pixel runs here, wh
 depth already is: the half-resolution log guide and its extent, the trilinear read of the grid
 (OpenCV's ``remap`` reproduced: exact weights in OpenCV 5, 1/32-pixel steps in 4), the bilinear
 upsampling (``cv2.resize``'s half-pixel rule, as ``F.interpolate`` with ``align_corners=False``)
-and the product with the aligned depth; with an image guide, the half-resolution lightness and the
+and the product with the aligned depth (and the detail level's, upsampled 2x onto the
+half-resolution factor); with an image guide, the half-resolution lightness and the
 composed guide (the image's half-resolution pixels go to the device, its anchors' lightness is
 read on the host). To the host go the aligned depth at the anchors and two
-numbers (the guide's extent); to the device the grid (tens of kB).
+numbers (the guide's extent); to the device the grid and the detail level (tens of kB).
 
 The result equals the numpy path's to float32 rounding (torch's and numpy's log differ in the
 last bits; the tests state the tolerance). On a CPU device the tensor's memory is the host's and
@@ -79,6 +80,10 @@ def local_correction_torch(aligned: torch.Tensor, rows, cols, depth, weight=None
         guide = _compose(guide, light, plan.mix)
     factor = torch.from_numpy(plan.factor).to(aligned.device)
     half = _slice_torch(factor, plan.grid, guide)
+    if plan.detail is not None:       # the detail level, upsampled 2x (cv2.resize's rule)
+        detail = torch.from_numpy(plan.detail).to(aligned.device)
+        half = half * F.interpolate(detail[None, None], size=tuple(half.shape),
+                                    mode='bilinear', align_corners=False)[0, 0]
     up = F.interpolate(half[None, None], size=(h, w), mode='bilinear', align_corners=False)
     return up[0, 0] * aligned, plan.weights, plan.sigma
 

@@ -19,6 +19,13 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    Between sparse anchors the spline carries the error's trend (a prediction bent across the
    image) over the gaps, where the normalised convolution alone falls back to a local mean.
    It is clipped to the range of the values it fits (no extrapolated trend beyond the data).
+   Detail level (``detail``): the grid's cells average anchors closer than a cell (a LiDAR
+   ring's returns every few pixels, and the prediction's errors at that scale, which a real
+   network has). What the grid's field leaves of each anchor's residual is spread by one more,
+   finer scale (half the grid's finest, 4 px), on cells of 4 px, fully used where its window
+   holds an anchor and fading out a few pixels away: near the anchors the correction follows
+   them at their own spacing, between rings and sparse anchors it is the grid's. Spatial only
+   (it reaches a few pixels); its grid is multiplied onto the half-resolution factor.
 3. Edge aware (``edge_aware``): the prediction's errors follow its own structure (an object, a
    corner it got wrong), so the grid gets a third axis, the aligned log depth, in bins of
    ``range_sigma`` (a bilateral grid). An anchor corrects the pixels near it that the prediction
@@ -52,10 +59,9 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    the bilateral axis, which becomes ``mix[0] * log depth + mix[1] * lightness`` (bins of
    ``range_sigma``; lightness counts ``range_sigma / colour_sigma`` per unit, so one bin is
    ``colour_sigma`` of lightness). 'depth': (1, 0), the above; 'image': (0, 1); 'both': per
-   frame, after the judging rounds, each of MIX_CANDIDATES (the depth alone, whose field is the
-   last judging round's, and depth + lightness at half weight) has a judging field, and the one
-   that explains the anchors best from their neighbours wins (a leave-mostly-out test: an
-   anchor's own share in a judging field is bounded). Judging
+   frame, after the judging rounds, each of MIX_CANDIDATES (the depth alone, and depth +
+   lightness at half weight) gets a field on the judging grid from every other anchor, and the
+   one that predicts the others best wins (a holdout, see _choose_mix). Judging
    itself runs on the depth axis ('image': on the lightness). One axis, not two: the grid, the
    pyramid and the dense read stay those of the depth guide, at the cost of one composed
    half-resolution guide image.
@@ -103,6 +109,7 @@ class LocalCorrectionOptions:
     spline_smoothing: float = 0.03   # its smoothing (image side = 1); 0 interpolates exactly
     spline_centres: int = 128        # more anchors are averaged per judging cell first
     consensus_max: int = 1024        # sets up to this size: also judged by neighbours' median
+    detail: bool = True              # a pixel-scale level: what the grid leaves of each residual
 
     def __post_init__(self):
         if int(self.cell) < 1:
@@ -154,6 +161,7 @@ _MAX_SIGMA = 1.0        # blur at most this many cells on a pyramid floor; pool 
 _SPLINE_STEP = 2         # the spline base is evaluated every 2 cells, linear between
 _SLICE_STEP = 2         # the correction factor is read every 2 pixels, then upsampled
 _CONSENSUS_NEIGHBOURS = 8   # the consensus judging's neighbourhood, anchors
+_DETAIL_CELL = 2 * _SLICE_STEP   # the detail level's cell, pixels (2 half-resolution pixels)
 
 
 class _Workspace(threading.local):
@@ -438,13 +446,16 @@ class CorrectionGrid:
 
     ``factor``: exp of the clipped log field, (gh, gw, bins) float32 (bins 1 without the
     bilateral axis); None when no anchor was usable (the depth stays as it is). ``mix``: the
-    bilateral guide is ``mix[0] * log(aligned) + mix[1] * lightness`` (``compose_guide``)."""
+    bilateral guide is ``mix[0] * log(aligned) + mix[1] * lightness`` (``compose_guide``).
+    ``detail``: the detail level's factor (``detail_grid``, cells of ``_DETAIL_CELL`` pixels),
+    multiplied onto the half-resolution read of ``factor`` upsampled 2x; None: off."""
 
     factor: np.ndarray | None
     grid: '_Grid | None'
     weights: np.ndarray       # as LocalCorrection.weights
     sigma: float
     mix: tuple = (1.0, 0.0)
+    detail: np.ndarray | None = None
 
 
 def guide_range(guide: np.ndarray):
@@ -470,7 +481,8 @@ def _mix_for(options: LocalCorrectionOptions) -> tuple[float, float]:
 
 # 'both': the (depth, image) mixes tried, the image's weight in units of colour_sigma.
 # (1, 1) and (0.5, 1) were tried too and never chosen on the benchmark's frames
-# (bench/scale_recovery.py --only guide): two candidates, half the cost.
+# (bench/scale_recovery.py --only guide); with the holdout scoring, a third candidate of
+# either changed the mean by under 0.3 %: two candidates, the cost of two builds.
 MIX_CANDIDATES = ((1.0, 0.0), (1.0, 0.5))
 
 
@@ -478,33 +490,37 @@ _CHOOSE_ANCHORS = 1024   # 'both' scores the candidate mixes on at most this man
 
 
 def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_extent,
-                depth_field=None, depth_axis=None):
-    """The guide that best explains the anchors from their neighbours, (mix, axis, bins).
+                depth_axis=None):
+    """The guide that best predicts the anchors from their neighbours, (mix, axis, bins).
 
-    Each candidate mix's judging field (exclusive: an anchor's own share in it is bounded by
-    ~1/outlier_support, see _multiscale) is read at the anchors; the mix with the lowest
-    inlier-weighted mean |residual| wins, the first (the depth alone) on ties. A prediction
-    that separates the surfaces keeps its own edges; a poor one leans on the image. Dense sets
-    are scored on an even subset (``_CHOOSE_ANCHORS``): a choice, not a field.
-    ``depth_field``: the last judging round's field at the anchors (the depth guide's judging
-    field), which stands for the first candidate instead of a build of its own;
+    A holdout: each candidate mix's field on the judging grid (the interpolation's support,
+    ``min_support``) from every other anchor of an even subset (``_CHOOSE_ANCHORS``: a choice,
+    not a field) is read at the others; the mix with the lowest weighted mean |residual|
+    (judged weights ``u``, each residual capped at ``outlier_cutoff``) wins, the first (the
+    depth alone) on ties. A prediction that separates the surfaces keeps its own edges; a poor
+    one leans on the image. Not the judging field itself: its support rule (a scale counts
+    from ``outlier_support`` anchors) coarsens the guide that splits the anchors over more
+    bins as soon as some are rejected, and its weights were set by agreement with the depth
+    guide's field; both favoured the depth guide on corrupted anchor sets (a 16-line scan with
+    30 % corrupted went back to the depth guide and lost 12 %).
     ``depth_axis``: the judging's (axis, bins), returned as they are when the depth wins."""
     k = options.range_sigma / options.colour_sigma
     sub = evenly_spaced(len(v), _CHOOSE_ANCHORS)
     srows, scols, sv, su, sga, sla = (x[sub] for x in (rows, cols, v, u, ga, la))
+    train = np.arange(len(sub)) % 2 == 0
+    test = ~train
     best = None
     for md, mc in MIX_CANDIDATES:
         mix = (md, mc * k)
-        if mix == (1.0, 0.0) and depth_field is not None:
-            field = depth_field[sub]
-        else:
-            axis, bins = _axis_for(options, shape[1], mix, sga, sla, depth_extent,
-                                   light_extent)
-            judge = _Fields(shape, options, _JUDGE_CELLS * options.cell, srows, scols, axis,
-                            bins, nearest=True, ratio=_JUDGE_RATIO)
-            field = judge.sample(judge.build(sv, su, options.outlier_support, True,
-                                             options.judge_prior))
-        err = float(np.dot(su, np.abs(sv - field)))
+        axis, bins = _axis_for(options, shape[1], mix, sga, sla, depth_extent, light_extent)
+        fields = _Fields(shape, options, _JUDGE_CELLS * options.cell, srows[train],
+                         scols[train], axis, tuple(b[train] for b in bins), nearest=True,
+                         ratio=_JUDGE_RATIO)
+        state = fields.build(sv[train], su[train], options.min_support, False)
+        at = fields.grid.corners(srows[test], scols[test], tuple(b[test] for b in bins),
+                                 nearest=True)
+        e = np.abs(sv[test] - fields.grid.sample(state, at))
+        err = float(np.dot(su[test], np.minimum(e, options.outlier_cutoff)))
         if best is None or err < best[0]:
             best = (err, mix)
     mix = best[1]
@@ -617,13 +633,14 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
         else:
             mix, axis, anchor_bins = _choose_mix(options, (h, w), rows, cols, v, u, ga, la,
                                                  guide_extent, lightness_extent,
-                                                 judge.sample(state), (axis, anchor_bins))
+                                                 (axis, anchor_bins))
     # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
     # would keep, at a quarter of the cost.
     dense = len(v) >= _cells((h, w), options)
     fields = _Fields((h, w), options, options.cell, rows, cols, axis, anchor_bins,
                      nearest=dense)
     base = None
+    v_anchor = v
     if options.spline and np.count_nonzero(u) >= 3:
         base = thin_plate_base((h, w), rows, cols, v, wv * u, fields.grid, options)
         v = v - _bilinear(base, fields.grid, rows, cols)
@@ -636,7 +653,82 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
     factor = np.maximum(field, -limit)
     np.minimum(factor, limit, out=factor)
     weights[used] = u
-    return CorrectionGrid(np.exp(factor, out=factor), fields.grid, weights, sigma, mix)
+    detail = None
+    if options.detail:
+        residual = v_anchor - _read_at(factor, fields.grid, rows, cols, anchor_bins)
+        detail = detail_grid((h, w), rows, cols, residual, wv * u, options)
+    return CorrectionGrid(np.exp(factor, out=factor), fields.grid, weights, sigma, mix, detail)
+
+
+def _read_at(field: np.ndarray, grid: _Grid, rows, cols, anchor_bins) -> np.ndarray:
+    """The (gh, gw, bins) ``field`` at anchor pixels as ``_slice`` reads it at a pixel
+    (bilinear in space on the same cell centres and clamps, linear between the two bins of
+    ``anchor_bins``, from ``_RangeAxis.locate``; None without the bilateral axis), float64."""
+    gx = _cell_coords(grid.w, grid.cell, grid.nw)[cols].reshape(1, -1)
+    gy = _cell_coords(grid.h, grid.cell, grid.nh)[rows].reshape(1, -1)
+    if anchor_bins is None:
+        return cv2.remap(field[:, :, 0], gx, gy, cv2.INTER_LINEAR).ravel().astype(np.float64)
+    gh, gw, bins = field.shape
+    b0, _, fb = anchor_bins
+    tiles = np.ascontiguousarray(field.transpose(0, 2, 1)).reshape(gh, bins * gw)
+    # Bin b0 and b0 + 1 in one remap: two rows of points.
+    map_x = np.empty((2, len(cols)), np.float32)
+    np.multiply(b0, gw, out=map_x[0], casting='unsafe')
+    map_x[0] += gx[0]
+    np.add(map_x[0], np.float32(gw), out=map_x[1])
+    lo, hi = cv2.remap(tiles, map_x, np.broadcast_to(gy, map_x.shape).copy(),
+                       cv2.INTER_LINEAR).astype(np.float64)
+    hi -= lo
+    hi *= fb
+    hi += lo
+    return hi
+
+
+@functools.lru_cache(maxsize=16)
+def _cell_coords(n: int, cell: int, cells: int) -> np.ndarray:
+    """Grid coordinate of each of n pixels along one side (cell i centred on pixel
+    (i + 0.5) * cell - 0.5, clamped to the ``cells`` that cover the image), float32; read
+    only (cached)."""
+    out = np.clip((np.arange(n, dtype=np.float32) + 0.5) / np.float32(cell) - 0.5, 0,
+                  cells - 1).astype(np.float32)
+    out.flags.writeable = False
+    return out
+
+
+def detail_grid(shape, rows, cols, residual, weights,
+                options: LocalCorrectionOptions) -> np.ndarray:
+    """The detail level (``options.detail``): exp of the anchors' ``residual`` log ratios
+    against the grid's field, spread by one more, finer scale of the normalised convolution,
+    float32 on cells of ``_DETAIL_CELL`` pixels (the factor's half-resolution image, upsampled
+    2x, is multiplied by it).
+
+    Its Gaussian is half the grid's finest (``base_sigma * cell / 2`` pixels, 4 px by default):
+    the next scale of the pyramid. It is fully used where its window holds one anchor (the peak
+    of an isolated anchor's kernel: the correction passes through it, as an interpolation
+    should) and fades out beyond, so what the grid's cells average away (LiDAR returns every few
+    pixels along a ring, the prediction's errors at their scale) stays with the anchors, and
+    the field between rings or sparse anchors is the grid's. ``weights``: as the final field's
+    (rejected anchors 0). Not edge aware: it reaches a few pixels. Its log is clipped to
+    ``max_correction`` as the grid's is."""
+    h, w = shape
+    cell = _DETAIL_CELL
+    dh, dw = -(-h // cell), -(-w // cell)
+    idx = (rows // cell) * dw + cols // cell
+    sigma = options.base_sigma * options.cell / (2.0 * cell)
+    k = 2 * int(np.ceil(3.0 * sigma)) + 1        # to 3 sigma (OpenCV's own choice: 4)
+    num, den = (cv2.GaussianBlur(np.bincount(idx, x, dh * dw).astype(np.float32)
+                                 .reshape(dh, dw), (k, k), sigma,
+                                 borderType=cv2.BORDER_CONSTANT)
+                for x in (weights * residual, weights))
+    # Anchors in the window: den * 2 pi sigma^2 (a unit-peak kernel summed over them, weights
+    # average 1); the level's share alpha = min(that, 1), and alpha * num / den is
+    # num / max(den, 1 / (2 pi sigma^2)).
+    np.maximum(den, np.float32(1.0 / (2.0 * np.pi * sigma * sigma)), out=den)
+    num /= den
+    limit = np.float32(options.max_correction)
+    np.maximum(num, -limit, out=num)
+    np.minimum(num, limit, out=num)
+    return np.exp(num, out=num)
 
 
 def _consensus_weights(rows, cols, v, guide, options: LocalCorrectionOptions, unjudged,
@@ -891,6 +983,10 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     if guide is not None and plan.mix[1] != 0:          # the image is in the chosen guide
         guide = compose_guide(guide, lightness_guide(image), plan.mix)
     factor = _slice(plan.factor, plan.grid, guide)
+    if plan.detail is not None:                # the detail level, upsampled 2x onto it
+        factor *= cv2.resize(plan.detail, factor.shape[::-1],
+                             dst=_WORK.get('detail_up', factor.shape, np.float32),
+                             interpolation=cv2.INTER_LINEAR)
     up = cv2.resize(factor, (w, h), dst=_WORK.get('up', (h, w), np.float32),
                     interpolation=cv2.INTER_LINEAR)
     return LocalCorrection(np.multiply(up, aligned, out=out), plan.weights, plan.sigma)
