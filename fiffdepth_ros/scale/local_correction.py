@@ -762,20 +762,30 @@ def _consensus_weights(rows, cols, v, guide, options: LocalCorrectionOptions, un
 _OPENBLAS = None
 
 
+@contextlib.contextmanager
 def single_blas_thread():
-    """A context in which every OpenBLAS loaded in the process (numpy's, OpenCV's) runs on
-    the calling thread only (threadpoolctl; ~10 us). For small systems solved per frame: on
-    more threads they finish no sooner and leave workers spinning. Without threadpoolctl
-    (an optional dependency): a context that changes nothing."""
+    """A context in which the OpenBLAS libraries loaded in the process (numpy's, OpenCV's)
+    run on the calling thread only, for small systems solved per frame: on more threads they
+    finish no sooner and leave workers spinning. threadpoolctl finds the libraries (once);
+    their own set/get calls switch them (~5 us). Without threadpoolctl (an optional
+    dependency) nothing changes."""
     global _OPENBLAS
     if _OPENBLAS is None:
         try:
             from threadpoolctl import ThreadpoolController
         except ImportError:                 # pragma: no cover - in requirements.txt
-            _OPENBLAS = False
+            _OPENBLAS = ()
         else:
-            _OPENBLAS = ThreadpoolController().select(internal_api='openblas')
-    return _OPENBLAS.limit(limits=1) if _OPENBLAS else contextlib.nullcontext()
+            _OPENBLAS = tuple(ThreadpoolController().select(internal_api='openblas')
+                              .lib_controllers)
+    before = [lib.get_num_threads() for lib in _OPENBLAS]
+    for lib in _OPENBLAS:
+        lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in zip(_OPENBLAS, before):
+            lib.set_num_threads(n)
 
 
 def _tps_kernel(d2: np.ndarray, tiny=np.float64(1e-300)) -> np.ndarray:
