@@ -512,7 +512,11 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
     best = None
     for md, mc in MIX_CANDIDATES:
         mix = (md, mc * k)
-        axis, bins = _axis_for(options, shape[1], mix, sga, sla, depth_extent, light_extent)
+        if mix == (1.0, 0.0) and depth_axis is not None and depth_axis[0] is not None:
+            axis, bins = depth_axis[0], tuple(b[sub] for b in depth_axis[1])   # the judging's
+        else:
+            axis, bins = _axis_for(options, shape[1], mix, sga, sla, depth_extent,
+                                   light_extent)
         fields = _Fields(shape, options, _JUDGE_CELLS * options.cell, srows[train],
                          scols[train], axis, tuple(b[train] for b in bins), nearest=True,
                          ratio=_JUDGE_RATIO)
