@@ -71,7 +71,7 @@ def test_a_third_of_scan_anchors_seen_through_edges_barely_matters(frame, factor
     would give, the information the moved anchors take with them set aside (the clean scan
     itself is 20-40 % better since the detail level honours the anchors at their spacing)."""
     relative, gt = frame
-    ratios = []
+    ratios, to_full = [], []
     for seed in range(5):
         rows, cols = _scan_lines(gt > 0, 64, seed)
         z = gt[rows, cols].copy()
@@ -79,12 +79,17 @@ def test_a_third_of_scan_anchors_seen_through_edges_barely_matters(frame, factor
         kept = np.ones(len(z), bool)
         kept[bad] = False
         clean, _, _ = _recover(relative, gt, rows[kept], cols[kept], z[kept])
+        full, _, _ = _recover(relative, gt, rows, cols, z)
         z[bad] *= factor
         absrel, _, report = _recover(relative, gt, rows, cols, z)
         assert report.status == 'fitted', report.detail
         assert report.inliers < 0.75 * len(z)          # the moved third is not in the fit
         ratios.append(absrel / clean)
+        to_full.append(absrel / full)
     assert max(ratios) <= 1.3 and np.mean(ratios) <= 1.15, ratios
+    # Against the whole clean scan too (measured 2026-12-07: mean 1.14 / 1.17, worst 1.28; the
+    # issue's target is <= 1.10, which bench/scale_recovery.py reports as missed for 64 lines).
+    assert max(to_full) <= 1.35 and np.mean(to_full) <= 1.2, to_full
 
 
 def test_global_fit_prior_limits_one_sided_corruption_of_sparse_anchors(frame):
