@@ -19,7 +19,8 @@ seen past foreground edges). The "oracle removal" column drops the corrupted anc
 the information lost by losing them, which no outlier rejection can recover. Each frame runs a
 fresh ScaleRecovery (the node's code): 'global' = robust global fit only, 'local' = with the
 local correction. Timing: every step interleaved round-robin (the same machine conditions for
-all), median and p10-p90 over the rounds, 640x480.
+all), median and p10-p90 over the rounds, 640x480; fit and correction on the anchors
+ScaleRecovery gives them (dense sets thinned evenly to 4 per 16x16 pixels).
 
 Image guide (``--only guide`` runs just this part): the local correction's ``local_guide``
 (depth, image, both; the frame's RGB given) against least squares + inverse-distance
@@ -50,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fiffdepth_ros.geometry.camera_model import CameraModel  # noqa: E402
 from fiffdepth_ros.geometry.transforms import RigidTransform  # noqa: E402
 from fiffdepth_ros.scale.anchors import depth_image_anchors, lidar_anchors  # noqa: E402
-from fiffdepth_ros.scale.fit import apply_fit, fit_scale_shift  # noqa: E402
+from fiffdepth_ros.scale.fit import apply_fit, evenly_spaced, fit_scale_shift  # noqa: E402
 from fiffdepth_ros.scale.local_correction import (GUIDES, LocalCorrectionOptions,  # noqa: E402
-                                                  local_correction)
+                                                  anchor_budget, local_correction)
 from fiffdepth_ros.scale.recovery import ScaleRecovery, ScaleRecoveryConfig  # noqa: E402
 import timing  # noqa: E402  (bench/timing.py, beside this script)
 
@@ -278,17 +279,28 @@ def run_timing(relative, gt, valid, repeats):
         x = relative[r, c]
 
         def fit_and_local(x=x, z=z, w=w, r=r, c=c):
-            f = fit_scale_shift(x, z, w)
-            aligned = apply_fit(relative, f.scale, f.shift, 'depth')
-            return local_correction(aligned, r, c, z, w, out=aligned)   # in place, as the node
+            return node_fit_and_correction(relative, x, z, w, r, c)
 
         rec = ScaleRecovery(ScaleRecoveryConfig(max_depth=10.0))
         stamp = iter(np.arange(10 ** 6) * 0.033)
-        steps[f'fit only ({name})'] = lambda x=x, z=z, w=w: fit_scale_shift(x, z, w)
+        keep = evenly_spaced(len(z), anchor_budget(relative.shape))    # as ScaleRecovery
+        steps[f'fit only ({name})'] = \
+            lambda x=x, z=z, w=w, keep=keep: fit_scale_shift(x[keep], z[keep], w[keep])
         steps[f'fit + local correction ({name})'] = fit_and_local
         steps[f'ScaleRecovery.process, whole frame ({name})'] = \
             lambda rec=rec, a=a, stamp=stamp: rec.process(relative, a, next(stamp))
     return timing.interleaved_ms(steps, repeats)
+
+
+def node_fit_and_correction(relative, x, z, w, r, c, options=None, rgb=None):
+    """Fit + local correction as ScaleRecovery does them: dense sets thinned evenly to the
+    correction's anchor budget, the fit, the aligned depth corrected in place."""
+    options = options or LocalCorrectionOptions()
+    keep = evenly_spaced(len(z), anchor_budget(relative.shape, options))
+    x, z, w, r, c = x[keep], z[keep], w[keep], r[keep], c[keep]
+    f = fit_scale_shift(x, z, w)
+    aligned = apply_fit(relative, f.scale, f.shift, 'depth')
+    return local_correction(aligned, r, c, z, w, options, image=rgb, out=aligned)
 
 
 # ---------------------------------------------------------------------------- image guide
@@ -502,14 +514,13 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
             opts = LocalCorrectionOptions(guide=guide)
 
             def numpy_path(x=x, z=z, w=w, r=r, c=c, opts=opts):
-                f = fit_scale_shift(x, z, w)
-                aligned = apply_fit(relative, f.scale, f.shift, 'depth')
-                # In place, as ScaleRecovery does.
-                return local_correction(aligned, r, c, z, w, opts, image=rgb, out=aligned)
+                return node_fit_and_correction(relative, x, z, w, r, c, opts, rgb)
 
             steps[f'numpy, {name}, guide {guide}'] = numpy_path
             if torch is not None:
                 def torch_path(x=x, z=z, w=w, r=r, c=c, opts=opts):
+                    keep = evenly_spaced(len(z), anchor_budget(relative.shape, opts))
+                    x, z, w, r, c = x[keep], z[keep], w[keep], r[keep], c[keep]
                     f = fit_scale_shift(x, z, w)
                     aligned = rel_t * np.float32(f.scale) + np.float32(f.shift)
                     return local_correction_torch(aligned, r, c, z, w, opts, image=rgb)

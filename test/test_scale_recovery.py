@@ -50,6 +50,31 @@ def test_fitted_frame_is_metric_and_reported():
                       'status', 'metric'} and d['status'] in STATUSES
 
 
+def test_dense_anchor_sets_are_thinned_evenly_before_the_fit():
+    """More anchors than the local correction's budget (4 per 16x16 cell: 8 x 10 cells, 320 at 120x160)
+    reach the fit and the correction as an even subset in the sensor's order, the same frame
+    as those anchors given alone; fewer pass whole."""
+    from fiffdepth_ros.scale.fit import evenly_spaced
+    from fiffdepth_ros.scale.local_correction import anchor_budget
+
+    budget = anchor_budget((H, W))
+    assert budget == 320
+    dense = _anchors(n=2000, seed=3)
+    depth, report = ScaleRecovery(ScaleRecoveryConfig()).process(RELATIVE, dense, 0.0)
+    assert report.anchors_offered == 2010 and report.anchors_used == budget
+    keep = evenly_spaced(2000, budget)
+    alone = Anchors(dense.rows[keep], dense.cols[keep], dense.depth[keep], dense.weight[keep],
+                    offered=budget, source='test')
+    depth_alone, report_alone = ScaleRecovery(ScaleRecoveryConfig()).process(RELATIVE, alone,
+                                                                             0.0)
+    assert np.array_equal(depth, depth_alone, equal_nan=True)
+    assert (report.scale, report.shift, report.inliers) == (
+        report_alone.scale, report_alone.shift, report_alone.inliers)
+    assert _absrel(depth) < 1e-3
+    _, sparse = ScaleRecovery(ScaleRecoveryConfig()).process(RELATIVE, _anchors(n=budget), 0.0)
+    assert sparse.anchors_used == budget
+
+
 def test_no_anchor_source_uses_fixed_scale_and_is_not_metric():
     rec = ScaleRecovery(ScaleRecoveryConfig(fixed_scale=2.0, fixed_shift=0.5, max_depth=1.5))
     depth, report = rec.process(RELATIVE, None, 0.0)

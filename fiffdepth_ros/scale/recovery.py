@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .anchors import Anchors
-from .fit import SPACES, FitOptions, apply_fit, fit_scale_shift
-from .local_correction import GUIDES, LocalCorrectionOptions, check_guide_image, local_correction
+from .fit import SPACES, FitOptions, apply_fit, evenly_spaced, fit_scale_shift
+from .local_correction import (GUIDES, LocalCorrectionOptions, anchor_budget, check_guide_image,
+                               local_correction)
 from .temporal import Measurement, TemporalFilter, TemporalOptions
 
 STATUSES = ('fitted', 'scale-only', 'held', 'none')
@@ -120,7 +121,8 @@ class ScaleRecoveryConfig:
 @dataclass
 class FitReport:
     anchors_offered: int = 0          # candidates the sources offered (points, valid pixels)
-    anchors_used: int = 0             # anchors that reached the fit (in image and range)
+    anchors_used: int = 0             # anchors that reached the fit (in image and range;
+    #                                   dense sets thinned evenly to 4 per 16x16 pixels)
     inliers: int = 0                  # anchors the global fit kept
     scale: float = float('nan')       # mapping used for this frame (after the filter)
     shift: float = float('nan')
@@ -208,7 +210,8 @@ class ScaleRecovery:
         if anchors is not None:
             state.had_anchors = True
             report.anchors_offered = int(anchors.offered)
-            rows, cols, z, w, dropped = _usable(anchors, shape, cfg)
+            rows, cols, z, w, dropped = _usable(anchors, shape, cfg,
+                                                anchor_budget(shape, self.local_options))
             if dropped:
                 notes.append(dropped)
             report.anchors_used = len(z)
@@ -312,8 +315,11 @@ def _relative(relative) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _usable(anchors: Anchors, shape, cfg: ScaleRecoveryConfig):
-    """Anchors inside the image and the depth range, with finite values and weights."""
+def _usable(anchors: Anchors, shape, cfg: ScaleRecoveryConfig, budget: int):
+    """Anchors inside the image and the depth range, with finite values and weights; more
+    than ``budget`` are thinned evenly (in the sensor's order: over the whole image). A dense
+    sensor's 20k returns hold no more for a two-parameter fit, or for the local correction
+    (which keeps as many), than an even fraction of them, and every pass over them costs."""
     h, w = shape
     rows, cols, z, wt = anchors.rows, anchors.cols, anchors.depth, anchors.weight
     inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
@@ -327,8 +333,11 @@ def _usable(anchors: Anchors, shape, cfg: ScaleRecoveryConfig):
     if bad:
         notes.append(f'{bad} anchors outside [{cfg.min_depth:g}, {cfg.max_depth:g}] m or '
                      'without a valid depth/weight dropped')
-    return (rows[ok].astype(np.int64), cols[ok].astype(np.int64), z[ok].astype(np.float64),
-            wt[ok].astype(np.float64), '; '.join(notes))
+    keep = np.flatnonzero(ok)
+    if len(keep) > budget:
+        keep = keep[evenly_spaced(len(keep), budget)]
+    return (rows[keep].astype(np.int64), cols[keep].astype(np.int64),
+            z[keep].astype(np.float64), wt[keep].astype(np.float64), '; '.join(notes))
 
 
 def _clip_range(depth: np.ndarray, lo: float, hi: float) -> None:
