@@ -248,6 +248,49 @@ def test_the_spline_solve_runs_on_one_blas_thread(monkeypatch):
         assert openblas_threads() == before
 
 
+def test_opencv_runs_on_the_calling_thread_during_the_correction(monkeypatch):
+    """OpenCV's pool is off while the correction runs (its many small calls gain nothing from
+    it and leave its workers spinning), also for a second thread inside at the same time, and
+    its size is restored once the last one leaves."""
+    import threading
+
+    import cv2
+
+    import fiffdepth_ros.scale.local_correction as lc
+
+    truth, _ = _truth()
+    rows, cols = _anchors(200, seed=9)
+    aligned = (truth * _smooth_error()).astype(np.float32)
+    seen = []
+    inside, release = threading.Event(), threading.Event()
+    real_resize = cv2.resize
+
+    def resize(*args, **kwargs):
+        seen.append(cv2.getNumThreads())
+        if threading.current_thread() is not threading.main_thread() and not inside.is_set():
+            inside.set()
+            release.wait(10)                 # hold the other thread inside the correction
+        return real_resize(*args, **kwargs)
+
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        monkeypatch.setattr(lc.cv2, 'resize', resize)
+        other = threading.Thread(target=local_correction,
+                                 args=(aligned, rows, cols, truth[rows, cols]))
+        other.start()
+        assert inside.wait(10)
+        local_correction(aligned, rows, cols, truth[rows, cols])     # while the other is inside
+        assert cv2.getNumThreads() == 1          # the other thread is still inside
+        release.set()
+        other.join(10)
+        assert seen and set(seen) == {1}
+        assert cv2.getNumThreads() == 2
+    finally:
+        release.set()
+        cv2.setNumThreads(before)
+
+
 def test_the_spline_base_carries_a_smooth_warp_across_sparse_anchors():
     """40 anchors, a smooth warp (the prediction's typical error between sparse anchors): the
     spline base follows its trend through the gaps, where the local means alone (spline off)
