@@ -683,9 +683,9 @@ def guide_section(args, relative, gt, valid, sparse_rc):
     print('|---|---:|---:|---|')
     for name, (ms, cpu) in times.items():
         print(f'| {name} | {ms:.2f} | {cpu:.2f} | {verdict(cpu <= 5.0)} |')
-    print('Process CPU above wall time is threads waiting, not work: OpenCV\'s pool workers '
-          'spin after its parallel calls (with cv2.setNumThreads(1) CPU equals wall), torch\'s '
-          'OpenMP workers after its affine map (torch rows). '
+    print('The correction runs OpenCV on the calling thread (its pool\'s woken workers '
+          'would spin idle), so process CPU is about the wall time; in the torch rows the '
+          'CPU above it is torch\'s OpenMP workers spinning after its affine map. '
           'The torch finishing path runs where the model is on CUDA; on a CPU tensor it runs '
           'the numpy path on the tensor\'s memory.')
     print('For reference (other data: NYUv2, 500 anchors): Marigold-DC reports MAE 0.048 m, '
