@@ -3,7 +3,11 @@
 The same synthetic LiDAR bag is processed twice -- the tiny checkpoint on torch, and its
 dynamic export on ONNX Runtime given as --model -- and the outputs compared message by
 message: the relative depth (raw model output) within 1e-4 of its range, the metric depth
-(after the LiDAR scale fit) within 1e-3 relative, clouds of the same size."""
+(after the LiDAR scale fit and the local correction) within 1e-3 relative on 99 % of the pixels
+and 5e-3 everywhere, clouds of the same size. (The local correction judges sparse anchors by
+the median of their nearest neighbours, a choice among ties on a LiDAR ring that a 1e-4 input
+difference can flip: measured 2026-12-07, one frame of three had 78 of 19200 pixels between
+1e-3 and 1.9e-3, the others stayed within 3.3e-4.)"""
 import numpy as np
 import yaml
 
@@ -51,5 +55,7 @@ def test_process_bag_with_an_export_equals_torch(tmp_path, tiny_checkpoint, caps
         d1, d2 = image_msg_to_depth(m1), image_msg_to_depth(m2)
         both = np.isfinite(d1) & np.isfinite(d2)
         assert both.mean() > 0.9 and (np.isfinite(d1) == np.isfinite(d2)).mean() > 0.999
-        assert np.max(np.abs(d1[both] - d2[both]) / d1[both]) < 1e-3
+        rel = np.abs(d1[both] - d2[both]) / d1[both]
+        assert np.mean(rel < 1e-3) >= 0.99 and np.max(rel) < 5e-3, (np.mean(rel < 1e-3),
+                                                                     np.max(rel))
     assert [len(d) for _, d in a.raw[OUT['points']]] == [len(d) for _, d in b.raw[OUT['points']]]
