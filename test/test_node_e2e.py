@@ -242,9 +242,9 @@ def test_diagnostics_report_rates_scale_and_device(lidar_node):
     assert client.wait_for_node(10, lidar=True), node.log()
     stamps = [(1_700_000_600 + i) * 1_000_000_000 for i in range(3)]
     assert any(send_and_wait(client, s, timeout_s=10) is not None for s in stamps), node.log()
-    # Diagnostics come once a second and describe the last finished frame: one sent before
-    # this frame was done (under load, the previous test's last frame) would be stale, so
-    # wait for two more after its output arrived.
+    # Diagnostics come every diagnostics_period and describe the last finished frame: one sent
+    # before this frame was done (under load, an older frame's) would be stale, so wait for
+    # two more after its output arrived.
     seen = client.count('diagnostics')
     assert client.wait_until(lambda: client.count('diagnostics') >= seen + 2, 10), node.log()
     status = client.messages('diagnostics')[-1].status[0]
