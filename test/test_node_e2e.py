@@ -235,10 +235,11 @@ def test_parameters_validated_at_run_time(lidar_node):
 
 def test_diagnostics_report_rates_scale_and_device(lidar_node):
     node, client = lidar_node
-    # After the previous tests (a clock jump back, parameter changes) the first frame's sweep
-    # is not matched in the whole file's run (the node logs "no LiDAR sweep within
-    # max_anchor_age" and withholds its metric depth; run alone it is metric): up to three
-    # frames. Before, this test read whatever diagnostics came last, often older frames'.
+    # Right after test_parameters_validated_at_run_time (its last call sets output_encoding
+    # and cloud_stride back), the first frame's sweep is not matched (the node logs "no LiDAR
+    # sweep within max_anchor_age" and withholds its metric depth; after the other tests it is
+    # metric): up to three frames. Before, this test read whatever diagnostics came last,
+    # often older frames'.
     assert client.wait_for_node(10, lidar=True), node.log()
     stamps = [(1_700_000_600 + i) * 1_000_000_000 for i in range(3)]
     assert any(send_and_wait(client, s, timeout_s=10) is not None for s in stamps), node.log()
