@@ -51,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from fiffdepth_ros.geometry.camera_model import CameraModel  # noqa: E402
 from fiffdepth_ros.geometry.transforms import RigidTransform  # noqa: E402
 from fiffdepth_ros.scale.anchors import depth_image_anchors, lidar_anchors  # noqa: E402
-from fiffdepth_ros.scale.fit import apply_fit, evenly_spaced, fit_scale_shift  # noqa: E402
+from fiffdepth_ros.scale.fit import apply_fit, fit_scale_shift  # noqa: E402
 from fiffdepth_ros.scale.local_correction import (GUIDES, LocalCorrectionOptions,  # noqa: E402
-                                                  anchor_budget, local_correction)
+                                                  local_correction, thinned)
 from fiffdepth_ros.scale.recovery import ScaleRecovery, ScaleRecoveryConfig  # noqa: E402
 import timing  # noqa: E402  (bench/timing.py, beside this script)
 
@@ -283,7 +283,7 @@ def run_timing(relative, gt, valid, repeats):
 
         rec = ScaleRecovery(ScaleRecoveryConfig(max_depth=10.0))
         stamp = iter(np.arange(10 ** 6) * 0.033)
-        keep = evenly_spaced(len(z), anchor_budget(relative.shape))    # as ScaleRecovery
+        keep = thinned(len(z), relative.shape)    # as ScaleRecovery
         steps[f'fit only ({name})'] = \
             lambda x=x, z=z, w=w, keep=keep: fit_scale_shift(x[keep], z[keep], w[keep])
         steps[f'fit + local correction ({name})'] = fit_and_local
@@ -292,12 +292,17 @@ def run_timing(relative, gt, valid, repeats):
     return timing.interleaved_ms(steps, repeats)
 
 
+def node_anchors(shape, options, *arrays):
+    """The anchors' arrays as ScaleRecovery hands them on (``thinned``)."""
+    keep = thinned(len(arrays[0]), shape, options)
+    return tuple(a[keep] for a in arrays)
+
+
 def node_fit_and_correction(relative, x, z, w, r, c, options=None, rgb=None):
     """Fit + local correction as ScaleRecovery does them: dense sets thinned evenly to the
     correction's anchor budget, the fit, the aligned depth corrected in place."""
     options = options or LocalCorrectionOptions()
-    keep = evenly_spaced(len(z), anchor_budget(relative.shape, options))
-    x, z, w, r, c = x[keep], z[keep], w[keep], r[keep], c[keep]
+    x, z, w, r, c = node_anchors(relative.shape, options, x, z, w, r, c)
     f = fit_scale_shift(x, z, w)
     aligned = apply_fit(relative, f.scale, f.shift, 'depth')
     return local_correction(aligned, r, c, z, w, options, image=rgb, out=aligned)
@@ -519,8 +524,7 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
             steps[f'numpy, {name}, guide {guide}'] = numpy_path
             if torch is not None:
                 def torch_path(x=x, z=z, w=w, r=r, c=c, opts=opts):
-                    keep = evenly_spaced(len(z), anchor_budget(relative.shape, opts))
-                    x, z, w, r, c = x[keep], z[keep], w[keep], r[keep], c[keep]
+                    x, z, w, r, c = node_anchors(relative.shape, opts, x, z, w, r, c)
                     f = fit_scale_shift(x, z, w)
                     aligned = rel_t * np.float32(f.scale) + np.float32(f.shift)
                     return local_correction_torch(aligned, r, c, z, w, opts, image=rgb)

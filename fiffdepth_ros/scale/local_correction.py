@@ -439,6 +439,13 @@ def anchor_budget(shape, options: LocalCorrectionOptions = LocalCorrectionOption
     return int(options.max_anchors_per_cell * _cells(shape, options))
 
 
+def thinned(n: int, shape, options: LocalCorrectionOptions = LocalCorrectionOptions()
+            ) -> np.ndarray:
+    """Indices of the n anchors (in the sensor's order) that the correction keeps over an
+    image of ``shape``: all of them, or ``anchor_budget`` of them evenly spaced."""
+    return evenly_spaced(n, anchor_budget(shape, options))
+
+
 @dataclass(eq=False)
 class CorrectionGrid:
     """A frame's correction on the coarse grid, built from its anchors alone: what remains is
@@ -571,7 +578,7 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
     z = np.asarray(depth, np.float64)
     weights = np.zeros(len(z))
     # Thinned anchors get weight 0 (not judged).
-    used = evenly_spaced(len(z), anchor_budget((h, w), options))
+    used = thinned(len(z), (h, w), options)
     rows, cols, z = rows[used], cols[used], z[used]
     a = np.asarray(sample(rows, cols), np.float32).astype(np.float64)
     valid = np.isfinite(a) & (a > 0) & np.isfinite(z) & (z > 0)
@@ -676,10 +683,10 @@ def _read_at(field: np.ndarray, grid: _Grid, rows, cols, anchor_bins) -> np.ndar
     """The (gh, gw, bins) ``field`` at anchor pixels as ``_slice`` reads it at a pixel
     (bilinear in space on the same cell centres and clamps, linear between the two bins of
     ``anchor_bins``, from ``_RangeAxis.locate``; None without the bilateral axis), float64."""
+    if anchor_bins is None:
+        return _bilinear(field[:, :, 0], grid, rows, cols)
     gx = _cell_coords(grid.w, grid.cell, grid.nw)[cols].reshape(1, -1)
     gy = _cell_coords(grid.h, grid.cell, grid.nh)[rows].reshape(1, -1)
-    if anchor_bins is None:
-        return cv2.remap(field[:, :, 0], gx, gy, cv2.INTER_LINEAR).ravel().astype(np.float64)
     gh, gw, bins = field.shape
     b0, _, fb = anchor_bins
     tiles = np.ascontiguousarray(field.transpose(0, 2, 1)).reshape(gh, bins * gw)
@@ -913,11 +920,9 @@ def _nodes(n: int):
 def _bilinear(field: np.ndarray, grid: _Grid, rows, cols) -> np.ndarray:
     """A float32 (gh, gw) grid read bilinearly at pixels (cell i centred on pixel
     (i + 0.5) * cell - 0.5, clamped to the cells that cover the image), float64."""
-    scale = np.float32(1.0 / grid.cell)
-    mx = np.minimum(np.maximum((cols.astype(np.float32) + 0.5) * scale - 0.5, 0), grid.nw - 1)
-    my = np.minimum(np.maximum((rows.astype(np.float32) + 0.5) * scale - 0.5, 0), grid.nh - 1)
-    out = cv2.remap(field, mx.reshape(1, -1), my.reshape(1, -1), cv2.INTER_LINEAR,
-                    borderMode=cv2.BORDER_REPLICATE)
+    mx = _cell_coords(grid.w, grid.cell, grid.nw)[cols].reshape(1, -1)
+    my = _cell_coords(grid.h, grid.cell, grid.nh)[rows].reshape(1, -1)
+    out = cv2.remap(field, mx, my, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
     return out.ravel().astype(np.float64)
 
 

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .anchors import Anchors
-from .fit import SPACES, FitOptions, apply_fit, evenly_spaced, fit_scale_shift
-from .local_correction import (GUIDES, LocalCorrectionOptions, anchor_budget, check_guide_image,
-                               local_correction)
+from .fit import SPACES, FitOptions, apply_fit, fit_scale_shift
+from .local_correction import (GUIDES, LocalCorrectionOptions, check_guide_image,
+                               local_correction, thinned)
 from .temporal import Measurement, TemporalFilter, TemporalOptions
 
 STATUSES = ('fitted', 'scale-only', 'held', 'none')
@@ -210,8 +210,7 @@ class ScaleRecovery:
         if anchors is not None:
             state.had_anchors = True
             report.anchors_offered = int(anchors.offered)
-            rows, cols, z, w, dropped = _usable(anchors, shape, cfg,
-                                                anchor_budget(shape, self.local_options))
+            rows, cols, z, w, dropped = _usable(anchors, shape, cfg, self.local_options)
             if dropped:
                 notes.append(dropped)
             report.anchors_used = len(z)
@@ -315,9 +314,11 @@ def _relative(relative) -> np.ndarray:
     return np.ascontiguousarray(arr, dtype=np.float32)
 
 
-def _usable(anchors: Anchors, shape, cfg: ScaleRecoveryConfig, budget: int):
+def _usable(anchors: Anchors, shape, cfg: ScaleRecoveryConfig,
+            local_options: LocalCorrectionOptions):
     """Anchors inside the image and the depth range, with finite values and weights; more
-    than ``budget`` are thinned evenly (in the sensor's order: over the whole image). A dense
+    than the local correction keeps are thinned as it thins them (``thinned``: evenly, in the
+    sensor's order, over the whole image). A dense
     sensor's 20k returns hold no more for a two-parameter fit, or for the local correction
     (which keeps as many), than an even fraction of them, and every pass over them costs."""
     h, w = shape
@@ -334,8 +335,7 @@ def _usable(anchors: Anchors, shape, cfg: ScaleRecoveryConfig, budget: int):
         notes.append(f'{bad} anchors outside [{cfg.min_depth:g}, {cfg.max_depth:g}] m or '
                      'without a valid depth/weight dropped')
     keep = np.flatnonzero(ok)
-    if len(keep) > budget:
-        keep = keep[evenly_spaced(len(keep), budget)]
+    keep = keep[thinned(len(keep), shape, local_options)]
     return (rows[keep].astype(np.int64), cols[keep].astype(np.int64),
             z[keep].astype(np.float64), wt[keep].astype(np.float64), '; '.join(notes))
 
