@@ -185,10 +185,12 @@ class _Grid:
     """Coarse grid, optionally bilateral (bins along a third axis).
 
     Cell i is centred on pixel (i + 0.5) * cell - 0.5. The grid is padded with empty cells so
-    that each side halves exactly down to the coarsest pyramid floor. Grids are stored as
-    (gh, gw, 2, channels): (numerator, denominator) while splatting, (estimate, base share)
-    after blending. A bilateral grid has ``bins + 3`` channels: the bins, two empty guards (the
-    range blur reaches two bins) and the purely spatial grid (the splat summed over bins).
+    that each side halves exactly down to the coarsest pyramid floor. Grids are stored as two
+    planes, (2, gh, gw, channels): (numerator, denominator) while splatting, (estimate, base
+    share) after blending; each plane contiguous, so the blending's arithmetic runs on
+    contiguous arrays (~3x faster than on every other channel group). A bilateral grid has
+    ``bins + 3`` channels: the bins, two empty guards (the range blur reaches two bins) and
+    the purely spatial grid (the splat summed over bins).
     """
 
     def __init__(self, height: int, width: int, cell: int, base_sigma: float,
@@ -216,6 +218,11 @@ class _Grid:
     def spatial_channel(self) -> int:
         return self.bins + 2
 
+    @property
+    def plane(self) -> int:
+        """Values in one of the two planes (the flat offset of the second)."""
+        return self.gh * self.gw * self.channels
+
     @staticmethod
     def _axis(pos, n):
         i0 = np.clip(np.floor(pos), 0, max(n - 2, 0)).astype(np.int64)
@@ -223,7 +230,7 @@ class _Grid:
         return i0, np.minimum(i0 + 1, n - 1), f
 
     def corners(self, rows, cols, anchor_bins=None, nearest=False):
-        """Flat indices into a (gh, gw, 2, channels) grid (first of the pair) and weights,
+        """Flat indices into a (2, gh, gw, channels) grid (first plane) and weights,
         both (k, n), of the grid corners of n points: 4 (bilinear) or 1 (``nearest`` cell) in
         space, times 2 along the bilateral axis (``anchor_bins`` from _RangeAxis.locate)."""
         if nearest:
@@ -237,7 +244,7 @@ class _Grid:
             idx = (ys[:, None] + xs[None]).reshape(4, -1)
             wy, wx = np.stack([1 - fy, fy]), np.stack([1 - fx, fx])
             wts = (wy[:, None] * wx[None]).reshape(4, -1)
-        idx = idx * (2 * self.channels)
+        idx = idx * self.channels
         if anchor_bins is not None:
             b0, b1, fb = anchor_bins
             k = len(idx)
@@ -250,10 +257,10 @@ class _Grid:
         """The bincount index of ``splat`` for these corners (num then den): fixed per anchor
         set, so the judging rounds compute it once."""
         idx = corners[0]
-        return np.concatenate([idx.ravel(), (idx + self.channels).ravel()])
+        return np.concatenate([idx.ravel(), (idx + self.plane).ravel()])
 
     def splat(self, corners, values, weights, index=None) -> np.ndarray:
-        """(num, den) of the points, (gh, gw, 2, channels) float32, by one bincount
+        """(num, den) of the points, (2, gh, gw, channels) float32, by one bincount
         (``index``: ``splat_index(corners)`` if already known)."""
         idx, wts = corners
         w = weights if wts is None else wts * weights
@@ -263,12 +270,12 @@ class _Grid:
         np.multiply(w, values, out=both[:size].reshape(idx.shape))
         both[size:].reshape(idx.shape)[...] = w
         flat = np.bincount(self.splat_index(corners) if index is None else index, both,
-                           self.gh * self.gw * 2 * self.channels)
-        return flat.astype(np.float32).reshape(self.gh, self.gw, 2, self.channels)
+                           2 * self.plane)
+        return flat.astype(np.float32).reshape(2, self.gh, self.gw, self.channels)
 
     def sample(self, state, corners, offset=0):
-        """Interpolate a (gh, gw, 2, channels) grid at the points: ``offset`` 0 reads the first
-        of the pair, ``channels`` the second."""
+        """Interpolate a (2, gh, gw, channels) grid at the points: ``offset`` 0 reads the
+        first plane, ``plane`` the second."""
         idx, wts = corners
         vals = state.ravel()[idx + offset] if offset else state.ravel()[idx]
         return vals[0] if wts is None else np.sum(vals * wts, axis=0)
@@ -291,25 +298,38 @@ class _RangeAxis:
 
 
 def _pool2(a: np.ndarray) -> np.ndarray:
-    """Mean over 2x2 blocks (sides are even by construction), any number of channels."""
-    h, w = a.shape[:2]
-    flat = a.reshape(h, w, -1)
-    return cv2.resize(flat, (w // 2, h // 2), interpolation=cv2.INTER_AREA) \
-        .reshape(h // 2, w // 2, *a.shape[2:])
+    """Mean over 2x2 blocks of both planes of a (2, h, w, channels) grid (sides are even by
+    construction: the planes stacked are one image whose 2x2 blocks never straddle them)."""
+    _, h, w, c = a.shape
+    return cv2.resize(a.reshape(2 * h, w, c), (w // 2, h), interpolation=cv2.INTER_AREA) \
+        .reshape(2, h // 2, w // 2, c)
 
 
-def _unpool2(a: np.ndarray, times: int = 1) -> np.ndarray:
-    """Bilinear 2x upsampling (inverse geometry of _pool2), ``times`` times."""
-    for _ in range(times):
-        h, w = a.shape[:2]
-        flat = a.reshape(h, w, -1)
-        a = cv2.resize(flat, (w * 2, h * 2), interpolation=cv2.INTER_LINEAR) \
-            .reshape(h * 2, w * 2, *a.shape[2:])
+def _unpool2(a: np.ndarray, times: int = 1, dst: np.ndarray | None = None) -> np.ndarray:
+    """Bilinear 2x upsampling of an (h, w, channels) grid (inverse geometry of _pool2),
+    ``times`` times; the last into ``dst`` if given (contiguous, of the result's shape)."""
+    for i in range(times):
+        h, w, c = a.shape
+        out = None if (dst is None or i < times - 1) else dst.reshape(h * 2, w * 2, c)
+        if out is not None and c == 1:
+            out = out[:, :, 0]                # OpenCV's one-channel image is 2-d
+        a = cv2.resize(a, (w * 2, h * 2), dst=out, interpolation=cv2.INTER_LINEAR) \
+            .reshape(h * 2, w * 2, c)
     return a
 
 
+@functools.lru_cache(maxsize=32)
+def _gaussian(sigma: float) -> np.ndarray:
+    """cv2.GaussianBlur's own float kernel for ``sigma`` (its size rule for float images,
+    2 * round(4 sigma) + 1), for sepFilter2D: the same sums without building the kernel on
+    every call (read only, cached)."""
+    kernel = cv2.getGaussianKernel(int(round(sigma * 8 + 1)) | 1, sigma, cv2.CV_32F)
+    kernel.flags.writeable = False
+    return kernel
+
+
 def _range_blur(nd: np.ndarray) -> np.ndarray:
-    """Blur (gh, gw, 2, channels) along the last axis with the binomial kernel, zero borders.
+    """Blur (2, gh, gw, channels) along the last axis with the binomial kernel, zero borders.
     Filtered down the columns of the transposed (channels, rows) image: a separable filter
     along rows of a few tens of channels costs ~2x in per-row setup (the same sums). (A
     product with the banded matrix is faster still, but hands the work to OpenBLAS's
@@ -323,7 +343,7 @@ def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool,
                 prior: tuple[float, float] | None = None) -> np.ndarray:
     """Density-adaptive normalised convolution over a pyramid; the base is 0.
 
-    ``nd``: splatted (num, den), shape (gh, gw, 2, channels). Returns, in the same layout, the
+    ``nd``: splatted (num, den), shape (2, gh, gw, channels). Returns, in the same layout, the
     blended estimate and the weight the base keeps, prod_k (1 - alpha_k), so that a non-zero
     base b can be added afterwards as est + keep * b.
 
@@ -344,20 +364,27 @@ def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool,
     # The estimate and the base's share, each contiguous (h, w, channels). Each level moves
     # both towards its own (estimate, 0) by alpha: est += alpha (n - est), keep -= alpha keep.
     # The grids are small: numpy calls and strided passes, not arithmetic, set the cost.
-    shape = pyramid[current].shape
-    est = np.zeros((*shape[:2], shape[3]), np.float32)
-    keep = np.ones_like(est)
+    # The result's planes: the state lands there when it reaches floor 0 (no final stack).
+    state = np.empty(nd.shape, np.float32)
+    if current == 0:
+        est, keep = state
+        est.fill(0.0)
+        keep.fill(1.0)
+    else:
+        est = np.zeros(pyramid[current].shape[1:], np.float32)
+        keep = np.ones_like(est)
     tiny, zero, one = np.float32(1e-30), np.float32(0.0), np.float32(1.0)
     for k in range(grid.levels - 1, -1, -1):
         j = floors[k]
         if current > j:                                      # carry the state down to floor j
-            est, keep = _unpool2(est, current - j), _unpool2(keep, current - j)
+            to = state if j == 0 else (None, None)
+            est = _unpool2(est, current - j, to[0])
+            keep = _unpool2(keep, current - j, to[1])
             current = j
         s = grid.sigmas[k] / 2 ** j
-        layer = pyramid[j]
-        target = cv2.GaussianBlur(layer.reshape(*layer.shape[:2], -1), (0, 0), s,
-                                  borderType=cv2.BORDER_CONSTANT).reshape(layer.shape)
-        n, d = target[:, :, 0], target[:, :, 1]
+        kernel = _gaussian(s)
+        n, d = (cv2.sepFilter2D(plane, -1, kernel, kernel, borderType=cv2.BORDER_CONSTANT)
+                .reshape(plane.shape) for plane in pyramid[j])
         # Effective anchors in the window: a unit-peak kernel summed over the splats.
         alpha = np.multiply(d, np.float32(gain * s * s * 4 ** j))
         if exclusive:                            # clip to [0, 1] (np.clip's wrapper is slower)
@@ -378,8 +405,9 @@ def _multiscale(grid: _Grid, nd: np.ndarray, gain: float, exclusive: bool,
         alpha *= keep
         keep -= alpha
     if current > 0:
-        est, keep = _unpool2(est, current), _unpool2(keep, current)
-    return np.stack([est, keep], 2)
+        _unpool2(est, current, state[0])
+        _unpool2(keep, current, state[1])
+    return state
 
 
 class _Fields:
@@ -397,8 +425,8 @@ class _Fields:
         self.index = self.grid.splat_index(self.corners)
 
     def build(self, v, wv, support, exclusive, prior=0.0) -> np.ndarray:
-        """The blended grid, (gh, gw, 2, channels): [..., 0, :bins] the field (the spatial
-        field if not bilateral), [..., 1, :bins] the share of the spatial fallback in it.
+        """The blended grid, (2, gh, gw, channels): [0, ..., :bins] the field (the spatial
+        field if not bilateral), [1, ..., :bins] the share of the spatial fallback in it.
         ``prior``: v = 0 (the global fit) counts as this many anchors in every window."""
         total = float(wv.sum())
         base = float(np.dot(v, wv)) / total
@@ -409,21 +437,22 @@ class _Fields:
         pseudo = (prior / support, -base) if prior > 0 else None   # v = 0, relative to base
         if grid.axis is None:
             state = _multiscale(grid, nd, gain, exclusive, pseudo)
-            state[:, :, 0] += np.float32(base)
+            state[0] += np.float32(base)
             return state
         bins, sp = grid.bins, grid.spatial_channel
-        np.sum(nd[..., :bins], axis=-1, out=nd[..., sp])
+        flat = nd.reshape(-1, grid.channels)       # (cv2.reduce: ~5x np.sum's speed here)
+        nd[..., sp] = cv2.reduce(flat[:, :bins], 1, cv2.REDUCE_SUM).reshape(nd.shape[:-1])
         nd = _range_blur(nd)       # commutes with pooling and spatial blur: done once
         state = _multiscale(grid, nd, gain / float(_RANGE_KERNEL[2]), exclusive, pseudo)
-        field, keep = state[:, :, 0, :bins], state[:, :, 1, :bins]
-        keep_spatial = keep * state[:, :, 0, sp:]
+        field, keep = state[0, ..., :bins], state[1, ..., :bins]
+        keep_spatial = keep * state[0, ..., sp:]
         field += keep_spatial
         field += np.float32(base)
         return state
 
     def sample(self, state, which=0):
         """The field (``which`` 0) or the fallback share (1) at the anchors."""
-        return self.grid.sample(state, self.corners, which * self.grid.channels)
+        return self.grid.sample(state, self.corners, which * self.grid.plane)
 
 
 def _cells(shape, options: LocalCorrectionOptions) -> int:
@@ -664,7 +693,7 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
         base = thin_plate_base((h, w), rows, cols, v, wv * u, fields.grid, options)
         v = v - _bilinear(base, fields.grid, rows, cols)
     state = fields.build(v, wv * u, options.min_support, False)
-    field = state[:, :, 0, :fields.grid.bins]
+    field = state[0, ..., :fields.grid.bins]
     if base is not None:
         field += base[:, :, None]
     # np.minimum/maximum: np.clip on this strided view costs ~10x (its wrapper's copies).
