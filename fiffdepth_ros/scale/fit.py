@@ -26,6 +26,7 @@ caller holds its last estimate.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -209,10 +210,32 @@ def fit_scale_shift(relative, depth, weight=None, options: FitOptions = FitOptio
 def evenly_spaced(n: int, k: int) -> np.ndarray:
     """Indices of at most k of n items, evenly spaced in input order (all of them if n <= k).
     Deterministic; sensors deliver anchors in scan or pixel order, so this thins them
-    uniformly over the image."""
-    if n <= k:
-        return np.arange(n)
-    return np.linspace(0, n - 1, max(k, 1)).round().astype(np.int64)
+    uniformly over the image. Read only: cached per (n, k), as a frame asks for the same
+    subsets several times (the fit's, the local correction's)."""
+    return _evenly_spaced(int(n), int(k))
+
+
+@functools.lru_cache(maxsize=32)
+def _evenly_spaced(n: int, k: int) -> np.ndarray:
+    idx = np.arange(n) if n <= k else np.linspace(0, n - 1, max(k, 1)).round().astype(np.int64)
+    idx.flags.writeable = False
+    return idx
+
+
+def _median(a: np.ndarray) -> float:
+    """np.median of a non-empty array without NaN (the same value: the middle element, or
+    the mean of the middle two), by one partition, without np.median's overhead."""
+    n = len(a)
+    if n % 2:
+        return float(np.partition(a, n // 2)[n // 2])
+    lo, hi = np.partition(a, (n // 2 - 1, n // 2))[n // 2 - 1:n // 2 + 1]
+    return float((lo + hi) / 2)
+
+
+def _sorted_median(a: np.ndarray) -> float:
+    """np.median of an ascending, non-empty array without NaN."""
+    n = len(a)
+    return float(a[n // 2]) if n % 2 else float((a[n // 2 - 1] + a[n // 2]) / 2)
 
 
 def _median_rows(a: np.ndarray) -> np.ndarray:
@@ -253,11 +276,11 @@ def _resistant_line(x, y) -> tuple[float, float]:
     if third < 1:
         return np.nan, np.nan
     lo, hi = order[:third], order[-third:]
-    dx = float(np.median(x[hi]) - np.median(x[lo]))
+    dx = _sorted_median(x[hi]) - _sorted_median(x[lo])      # x[order] ascends
     if not dx > 0:
         return np.nan, np.nan
-    s = float(np.median(y[hi]) - np.median(y[lo])) / dx
-    return s, float(np.median(y - s * x))
+    s = (_median(y[hi]) - _median(y[lo])) / dx
+    return s, _median(y - s * x)
 
 
 def _robust_line(p: _Problem, options: FitOptions) -> tuple[float, float]:
