@@ -428,27 +428,59 @@ class _Fields:
         """The blended grid, (2, gh, gw, channels): [0, ..., :bins] the field (the spatial
         field if not bilateral), [1, ..., :bins] the share of the spatial fallback in it.
         ``prior``: v = 0 (the global fit) counts as this many anchors in every window."""
+        nd, base, gain = self.splat(v, wv, support)
+        pseudo = (prior / support, -base) if prior > 0 else None   # v = 0, relative to base
+        return self.blend(_multiscale(self.grid, nd, gain, exclusive, pseudo), base)
+
+    def splat(self, v, wv, support):
+        """(nd, base, gain): the anchors splatted relative to their weighted mean ``base``
+        (with the spatial channel and the range blur on a bilateral grid), and the gain of
+        _multiscale."""
         total = float(wv.sum())
         base = float(np.dot(v, wv)) / total
         mean_w = total / np.count_nonzero(wv)
         gain = 2.0 * np.pi / (mean_w * support)
-        nd = self.grid.splat(self.corners, v - base, wv, self.index)
         grid = self.grid
-        pseudo = (prior / support, -base) if prior > 0 else None   # v = 0, relative to base
+        nd = grid.splat(self.corners, v - base, wv, self.index)
         if grid.axis is None:
-            state = _multiscale(grid, nd, gain, exclusive, pseudo)
+            return nd, base, gain
+        flat = nd.reshape(-1, grid.channels)       # (cv2.reduce: ~5x np.sum's speed here)
+        nd[..., grid.spatial_channel] = cv2.reduce(flat[:, :grid.bins], 1, cv2.REDUCE_SUM) \
+            .reshape(nd.shape[:-1])
+        nd = _range_blur(nd)       # commutes with pooling and spatial blur: done once
+        return nd, base, gain / float(_RANGE_KERNEL[2])
+
+    def blend(self, state, base) -> np.ndarray:
+        """``state`` from _multiscale as ``build`` returns it: the spatial fallback blended
+        into the bins, the base added back (in place)."""
+        grid = self.grid
+        if grid.axis is None:
             state[0] += np.float32(base)
             return state
         bins, sp = grid.bins, grid.spatial_channel
-        flat = nd.reshape(-1, grid.channels)       # (cv2.reduce: ~5x np.sum's speed here)
-        nd[..., sp] = cv2.reduce(flat[:, :bins], 1, cv2.REDUCE_SUM).reshape(nd.shape[:-1])
-        nd = _range_blur(nd)       # commutes with pooling and spatial blur: done once
-        state = _multiscale(grid, nd, gain / float(_RANGE_KERNEL[2]), exclusive, pseudo)
         field, keep = state[0, ..., :bins], state[1, ..., :bins]
         keep_spatial = keep * state[0, ..., sp:]
         field += keep_spatial
         field += np.float32(base)
         return state
+
+    @staticmethod
+    def build_together(fields: 'list[_Fields]', v, wv, support) -> list:
+        """``build(v, wv, support, False)`` of bilateral fields on grids of the same cells
+        and scales (their bins differ): one _multiscale over their channels side by side
+        (each channel is blended on its own), each then split off: the small grids' cost is
+        the number of calls, not the values."""
+        parts = [f.splat(v, wv, support) for f in fields]
+        grid = fields[0].grid
+        assert all(f.grid.axis is not None and (f.grid.gh, f.grid.gw, f.grid.floors,
+                                                f.grid.sigmas)
+                   == (grid.gh, grid.gw, grid.floors, grid.sigmas) for f in fields)
+        assert all(p[2] == parts[0][2] for p in parts)       # the same anchors and weights
+        state = _multiscale(grid, np.concatenate([p[0] for p in parts], -1), parts[0][2],
+                            False)
+        ends = np.cumsum([0] + [f.grid.channels for f in fields])
+        return [f.blend(np.ascontiguousarray(state[..., lo:hi]), p[1])
+                for f, p, lo, hi in zip(fields, parts, ends[:-1], ends[1:])]
 
     def sample(self, state, which=0):
         """The field (``which`` 0) or the fallback share (1) at the anchors."""
@@ -546,6 +578,7 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
     train = np.arange(len(sub)) % 2 == 0
     test = ~train
     best = None
+    candidates = []
     for md, mc in MIX_CANDIDATES:
         mix = (md, mc * k)
         if mix == (1.0, 0.0) and depth_axis is not None and depth_axis[0] is not None:
@@ -553,10 +586,12 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
         else:
             axis, bins = _axis_for(options, shape[1], mix, sga, sla, depth_extent,
                                    light_extent)
-        fields = _Fields(shape, options, _JUDGE_CELLS * options.cell, srows[train],
-                         scols[train], axis, tuple(b[train] for b in bins), nearest=True,
-                         ratio=_JUDGE_RATIO)
-        state = fields.build(sv[train], su[train], options.min_support, False)
+        candidates.append((mix, bins, _Fields(
+            shape, options, _JUDGE_CELLS * options.cell, srows[train], scols[train], axis,
+            tuple(b[train] for b in bins), nearest=True, ratio=_JUDGE_RATIO)))
+    states = _Fields.build_together([c[2] for c in candidates], sv[train], su[train],
+                                    options.min_support)
+    for (mix, bins, fields), state in zip(candidates, states):
         at = fields.grid.corners(srows[test], scols[test], tuple(b[test] for b in bins),
                                  nearest=True)
         e = np.abs(sv[test] - fields.grid.sample(state, at))
