@@ -413,5 +413,8 @@ def apply_fit(relative: np.ndarray, scale: float, shift: float, space: str) -> n
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
         if space == 'inverse':
             np.divide(np.float32(1.0), out, out=out)
-        np.copyto(out, np.float32(np.nan), where=~(out > 0) | (out == np.inf))
+        # Not a positive finite depth (NaN stays NaN: it needs no mask).
+        bad = out <= 0
+        bad |= out == np.inf
+        np.copyto(out, np.float32(np.nan), where=bad)
     return out

@@ -486,6 +486,12 @@ class _Fields:
         """The field (``which`` 0) or the fallback share (1) at the anchors."""
         return self.grid.sample(state, self.corners, which * self.grid.plane)
 
+    def sample_planes(self, state):
+        """(field, fallback share) at the anchors, by one gather (``index`` reads both)."""
+        vals = state.reshape(-1)[self.index].reshape(2, *self.corners[0].shape)
+        wts = self.corners[1]
+        return vals[:, 0] if wts is None else np.sum(vals * wts, axis=1)
+
 
 def _cells(shape, options: LocalCorrectionOptions) -> int:
     """Cells of the interpolation grid over an image of ``shape``."""
@@ -677,13 +683,15 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
         # Judging counts anchors, not their claimed precision: an outlier's own noise model
         # is as wrong as its depth (a near-looking return claims a small sigma).
         state = judge.build(v, u, options.outlier_support, True, options.judge_prior)
-        e = v - judge.sample(state)
         if axis is not None:
             # Only anchors on the same surface (similar predicted depth) can outvote an anchor;
             # one whose depth band holds no other anchors nearby is not judged by the spatial
             # fallback (it may sample a structure, e.g. a corner, that only it sees).
-            unjudged = judge.sample(state, 1)
+            e, unjudged = judge.sample_planes(state)
+            np.subtract(v, e, out=e)
             e *= 1.0 - unjudged
+        else:
+            e = v - judge.sample(state)
         t = np.minimum(np.abs(e) * (1.0 / options.outlier_cutoff), 1.0)
         u_new = (1.0 - t * t) ** 2
         if not u_new.any():
@@ -1026,7 +1034,11 @@ def check_guide_image(image, shape) -> np.ndarray:
 
 def lightness_at(image: np.ndarray, rows, cols) -> np.ndarray:
     """The image's lightness (Rec. 601 luma, 0-1, float32) at the given pixels."""
-    px = image[rows, cols].astype(np.float32)
+    if image.flags.c_contiguous:        # np.take on the flat pixels: ~2x a 2-d fancy index
+        px = np.take(image.reshape(-1, 3), np.asarray(rows) * image.shape[1] + cols, axis=0)
+    else:
+        px = image[rows, cols]
+    px = px.astype(np.float32)
     return px[:, 0] * _LUMA[0] + px[:, 1] * _LUMA[1] + px[:, 2] * _LUMA[2]
 
 
