@@ -81,7 +81,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from .fit import _median_rows, evenly_spaced
+from .fit import _median, _median_rows, evenly_spaced
 
 GUIDES = ('depth', 'image', 'both')
 
@@ -696,7 +696,7 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
         u_new = (1.0 - t * t) ** 2
         if not u_new.any():
             break
-        change = float(np.mean(np.abs(u_new - u)))
+        change = float(np.abs(u_new - u).sum()) / len(u)    # the mean (np.mean's sum)
         u = u_new
         if change < options.settle:    # the field is a weighted mean: it has settled as well
             break
@@ -713,7 +713,7 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
     if judged and u.any():
         # Reported only (the cutoff is fixed, see the module docstring); a subset suffices.
         spread = np.abs(e[u > 0])
-        sigma = 1.4826 * float(np.median(spread[::max(len(spread) // 2048, 1)]))
+        sigma = 1.4826 * _median(spread[::max(len(spread) // 2048, 1)])
 
     mix = judge_mix
     if guide == 'both':
