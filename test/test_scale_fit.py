@@ -184,3 +184,29 @@ def test_second_start_runs_only_when_the_first_leaves_many_anchors_out(monkeypat
     calls.clear()
     fit_scale_shift(x[:40], z[:40])                 # few anchors
     assert calls                                    # small sets always try both (cheap)
+
+
+def test_apply_fit_marks_overflow_invalid():
+    rel = np.array([[3e38, -3e38, 1.0]], np.float32)
+    depth = apply_fit(rel, 10.0, 0.0, 'depth')           # +inf, -inf: not a depth
+    assert np.isnan(depth[0, 0]) and np.isnan(depth[0, 1]) and depth[0, 2] == 10.0
+
+
+def test_evenly_spaced_subsets_are_even_read_only_and_reused():
+    from fiffdepth_ros.scale.fit import evenly_spaced
+    idx = evenly_spaced(4800, 1024)
+    assert len(idx) == 1024 and idx[0] == 0 and idx[-1] == 4799
+    np.testing.assert_array_equal(idx, np.linspace(0, 4799, 1024).round().astype(np.int64))
+    assert np.all(np.diff(idx) >= 4) and np.all(np.diff(idx) <= 5)
+    assert evenly_spaced(4800, 1024) is idx                 # cached: one frame asks twice
+    with pytest.raises(ValueError):
+        idx[0] = 1                                          # shared, so read only
+    np.testing.assert_array_equal(evenly_spaced(7, 10), np.arange(7))
+
+
+@pytest.mark.parametrize('n', [1, 2, 3, 10, 11, 1024, 1025])
+def test_partition_medians_equal_numpys(n):
+    from fiffdepth_ros.scale.fit import _median, _sorted_median
+    a = np.random.default_rng(n).normal(size=n)
+    assert _median(a) == float(np.median(a))
+    assert _sorted_median(np.sort(a)) == float(np.median(a))

@@ -402,3 +402,27 @@ def test_detail_level_honours_anchors_closer_than_a_cell_and_leaves_the_gaps_to_
     assert _absrel(off.depth[near], truth[near]) > 0.015                 # the grid alone
     assert _absrel(on.depth[near], truth[near]) < 0.4 * _absrel(off.depth[near], truth[near])
     np.testing.assert_allclose(on.depth[far], off.depth[far], rtol=2e-3)
+
+
+def test_fields_blended_together_equal_fields_blended_apart():
+    """'both' blends its two holdout candidates in one _multiscale (channels side by side):
+    each must come out as built on its own (to float32 rounding: OpenCV's filters may take
+    another vector path for another channel count)."""
+    from fiffdepth_ros.scale.local_correction import _Fields, _RangeAxis
+    opts = LocalCorrectionOptions()
+    rng = np.random.default_rng(3)
+    rows, cols = _anchors(400, seed=3)
+    v = rng.normal(0.0, 0.1, len(rows))
+    u = rng.uniform(0.0, 1.0, len(rows))
+    u[::7] = 0.0
+    fields = []
+    for lo, hi, guide in ((0.5, 1.5, rng.uniform(0.5, 1.5, len(rows))),
+                          (0.0, 3.0, rng.uniform(0.0, 3.0, len(rows)))):
+        axis = _RangeAxis(lo, hi, opts, -(-W // opts.cell))
+        fields.append(_Fields((H, W), opts, 4 * opts.cell, rows, cols, axis,
+                              axis.locate(guide), nearest=True, ratio=4.0))
+    assert fields[0].grid.bins != fields[1].grid.bins
+    together = _Fields.build_together(fields, v, u, opts.min_support)
+    for f, state in zip(fields, together):
+        np.testing.assert_allclose(state, f.build(v, u, opts.min_support, False), rtol=1e-6,
+                                   atol=1e-8)
