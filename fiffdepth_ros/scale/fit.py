@@ -408,9 +408,9 @@ def apply_fit(relative: np.ndarray, scale: float, shift: float, space: str) -> n
     """Metric depth (float32, a new array) from relative values; results that are not a positive
     finite depth (e.g. behind the near plane of the fit) are NaN."""
     rel = np.asarray(relative, dtype=np.float32)
-    out = rel * np.float32(scale)
-    out += np.float32(shift)
     with np.errstate(divide='ignore', invalid='ignore', over='ignore'):
+        out = rel * np.float32(scale)          # overflow gives inf: marked invalid below
+        out += np.float32(shift)
         if space == 'inverse':
             np.divide(np.float32(1.0), out, out=out)
         # Not a positive finite depth (NaN stays NaN: it needs no mask).
