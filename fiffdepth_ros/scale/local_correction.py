@@ -577,7 +577,10 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
     bins as soon as some are rejected, and its weights were set by agreement with the depth
     guide's field; both favoured the depth guide on corrupted anchor sets (a 16-line scan with
     30 % corrupted went back to the depth guide and lost 12 %).
-    ``depth_axis``: the judging's (axis, bins), returned as they are when the depth wins."""
+    ``depth_axis``: the judging's (axis, bins), returned as they are when the depth wins.
+    The candidates' axes span the subset's own guide values (a choice read at anchors only);
+    ``light_extent()``, the lightness's extent over the image, is asked for only when a mix
+    with the image wins (its axis must cover every pixel)."""
     k = options.range_sigma / options.colour_sigma
     sub = evenly_spaced(len(v), _CHOOSE_ANCHORS)
     srows, scols, sv, su, sga, sla = (x[sub] for x in (rows, cols, v, u, ga, la))
@@ -590,8 +593,7 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
         if mix == (1.0, 0.0) and depth_axis is not None and depth_axis[0] is not None:
             axis, bins = depth_axis[0], tuple(b[sub] for b in depth_axis[1])   # the judging's
         else:
-            axis, bins = _axis_for(options, shape[1], mix, sga, sla, depth_extent,
-                                   light_extent)
+            axis, bins = _axis_for(options, shape[1], mix, sga, sla, None, None)
         candidates.append((mix, bins, _Fields(
             shape, options, _JUDGE_CELLS * options.cell, srows[train], scols[train], axis,
             tuple(b[train] for b in bins), nearest=True, ratio=_JUDGE_RATIO)))
@@ -607,7 +609,15 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
     mix = best[1]
     if mix == (1.0, 0.0) and depth_axis is not None:
         return (mix, *depth_axis)
-    return (mix, *_axis_for(options, shape[1], mix, ga, la, depth_extent, light_extent))
+    return (mix, *_axis_for(options, shape[1], mix, ga, la, depth_extent,
+                            light_extent() if mix[1] else None))
+
+
+def _once(value):
+    """A function returning ``value``, or ``value()`` computed on the first call if callable."""
+    if callable(value):
+        return functools.cache(value)
+    return lambda: value
 
 
 def _axis_for(options, w, mix, ga, la, depth_extent, light_extent):
@@ -633,8 +643,9 @@ def correction_grid(shape, rows, cols, depth, weight, sample, guide_extent,
     behind it), ``guide_extent`` is ``guide_range`` of the half-resolution log guide (only
     read with ``options.edge_aware``). ``lightness(rows, cols)``: the image's lightness at
     anchor pixels (``image_lightness``), None without an image (the guide is then the depth,
-    whatever ``options.guide``); ``lightness_extent``: its ``guide_range``. OpenCV runs on the
-    calling thread meanwhile (``opencv_on_caller_thread``)."""
+    whatever ``options.guide``); ``lightness_extent``: its ``guide_range``, or a callable that
+    returns it, called only where the extent is needed (not for 'both' when the depth alone
+    wins). OpenCV runs on the calling thread meanwhile (``opencv_on_caller_thread``)."""
     with opencv_on_caller_thread():
         return _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, options,
                                 lightness, lightness_extent)
@@ -663,6 +674,7 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
     wv /= wv.mean()
 
     guide = options.guide if (lightness is not None and options.edge_aware) else 'depth'
+    lightness_extent = _once(lightness_extent)
     axis = anchor_bins = la = None
     ga = np.log(a)
     if guide != 'depth':
@@ -671,7 +683,7 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
     judge_mix = _mix_for(options) if guide == 'image' else (1.0, 0.0)
     if options.edge_aware:
         axis, anchor_bins = _axis_for(options, w, judge_mix, ga, la, guide_extent,
-                                      lightness_extent)
+                                      lightness_extent() if judge_mix[1] else None)
     u = np.ones(len(v))
     sigma = np.nan
     judged = options.iterations > 0 and len(v) > 1
@@ -720,7 +732,7 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
         if options.mix is not None or not judged:
             mix = _mix_for(options)
             axis, anchor_bins = _axis_for(options, w, mix, ga, la, guide_extent,
-                                          lightness_extent)
+                                          lightness_extent())
         else:
             mix, axis, anchor_bins = _choose_mix(options, (h, w), rows, cols, v, u, ga, la,
                                                  guide_extent, lightness_extent,
@@ -1107,7 +1119,7 @@ def _local_correction(aligned, rows, cols, depth, weight, options, image, out):
     light_at = light_extent = None
     if image is not None and options.edge_aware and options.guide != 'depth':
         image = check_guide_image(image, (h, w))
-        light_extent = lightness_range(image)
+        light_extent = functools.partial(lightness_range, image)     # where it is needed
         light_at = (lambda r, c: lightness_at(image, r, c))
     plan = correction_grid((h, w), rows, cols, depth, weight, lambda r, c: aligned[r, c],
                            guide_range(guide) if guide is not None else None, options,
