@@ -89,6 +89,32 @@ def test_both_keeps_the_depth_guide_where_the_prediction_explains_the_anchors():
     assert poor.mix[1] > 0
 
 
+def test_the_lightness_extent_is_computed_only_when_the_image_guide_wins():
+    """'both' scores its candidates at anchors only: the image's extent over every pixel is
+    asked for (once) when a mix with the image wins, never when the depth alone does."""
+    truth, rgb, flat, rows, cols, z = _two_walls()
+    texture = np.random.default_rng(3).integers(0, 256, (H, W, 3), dtype=np.uint8)
+    aligned = truth * np.float32(1.05)
+    opts = LocalCorrectionOptions(guide='both')
+    for image, pred, wins_image in ((texture, aligned, False), (rgb, flat, True)):
+        calls = []
+
+        def extent(image=image):
+            calls.append(1)
+            return lc.lightness_range(image)
+
+        plan = lc.correction_grid((H, W), rows, cols, z, None, lambda r, c: pred[r, c],
+                                  lc.guide_range(lc.log_guide(pred)), opts,
+                                  lambda r, c: lc.lightness_at(image, r, c), extent)
+        assert (plan.mix[1] > 0) == wins_image
+        assert len(calls) == (1 if wins_image else 0)
+        given = lc.correction_grid((H, W), rows, cols, z, None, lambda r, c: pred[r, c],
+                                   lc.guide_range(lc.log_guide(pred)), opts,
+                                   lambda r, c: lc.lightness_at(image, r, c),
+                                   lc.lightness_range(image))
+        np.testing.assert_array_equal(plan.factor, given.factor)   # a value or a callable
+
+
 def test_lightness_is_luma_and_its_range_needs_no_half_image():
     rng = np.random.default_rng(2)
     rgb = rng.integers(0, 256, (H + 1, W + 3, 3), dtype=np.uint8)
