@@ -2,7 +2,7 @@
 
 Every single-pass family is exported from a tiny random checkpoint in its released layout; the
 graph then runs on ONNX Runtime and on OpenVINO through the same estimator (shared preprocess
-and postprocess) and must equal the torch engine within 1e-4 of the output's range, at sizes
+and postprocess) and must equal the torch engine to float32 rounding (see TOLERANCE), at sizes
 that are and are not multiples of 8 and 64, native (processing_res 0) and downscaled.
 """
 import json
@@ -25,7 +25,13 @@ from fiffdepth_ros.model.runtimes.onnx_runtime import CPU, CUDA, TENSORRT, choos
 from fiffdepth_ros.model.tiny import build_tiny_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-TOLERANCE = 1e-4            # of the torch output's range
+# Float32 rounding, of the torch output's range: at most 2e-4 at any pixel and 1e-5 on average.
+# The tiny random models amplify rounding: on an AVX-512 machine the torch engine's own output
+# moves by up to 5e-5 of its range between 1 and 2 threads, ONNX Runtime and OpenVINO differ
+# from it by up to 0.9e-4 and 1.03e-4 at 128x192 (mean 4e-6) and by 2e-5 from each other. A
+# wrong graph (a resize, a normalisation, a missing constant) moves every pixel: the mean.
+TOLERANCE = 2e-4
+MEAN_TOLERANCE = 1e-5
 # (folder name, layout): the name tells E2E-FT from Marigold and Lotus depth from disparity.
 FAMILIES = {'fiffdepth': ('tiny-fiffdepth', 'fiffdepth'),
             'e2e_ft': ('tiny-e2e-ft', 'e2e_ft'),
@@ -70,8 +76,10 @@ def assert_close(reference, depth, what=''):
     assert depth.shape == reference.shape and depth.dtype == np.float32
     span = float(reference.max() - reference.min())
     assert span > 0.01, f'{what}: a degenerate reference'
-    error = float(np.abs(depth - reference).max())
+    diff = np.abs(depth - reference)
+    error, mean = float(diff.max()), float(diff.mean())
     assert error <= TOLERANCE * span, f'{what}: max difference {error:.3g} of range {span:.3g}'
+    assert mean <= MEAN_TOLERANCE * span, f'{what}: mean difference {mean:.3g} of range {span:.3g}'
 
 
 @pytest.mark.parametrize('runtime', ['onnxruntime', 'openvino'])
