@@ -283,9 +283,8 @@ def run_timing(relative, gt, valid, repeats):
 
         rec = ScaleRecovery(ScaleRecoveryConfig(max_depth=10.0))
         stamp = iter(np.arange(10 ** 6) * 0.033)
-        keep = thinned(len(z), relative.shape)    # as ScaleRecovery
-        steps[f'fit only ({name})'] = \
-            lambda x=x, z=z, w=w, keep=keep: fit_scale_shift(x[keep], z[keep], w[keep])
+        thin = node_anchors(relative.shape, LocalCorrectionOptions(), x, z, w)
+        steps[f'fit only ({name})'] = lambda thin=thin: fit_scale_shift(*thin)
         steps[f'fit + local correction ({name})'] = fit_and_local
         steps[f'ScaleRecovery.process, whole frame ({name})'] = \
             lambda rec=rec, a=a, stamp=stamp: rec.process(relative, a, next(stamp))

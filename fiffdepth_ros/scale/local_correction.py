@@ -273,11 +273,10 @@ class _Grid:
                            2 * self.plane)
         return flat.astype(np.float32).reshape(2, self.gh, self.gw, self.channels)
 
-    def sample(self, state, corners, offset=0):
-        """Interpolate a (2, gh, gw, channels) grid at the points: ``offset`` 0 reads the
-        first plane, ``plane`` the second."""
+    def sample(self, state, corners):
+        """Interpolate the first plane of a (2, gh, gw, channels) grid at the points."""
         idx, wts = corners
-        vals = state.ravel()[idx + offset] if offset else state.ravel()[idx]
+        vals = state.ravel()[idx]
         return vals[0] if wts is None else np.sum(vals * wts, axis=0)
 
 
@@ -482,9 +481,9 @@ class _Fields:
         return [f.blend(np.ascontiguousarray(state[..., lo:hi]), p[1])
                 for f, p, lo, hi in zip(fields, parts, ends[:-1], ends[1:])]
 
-    def sample(self, state, which=0):
-        """The field (``which`` 0) or the fallback share (1) at the anchors."""
-        return self.grid.sample(state, self.corners, which * self.grid.plane)
+    def sample(self, state):
+        """The field at the anchors (``sample_planes``: with the fallback share)."""
+        return self.grid.sample(state, self.corners)
 
     def sample_planes(self, state):
         """(field, fallback share) at the anchors, by one gather (``index`` reads both)."""
@@ -771,9 +770,9 @@ def _read_at(field: np.ndarray, grid: _Grid, rows, cols, anchor_bins) -> np.ndar
         return _bilinear(field[:, :, 0], grid, rows, cols)
     gx = _cell_coords(grid.w, grid.cell, grid.nw)[cols].reshape(1, -1)
     gy = _cell_coords(grid.h, grid.cell, grid.nh)[rows].reshape(1, -1)
-    gh, gw, bins = field.shape
+    gw = field.shape[1]
     b0, _, fb = anchor_bins
-    tiles = np.ascontiguousarray(field.transpose(0, 2, 1)).reshape(gh, bins * gw)
+    tiles = _bin_tiles(field)
     # Bin b0 and b0 + 1 in one remap: two rows of points.
     map_x = np.empty((2, len(cols)), np.float32)
     np.multiply(b0, gw, out=map_x[0], casting='unsafe')
@@ -785,6 +784,14 @@ def _read_at(field: np.ndarray, grid: _Grid, rows, cols, anchor_bins) -> np.ndar
     hi *= fb
     hi += lo
     return hi
+
+
+def _bin_tiles(field: np.ndarray) -> np.ndarray:
+    """A (gh, gw, bins) grid as one (gh, bins * gw) image, the bins side by side (bin b's
+    tile at x offset b * gw): a bilinear remap inside a tile reads one bin, the same point
+    shifted by gw the next (``_slice``, ``_read_at``)."""
+    gh, gw, bins = field.shape
+    return np.ascontiguousarray(field.transpose(0, 2, 1)).reshape(gh, bins * gw)
 
 
 @functools.lru_cache(maxsize=16)
@@ -1175,7 +1182,7 @@ def _slice(field: np.ndarray, grid: _Grid, guide) -> np.ndarray:
     out = _WORK.get('out', shape, np.float32)
     if grid.axis is None:
         return cv2.remap(field[:, :, 0], gx, gy, interpolation=cv2.INTER_LINEAR, dst=out)
-    gh, gw, bins = field.shape
+    _, gw, bins = field.shape
     gb = np.subtract(guide, np.float32(grid.axis.g0), out=_WORK.get('gb', shape, np.float32))
     gb *= np.float32(1.0 / grid.axis.width)
     # fmax maps NaN (invalid aligned depth) to bin 0: the factor stays finite there, so the
@@ -1187,7 +1194,7 @@ def _slice(field: np.ndarray, grid: _Grid, guide) -> np.ndarray:
     gb -= map_x                                           # fraction towards bin b0 + 1
     map_x *= np.float32(gw)
     map_x += gx
-    tiles = np.ascontiguousarray(field.transpose(0, 2, 1)).reshape(gh, bins * gw)
+    tiles = _bin_tiles(field)
     lo = cv2.remap(tiles, map_x, gy, interpolation=cv2.INTER_LINEAR,
                    dst=_WORK.get('lo', shape, np.float32))
     map_x += np.float32(gw)

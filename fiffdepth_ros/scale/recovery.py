@@ -318,9 +318,9 @@ def _usable(anchors: Anchors, shape, cfg: ScaleRecoveryConfig,
             local_options: LocalCorrectionOptions):
     """Anchors inside the image and the depth range, with finite values and weights; more
     than the local correction keeps are thinned as it thins them (``thinned``: evenly, in the
-    sensor's order, over the whole image). A dense
-    sensor's 20k returns hold no more for a two-parameter fit, or for the local correction
-    (which keeps as many), than an even fraction of them, and every pass over them costs."""
+    sensor's order, over the whole image). A dense sensor's 20k returns hold no more for a
+    two-parameter fit, or for the local correction (which keeps as many), than an even
+    fraction of them, and every pass over them costs."""
     h, w = shape
     rows, cols, z, wt = anchors.rows, anchors.cols, anchors.depth, anchors.weight
     inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
