@@ -404,11 +404,14 @@ def test_detail_level_honours_anchors_closer_than_a_cell_and_leaves_the_gaps_to_
     np.testing.assert_allclose(on.depth[far], off.depth[far], rtol=2e-3)
 
 
-def test_fields_blended_together_equal_fields_blended_apart():
+def test_fields_blended_together_equal_fields_blended_apart(monkeypatch):
     """'both' blends its two holdout candidates in one _multiscale (channels side by side):
     each must come out as built on its own (to float32 rounding: OpenCV's filters may take
-    another vector path for another channel count)."""
+    another vector path for another channel count). The numpy path (the compiled one builds
+    them apart)."""
+    from fiffdepth_ros.scale import _compiled
     from fiffdepth_ros.scale.local_correction import _Fields, _RangeAxis
+    monkeypatch.setattr(_compiled, 'ENABLED', False)
     opts = LocalCorrectionOptions()
     rng = np.random.default_rng(3)
     rows, cols = _anchors(400, seed=3)

@@ -81,6 +81,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import _compiled
 from .fit import _median, _median_rows, evenly_spaced
 
 GUIDES = ('depth', 'image', 'both')
@@ -155,6 +156,7 @@ class LocalCorrection:
 # Binomial kernel along the bilateral axis (sigma = 1 bin); its peak normalises anchor counts.
 _RANGE_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
 _ONE = np.ones(1, np.float32)
+_NO_WEIGHTS = np.zeros((0, 0))   # nearest-cell corners without a bilateral axis (compiled path)
 _JUDGE_CELLS = 4         # judging grid cell, in cells of the interpolation grid
 _JUDGE_RATIO = 4.0       # judging scales 4x apart (neighbourhoods of 0.5, 2, 8 judge cells)
 _MAX_SIGMA = 1.0        # blur at most this many cells on a pyramid floor; pool beyond
@@ -218,6 +220,12 @@ class _Grid:
     def spatial_channel(self) -> int:
         return self.bins + 2
 
+    @functools.cached_property
+    def levels_arrays(self):
+        """(floors int64, sigmas float64, Gaussians per level at their floors) for
+        ``_compiled.build_field`` (the kernels cached per geometry: read only)."""
+        return _level_arrays(tuple(self.floors), tuple(self.sigmas))
+
     @property
     def plane(self) -> int:
         """Values in one of the two planes (the flat offset of the second)."""
@@ -278,6 +286,14 @@ class _Grid:
         idx, wts = corners
         vals = state.ravel()[idx]
         return vals[0] if wts is None else np.sum(vals * wts, axis=0)
+
+
+@functools.lru_cache(maxsize=32)
+def _level_arrays(floors: tuple, sigmas: tuple):
+    f = np.array(floors, np.int64)
+    s = np.array(sigmas, np.float64)
+    f.flags.writeable = s.flags.writeable = False
+    return f, s, _compiled.kernels_for(sigmas, floors, _gaussian)
 
 
 class _RangeAxis:
@@ -427,9 +443,22 @@ class _Fields:
         """The blended grid, (2, gh, gw, channels): [0, ..., :bins] the field (the spatial
         field if not bilateral), [1, ..., :bins] the share of the spatial fallback in it.
         ``prior``: v = 0 (the global fit) counts as this many anchors in every window."""
+        if _compiled.ENABLED:
+            return self._build_compiled(v, wv, support, exclusive, prior)
         nd, base, gain = self.splat(v, wv, support)
         pseudo = (prior / support, -base) if prior > 0 else None   # v = 0, relative to base
         return self.blend(_multiscale(self.grid, nd, gain, exclusive, pseudo), base)
+
+    def _build_compiled(self, v, wv, support, exclusive, prior=0.0) -> np.ndarray:
+        """``build`` in one compiled call (``_compiled.build_field``: the same steps)."""
+        grid = self.grid
+        floors, sigmas, kernels = grid.levels_arrays
+        wts = self.corners[1]
+        return _compiled.build_field(
+            self.index, _NO_WEIGHTS if wts is None else wts, np.asarray(v, np.float64),
+            np.asarray(wv, np.float64), float(support), bool(exclusive), float(prior),
+            grid.gh, grid.gw, grid.channels, grid.bins if grid.axis is not None else 0,
+            floors, sigmas, kernels, _RANGE_KERNEL)
 
     def splat(self, v, wv, support):
         """(nd, base, gain): the anchors splatted relative to their weighted mean ``base``
@@ -469,6 +498,8 @@ class _Fields:
         and scales (their bins differ): one _multiscale over their channels side by side
         (each channel is blended on its own), each then split off: the small grids' cost is
         the number of calls, not the values."""
+        if _compiled.ENABLED:      # one call per field already: nothing to gain by joining
+            return [f._build_compiled(v, wv, support, False) for f in fields]
         parts = [f.splat(v, wv, support) for f in fields]
         grid = fields[0].grid
         assert all(f.grid.axis is not None and (f.grid.gh, f.grid.gw, f.grid.floors,
@@ -487,6 +518,10 @@ class _Fields:
 
     def sample_planes(self, state):
         """(field, fallback share) at the anchors, by one gather (``index`` reads both)."""
+        if _compiled.ENABLED:
+            wts = self.corners[1]
+            return _compiled.sample_planes(state, self.index,
+                                           _NO_WEIGHTS if wts is None else wts)
         vals = state.reshape(-1)[self.index].reshape(2, *self.corners[0].shape)
         wts = self.corners[1]
         return vals[:, 0] if wts is None else np.sum(vals * wts, axis=1)
@@ -538,6 +573,26 @@ def guide_range(guide: np.ndarray):
     sub = guide[::2, ::2]
     sub = sub[np.isfinite(sub)]
     return (float(sub.min()), float(sub.max())) if sub.size else None
+
+
+_WARM = threading.Lock()
+_WARMED = []
+
+
+def warm_up() -> None:
+    """Compile the grid stage ahead of the first frame (``_compiled``, where numba is used:
+    seconds once per machine, then ~0.4 s per process from numba's cache) by correcting a
+    small frame; once per process, the numpy path needs none."""
+    if not _compiled.ENABLED:
+        return
+    with _WARM:
+        if _WARMED:
+            return
+        rng = np.random.default_rng(0)
+        aligned = rng.uniform(1.0, 3.0, (48, 64)).astype(np.float32)
+        idx = rng.choice(aligned.size, 40, replace=False)
+        local_correction(aligned, idx // 64, idx % 64, aligned.ravel()[idx] * 1.1)
+        _WARMED.append(True)
 
 
 def _mix_for(options: LocalCorrectionOptions) -> tuple[float, float]:

@@ -23,7 +23,7 @@ import numpy as np
 from .anchors import Anchors
 from .fit import SPACES, FitOptions, apply_fit, fit_scale_shift
 from .local_correction import (GUIDES, LocalCorrectionOptions, check_guide_image,
-                               local_correction, thinned)
+                               local_correction, thinned, warm_up)
 from .temporal import Measurement, TemporalFilter, TemporalOptions
 
 STATUSES = ('fitted', 'scale-only', 'held', 'none')
@@ -150,6 +150,8 @@ class ScaleRecovery:
             raise ConfigError(f'config must be a ScaleRecoveryConfig, got {type(config).__name__}')
         self._config = config
         self.local_options = local_options
+        if config.local_correction:
+            warm_up()          # its compiled stage, before the first frame (once per process)
         self.reset()
 
     @property
@@ -162,6 +164,8 @@ class ScaleRecovery:
             raise ConfigError(f'config must be a ScaleRecoveryConfig, got {type(config).__name__}')
         if config != self._config:          # a changed parameter invalidates the estimate
             self._config = config
+            if config.local_correction:
+                warm_up()
             self.reset()
 
     def reset(self) -> None:

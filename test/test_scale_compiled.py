@@ -1,0 +1,178 @@
+"""The local correction's compiled grid stage (scale._compiled, numba) against the numpy /
+OpenCV reference it replaces: each kernel against the OpenCV call it stands for, each field
+against ``_Fields.build`` on the numpy path, and whole corrections with the switch off and on.
+Float32 rounding is the only allowed difference (OpenCV sums in another order)."""
+import cv2
+import numpy as np
+import pytest
+
+from fiffdepth_ros.scale import _compiled, local_correction as lc
+
+pytestmark = pytest.mark.skipif(_compiled.numba is None, reason='numba is not installed')
+
+H, W = 240, 320
+
+
+@pytest.fixture
+def numpy_path(monkeypatch):
+    """A callable that runs ``fn`` with the compiled stage switched off."""
+    def run(fn, *args, **kwargs):
+        with monkeypatch.context() as m:
+            m.setattr(_compiled, 'ENABLED', False)
+            return fn(*args, **kwargs)
+    return run
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 12, 5), (2, 32, 40, 22), (2, 4, 6, 1)])
+def test_pool_and_unpool_match_opencv_resize(shape):
+    a = np.random.default_rng(0).normal(size=shape).astype(np.float32)
+    pooled = np.empty((shape[0], shape[1] // 2, shape[2] // 2, shape[3]), np.float32)
+    _compiled._pool2(a, pooled)
+    np.testing.assert_allclose(pooled, lc._pool2(a), rtol=1e-6, atol=1e-7)
+    up = _compiled._unpool2(a)
+    for plane, got in zip(a, up):
+        np.testing.assert_allclose(got, lc._unpool2(np.ascontiguousarray(plane)), rtol=1e-6,
+                                   atol=1e-7)
+
+
+@pytest.mark.parametrize('sigma', [0.5, 1.0, 2.0, 4.0])
+@pytest.mark.parametrize('shape', [(8, 12, 22), (32, 40, 3), (4, 5, 7)])
+def test_blur_matches_sepfilter2d_with_zero_border(sigma, shape):
+    a = np.random.default_rng(1).uniform(0, 1, (2, *shape)).astype(np.float32)
+    k = lc._gaussian(sigma)
+    tmp, out = np.empty_like(a[0]), np.empty_like(a)
+    padded = _compiled.kernels_for([sigma, 8 * sigma], [0, 0], lc._gaussian)[0]
+    assert len(padded) > len(k)              # the zero padding is skipped, not summed
+    _compiled._blur(a, padded, tmp, out)
+    for plane, got in zip(a, out):
+        ref = cv2.sepFilter2D(plane, -1, k, k, borderType=cv2.BORDER_CONSTANT).reshape(shape)
+        np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('channels', [5, 22, 51])
+def test_range_blur_matches_the_reference(channels):
+    nd = np.random.default_rng(2).uniform(0, 1, (2, 6, 7, channels)).astype(np.float32)
+    np.testing.assert_allclose(_compiled._range_blur(nd, lc._RANGE_KERNEL), lc._range_blur(nd),
+                               rtol=1e-6, atol=1e-7)
+
+
+def _fields(nearest, bilateral, cell, ratio, n=500, seed=3):
+    opts = lc.LocalCorrectionOptions()
+    rng = np.random.default_rng(seed)
+    rows, cols = rng.integers(0, H, n), rng.integers(0, W, n)
+    axis = bins = None
+    if bilateral:
+        axis = lc._RangeAxis(0.2, 1.9, opts, -(-W // opts.cell))
+        bins = axis.locate(rng.uniform(0.2, 1.9, n))
+    fields = lc._Fields((H, W), opts, cell, rows, cols, axis, bins, nearest=nearest,
+                        ratio=ratio)
+    v = rng.normal(0.0, 0.1, n)
+    w = rng.uniform(0.0, 2.0, n)
+    w[::9] = 0.0
+    fields.rows_cols = rows, cols
+    return fields, v, w
+
+
+@pytest.mark.parametrize('nearest,bilateral,cell,ratio', [
+    (True, True, 64, 4.0),                  # the judging grid
+    (False, True, 16, 2.0),                 # the interpolation grid, sparse anchors
+    (True, True, 16, 2.0),                  # dense anchors
+    (False, False, 16, 2.0),                # not edge aware
+    (True, False, 64, 4.0),
+])
+@pytest.mark.parametrize('exclusive,prior', [(False, 0.0), (True, 0.5), (True, 0.0)])
+def test_compiled_field_matches_the_numpy_build(numpy_path, nearest, bilateral, cell, ratio,
+                                                exclusive, prior):
+    fields, v, w = _fields(nearest, bilateral, cell, ratio)
+    ref = numpy_path(fields.build, v, w, 3.0, exclusive, prior)
+    got = fields.build(v, w, 3.0, exclusive, prior)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    bins = fields.grid.bins
+    used = (slice(None),) * 3 + (slice(0, bins) if bilateral else slice(None),)
+    assert np.abs(ref[used]).max() > 1e-3             # a field, not zeros on both sides
+    np.testing.assert_allclose(got[used], ref[used], rtol=2e-5, atol=2e-6)
+    ref_at = numpy_path(fields.sample_planes, ref)
+    np.testing.assert_allclose(fields.sample_planes(got), ref_at, rtol=2e-5, atol=2e-6)
+
+
+def test_build_together_on_the_numpy_path_equals_separate_compiled_builds(numpy_path):
+    opts = lc.LocalCorrectionOptions()
+    a, v, w = _fields(True, True, 64, 4.0, seed=4)
+    rng = np.random.default_rng(5)
+    axis = lc._RangeAxis(0.0, 3.0, opts, -(-W // opts.cell))
+    b = lc._Fields((H, W), opts, 64, *a.rows_cols, axis,
+                   axis.locate(rng.uniform(0.0, 3.0, len(v))), nearest=True, ratio=4.0)
+    assert a.grid.bins != b.grid.bins
+    together = numpy_path(lc._Fields.build_together, [a, b], v, w, opts.min_support)
+    apart = lc._Fields.build_together([a, b], v, w, opts.min_support)
+    for f, x, y in zip((a, b), together, apart):
+        k = f.grid.bins
+        np.testing.assert_allclose(y[..., :k], x[..., :k], rtol=2e-5, atol=2e-6)
+
+
+def _frame(seed=0):
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    truth = 3.0 + 0.004 * xx + 0.003 * yy
+    truth[80:180, 100:200] = 1.5
+    aligned = truth * np.exp(0.15 * np.sin(xx / 60.0) * np.cos(yy / 45.0))
+    image = np.clip(rng.normal(120, 30, (H, W, 3)), 0, 255).astype(np.uint8)
+    image[80:180, 100:200] = (200, 40, 40)
+    return truth.astype(np.float32), aligned.astype(np.float32), image
+
+
+@pytest.mark.parametrize('guide', ['depth', 'image', 'both'])
+@pytest.mark.parametrize('n', [60, 900, 6000])
+def test_local_correction_is_the_same_with_and_without_the_compiled_stage(numpy_path, guide,
+                                                                          n):
+    truth, aligned, image = _frame()
+    rng = np.random.default_rng(n)
+    idx = rng.choice(H * W, n, replace=False)
+    rows, cols = idx // W, idx % W
+    z = truth[rows, cols].astype(np.float64)
+    z[::4] *= 1.8                                     # corrupted: the judging has work to do
+    opts = lc.LocalCorrectionOptions(guide=guide)
+    ref = numpy_path(lc.local_correction, aligned, rows, cols, z, options=opts, image=image)
+    got = lc.local_correction(aligned, rows, cols, z, options=opts, image=image)
+    assert (ref.weights == 0).sum() > n // 10         # the corrupted anchors were judged
+    np.testing.assert_allclose(got.weights, ref.weights, atol=1e-5)
+    np.testing.assert_allclose(got.depth, ref.depth, rtol=2e-5)
+    assert np.abs(got.depth / aligned - 1).max() > 0.05     # a correction happened
+
+
+def test_switch_from_the_environment(tmp_path):
+    """FIFFDEPTH_NUMBA=0 selects the numpy path in a fresh process."""
+    import subprocess
+    import sys
+    code = 'from fiffdepth_ros.scale import _compiled; print(_compiled.ENABLED)'
+    env = {**__import__('os').environ, 'FIFFDEPTH_NUMBA': '0'}
+    out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == 'False'
+
+
+def test_warm_up_compiles_what_a_frame_uses(tmp_path):
+    """After ScaleRecovery's warm-up a real frame (any guide, sparse or dense anchors) calls
+    only what is compiled: no compile stalls the first frame (one signature per kernel)."""
+    import subprocess
+    import sys
+    code = '''
+import numpy as np
+from fiffdepth_ros.scale import _compiled, local_correction as lc
+from fiffdepth_ros.scale.recovery import ScaleRecovery
+ScaleRecovery()
+kernels = (_compiled.build_field, _compiled.sample_planes)
+before = [len(k.signatures) for k in kernels]
+rng = np.random.default_rng(1)
+aligned = rng.uniform(1, 4, (480, 640)).astype(np.float32)
+image = rng.integers(0, 255, (480, 640, 3), dtype=np.uint8)
+for n in (80, 20000):
+    idx = rng.choice(aligned.size, n, replace=False)
+    for guide in lc.GUIDES:
+        lc.local_correction(aligned, idx // 640, idx % 640, aligned.ravel()[idx] * 1.2,
+                            options=lc.LocalCorrectionOptions(guide=guide), image=image)
+print(before, [len(k.signatures) for k in kernels])
+'''
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == '[1, 1] [1, 1]'
