@@ -176,3 +176,60 @@ print(before, [len(k.signatures) for k in kernels])
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          check=True).stdout.strip()
     assert out == '[1, 1] [1, 1]'
+
+
+@pytest.mark.parametrize('bilateral', [True, False])
+@pytest.mark.parametrize('shape', [(480, 640), (243, 331)])
+def test_compiled_slice_matches_the_remap_read(numpy_path, bilateral, shape):
+    """The dense read at half resolution: guide values inside, below and above the axis and
+    NaN (invalid depth), grids whose cells do not divide the image."""
+    h, w = shape
+    opts = lc.LocalCorrectionOptions()
+    rng = np.random.default_rng(7)
+    axis = lc._RangeAxis(0.0, 2.0, opts, -(-w // opts.cell)) if bilateral else None
+    grid = lc._Grid(h, w, opts.cell, opts.base_sigma, axis)
+    bins = grid.bins if bilateral else 1
+    field = np.exp(rng.normal(0, 0.3, (grid.gh, grid.gw, bins))).astype(np.float32)
+    guide = rng.uniform(-0.5, 2.5, (-(-h // 2), -(-w // 2))).astype(np.float32)
+    guide[::17, ::13] = np.nan
+    ref = numpy_path(lc._slice, field, grid, guide).copy()
+    got = lc._slice(field, grid, guide)
+    assert np.isfinite(got).all() and got.shape == guide.shape
+    np.testing.assert_allclose(got, ref, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize('space', ['depth', 'inverse'])
+@pytest.mark.parametrize('case', ['clean', 'corrupted', 'two groups', 'few'])
+def test_compiled_fit_matches_the_numpy_fit(numpy_path, space, case):
+    """fit_scale_shift with the compiled IRLS: the same line (both starts, the early stop at
+    the other start's solution, the scale-only fallback's inputs) to its tolerance."""
+    from fiffdepth_ros.scale.fit import FitOptions, fit_scale_shift
+    rng = np.random.default_rng(11)
+    n = {'few': 12}.get(case, 3000)
+    x = rng.uniform(0.1, 1.0, n)
+    z = 0.5 + 4.0 * x if space == 'depth' else 1.0 / (0.2 + 1.5 * x)
+    z = z * np.exp(rng.normal(0, 0.01, n))
+    if case == 'corrupted':
+        z[::3] *= rng.choice([0.5, 1.8], len(z[::3]))
+    elif case == 'two groups':
+        z[: n // 3] *= 2.2                         # a third seen through an edge
+    opts = FitOptions(space=space)
+    ref = numpy_path(fit_scale_shift, x, z, None, opts)
+    got = fit_scale_shift(x, z, None, opts)
+    assert got.status == ref.status and ref.status == 'fitted'
+    np.testing.assert_allclose([got.scale, got.shift], [ref.scale, ref.shift], rtol=1e-9,
+                               atol=1e-12)
+    assert (got.inliers == ref.inliers).all()
+
+
+@pytest.mark.parametrize('space', ['depth', 'inverse'])
+def test_compiled_affine_map_is_the_numpy_one_bit_for_bit(numpy_path, space):
+    from fiffdepth_ros.scale.fit import apply_fit
+    rng = np.random.default_rng(12)
+    rel = rng.uniform(-0.2, 1.0, (61, 83)).astype(np.float32)
+    rel[3, 4], rel[5, 6], rel[7, 8] = np.nan, np.inf, 3e38
+    for scale, shift in ((2.5, 0.3), (-1.0, 0.5), (1e38, 1.0)):
+        ref = numpy_path(apply_fit, rel, scale, shift, space)
+        got = apply_fit(rel, scale, shift, space)
+        np.testing.assert_array_equal(got, ref)       # NaN where the reference has NaN too
+        assert np.isnan(got).any() and np.isfinite(got).any()

@@ -18,8 +18,6 @@ several times OpenCV's own on a CPU, and the result is then the numpy path's exa
 """
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -27,6 +25,7 @@ import torch.nn.functional as F
 from ..scale.local_correction import (_LUMA, _SLICE_STEP, LocalCorrectionOptions, _pixel_maps,
                                       check_guide_image, correction_grid, lightness_at,
                                       local_correction)
+from ..scale.local_correction import remap_steps as _remap_steps
 
 _TAB = 32            # OpenCV 4's INTER_TAB_SIZE: its remap weighs in steps of 1/32
 
@@ -194,14 +193,3 @@ def _remap_linear(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -
     bx, by = 1.0 - ax, 1.0 - ay
     return (tap(0, 0) * (by * bx) + tap(0, 1) * (by * ax)
             + tap(1, 0) * (ay * bx) + tap(1, 1) * (ay * ax))
-
-
-@functools.lru_cache(maxsize=None)
-def _remap_steps() -> int | None:
-    """How this OpenCV's remap weighs float images: OpenCV 4 rounds the coordinates to 1/32
-    pixel (INTER_TAB_SIZE) and weighs by those steps; OpenCV 5 uses the exact fractions
-    (None). Probed once, so the device path follows the numpy path it stands in for."""
-    import cv2
-    out = cv2.remap(np.array([[0.0, 1.0]], np.float32), np.full((1, 1), 0.3, np.float32),
-                    np.zeros((1, 1), np.float32), interpolation=cv2.INTER_LINEAR)
-    return None if abs(float(out[0, 0]) - 0.3) < 1e-4 else _TAB

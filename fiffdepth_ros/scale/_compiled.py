@@ -321,3 +321,131 @@ def kernels_for(sigmas, floors, gaussian) -> np.ndarray:
         row[off:off + len(k)] = k
     out.flags.writeable = False
     return out
+
+
+@_jit
+def slice_grid(field, guide, y0, ay, x0, ax, g0, inv_width, out):
+    """``local_correction._slice``: the (gh, gw, bins) ``field`` read at every pixel of the
+    half-resolution image into ``out``, bilinear in space with the taps and fractions of
+    cv2.remap (``y0``/``ay`` per row, ``x0``/``ax`` per column, ``remap_taps``; a tap beyond
+    the grid weighs 0, as remap's zero border) and linear between the two bins around the
+    ``guide``'s value ((guide - g0) * inv_width; NaN reads bin 0); one bin: the plain
+    bilinear read (``guide`` unused). Each output row first blends its two grid rows (a
+    vectorised pass over gw x bins values); each pixel then reads two columns of that row."""
+    gh, gw, bins = field.shape
+    h2, w2 = out.shape
+    zero, one = np.float32(0.0), np.float32(1.0)
+    top = np.float32(bins - 1)
+    c0 = np.empty(w2, np.int64)
+    c1 = np.empty(w2, np.int64)
+    wx0 = np.empty(w2, np.float32)
+    wx1 = np.empty(w2, np.float32)
+    for x in range(w2):
+        c0[x] = min(max(x0[x], 0), gw - 1) * bins
+        c1[x] = min(max(x0[x] + 1, 0), gw - 1) * bins
+        wx1[x] = ax[x] if 0 <= x0[x] + 1 < gw else zero
+        wx0[x] = (one - ax[x]) if 0 <= x0[x] < gw else zero
+    flat = field.reshape((gh, gw * bins))
+    row = np.empty(gw * bins, np.float32)
+    for y in range(h2):
+        r0 = min(max(y0[y], 0), gh - 1)
+        r1 = min(max(y0[y] + 1, 0), gh - 1)
+        wy1 = ay[y] if 0 <= y0[y] + 1 < gh else zero
+        wy0 = (one - ay[y]) if 0 <= y0[y] < gh else zero
+        f0, f1 = flat[r0], flat[r1]
+        for q in range(gw * bins):
+            row[q] = f0[q] * wy0 + f1[q] * wy1
+        res = out[y]
+        if bins == 1:
+            for x in range(w2):
+                res[x] = row[c0[x]] * wx0[x] + row[c1[x]] * wx1[x]
+            continue
+        g = guide[y]
+        for x in range(w2):
+            gb = (g[x] - g0) * inv_width
+            gb = min(gb if gb >= zero else zero, top)       # NaN -> bin 0 (np.fmax's rule)
+            b = min(int(gb), bins - 2)
+            f = gb - np.float32(b)
+            i0, i1 = c0[x] + b, c1[x] + b
+            lo = row[i0] * wx0[x] + row[i1] * wx1[x]
+            hi = row[i0 + 1] * wx0[x] + row[i1 + 1] * wx1[x]
+            res[x] = (hi - lo) * f + lo
+
+
+@_jit
+def affine_depth(relative, scale, shift, inverse, out):
+    """``fit.apply_fit`` in one pass: out = relative * scale + shift (float32; ``inverse``:
+    its reciprocal), NaN where that is not a positive finite depth (NaN stays NaN)."""
+    src, dst = relative.reshape(-1), out.reshape(-1)
+    nan, zero, one = np.float32(np.nan), np.float32(0.0), np.float32(1.0)
+    inf = np.float32(np.inf)
+    for q in range(len(src)):
+        d = src[q] * scale + shift
+        if inverse:
+            d = one / d
+        dst[q] = nan if (d <= zero or d == inf) else d
+
+
+@_jit
+def _tukey(x, y, cutoff, s, t, out):
+    """``fit._Problem.tukey``: (1 - r^2)^2 of r = |log((s x + t) / y)| / cutoff, 0 beyond
+    the cutoff or where the fit is not positive."""
+    for i in range(len(x)):
+        r = (s * x[i] + t) / y[i]
+        if not r > 0.0:                       # NaN or a fit that is not positive: weight 0
+            out[i] = 0.0
+            continue
+        u = min(abs(math.log(r)) / cutoff[i], 1.0)
+        u = 1.0 - u * u
+        out[i] = u * u
+
+
+@_jit
+def irls(x, y, inv_var, cutoff, s, t, tol, max_iterations, known_s, known_t, use_known):
+    """``fit._irls``'s iterations from a finite start (s, t): Tukey weights times
+    ``inv_var``, a weighted line from the five weighted sums of the centred data, until the
+    fitted values move by <= ``tol`` over the data's x range, or (``use_known``) within
+    10 ``tol`` of (known_s, known_t), which is then returned. Where the weights leave no
+    line (too few anchors with weight), it stops at the last one, as the reference."""
+    n = len(x)
+    mx = 0.0
+    my = 0.0
+    for i in range(n):
+        mx += x[i]
+        my += y[i]
+    mx /= n
+    my /= n
+    x_lo, x_hi = np.inf, -np.inf
+    for i in range(n):
+        x_lo = min(x_lo, x[i])
+        x_hi = max(x_hi, x[i])
+    u = np.empty(n)
+    for _ in range(max_iterations):
+        _tukey(x, y, cutoff, s, t, u)
+        sw = swx = swy = swxx = swxy = 0.0
+        nonzero = 0
+        for i in range(n):
+            w = u[i] * inv_var[i]
+            if w != 0.0:
+                nonzero += 1
+            cx, cy = x[i] - mx, y[i] - my
+            sw += w
+            swx += w * cx
+            swy += w * cy
+            swxx += w * cx * cx
+            swxy += w * cx * cy
+        sxx = sw * swxx - swx * swx
+        if not (sw > 0 and sxx > 1e-300 * max(sw * swxx, 1e-300)) or nonzero < 2:
+            break
+        slope = (sw * swxy - swx * swy) / sxx
+        s_new, t_new = slope, my + (swy - slope * swx) / sw - slope * mx
+        if not (np.isfinite(s_new) and np.isfinite(t_new)):
+            break
+        moved = max(abs((s_new - s) * x_lo + t_new - t), abs((s_new - s) * x_hi + t_new - t))
+        s, t = s_new, t_new
+        if moved <= tol:
+            break
+        if use_known and max(abs((known_s - s) * x_lo + known_t - t),
+                             abs((known_s - s) * x_hi + known_t - t)) <= 10 * tol:
+            return known_s, known_t
+    return s, t

@@ -1223,6 +1223,48 @@ def _pixel_maps(grid: _Grid):
     return maps
 
 
+@functools.lru_cache(maxsize=None)
+def remap_steps() -> int | None:
+    """How this OpenCV's remap weighs float images: OpenCV 4 rounds the coordinates to 1/32
+    pixel (INTER_TAB_SIZE) and weighs by those steps; OpenCV 5 uses the exact fractions
+    (None). Probed once, so that the reads that stand in for it (the compiled slice, the
+    device path) follow it."""
+    out = cv2.remap(np.array([[0.0, 1.0]], np.float32), np.full((1, 1), 0.3, np.float32),
+                    np.zeros((1, 1), np.float32), interpolation=cv2.INTER_LINEAR)
+    return None if abs(float(out[0, 0]) - 0.3) < 1e-4 else 32
+
+
+_TAPS: dict = {}
+
+
+def remap_taps(grid: _Grid):
+    """(y0, ay, x0, ax): cv2.remap's upper-left tap (int64) and fraction (float32) of each
+    row and column of the half-resolution pixel maps (``_pixel_maps``: separable), by
+    ``remap_steps``'s rule (cached per size)."""
+    gx, gy = _pixel_maps(grid)
+    key = (gx.shape, grid.cell, grid.nh, grid.nw, remap_steps())
+    taps = _TAPS.get(key)
+    if taps is None:
+        taps = (*_axis_taps(gy[:, 0]), *_axis_taps(gx[0, :]))
+        for t in taps:
+            t.flags.writeable = False
+        if len(_TAPS) > 8:
+            _TAPS.clear()
+        _TAPS[key] = taps
+    return taps
+
+
+def _axis_taps(coord: np.ndarray):
+    steps = remap_steps()
+    coord = coord.astype(np.float32)
+    if steps is None:
+        i0 = np.floor(coord)
+        return i0.astype(np.int64), (coord - i0).astype(np.float32)
+    s = np.rint(coord * np.float32(steps)).astype(np.int64)      # half to even: cvRound
+    i0 = s // steps
+    return i0, ((s - i0 * steps).astype(np.float32) * np.float32(1.0 / steps))
+
+
 def _slice(field: np.ndarray, grid: _Grid, guide) -> np.ndarray:
     """Read the grid at every pixel of the half-resolution image: bilinear (spatial) or
     trilinear (bilateral) by cv2.remap. Half resolution keeps depth edges to 2 pixels at a
@@ -1235,6 +1277,13 @@ def _slice(field: np.ndarray, grid: _Grid, guide) -> np.ndarray:
     gx, gy = _pixel_maps(grid)
     shape = gx.shape
     out = _WORK.get('out', shape, np.float32)
+    if _compiled.ENABLED:
+        y0, ay, x0, ax = remap_taps(grid)
+        g0, inv = ((np.float32(grid.axis.g0), np.float32(1.0 / grid.axis.width))
+                   if grid.axis is not None else (np.float32(0.0), np.float32(0.0)))
+        _compiled.slice_grid(field, guide if grid.axis is not None else gx, y0, ay, x0, ax,
+                             g0, inv, out)
+        return out
     if grid.axis is None:
         return cv2.remap(field[:, :, 0], gx, gy, interpolation=cv2.INTER_LINEAR, dst=out)
     _, gw, bins = field.shape
