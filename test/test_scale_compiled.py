@@ -233,3 +233,29 @@ def test_compiled_affine_map_is_the_numpy_one_bit_for_bit(numpy_path, space):
         got = apply_fit(rel, scale, shift, space)
         np.testing.assert_array_equal(got, ref)       # NaN where the reference has NaN too
         assert np.isnan(got).any() and np.isfinite(got).any()
+
+
+@pytest.mark.parametrize('nearest', [True, False])
+@pytest.mark.parametrize('bilateral', [True, False])
+def test_compiled_corners_match_the_numpy_ones(numpy_path, nearest, bilateral):
+    """Indices and weights of the anchors' grid corners, including anchors on the image's
+    last rows and columns (the clamped cells) and a grid one cell high."""
+    opts = lc.LocalCorrectionOptions()
+    rng = np.random.default_rng(13)
+    for h, w in ((H, W), (243, 331), (10, 331)):
+        rows = np.r_[rng.integers(0, h, 300), h - 1, 0, h - 1]
+        cols = np.r_[rng.integers(0, w, 300), w - 1, w - 1, 0]
+        axis = lc._RangeAxis(0.0, 2.0, opts, -(-w // opts.cell)) if bilateral else None
+        bins = axis.locate(rng.uniform(-0.3, 2.3, len(rows))) if bilateral else None
+        grid = lc._Grid(h, w, opts.cell, opts.base_sigma, axis)
+        ref = numpy_path(grid.corners, rows, cols, bins, nearest)
+        got = grid.corners(rows, cols, bins, nearest)
+        np.testing.assert_array_equal(got[0], ref[0])
+        if ref[1] is None:
+            assert got[1] is None
+        else:
+            np.testing.assert_allclose(got[1], ref[1], rtol=1e-15, atol=1e-15)
+        fields = lc._Fields((h, w), opts, opts.cell, rows, cols, axis, bins, nearest)
+        ref_index = numpy_path(lambda: lc._Fields((h, w), opts, opts.cell, rows, cols, axis,
+                                                  bins, nearest).index)
+        np.testing.assert_array_equal(fields.index, ref_index)

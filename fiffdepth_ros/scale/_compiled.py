@@ -53,19 +53,40 @@ def _unpool2(a):
     """Bilinear 2x upsampling of a (2, h, w, c) grid's planes (cv2.resize INTER_LINEAR:
     half-pixel centres, edges replicated): output column 2j is 1/4 column j - 1 + 3/4 column
     j, column 2j + 1 3/4 column j + 1/4 column j + 1 (the edge columns copied), then the same
-    down the rows."""
+    down the rows. Each pass works on whole rows (contiguous loops the compiler vectorises)."""
     p, h, w, c = a.shape
+    wc = w * c
     tmp = np.empty((p, h, 2 * w, c), np.float32)
     out = np.empty((p, 2 * h, 2 * w, c), np.float32)
+    even = np.empty(wc, np.float32)
+    odd = np.empty(wc, np.float32)
+    q1, q3 = np.float32(0.25), np.float32(0.75)
     for k in range(p):
         for i in range(h):
-            _interleave(a[k, i].reshape(-1), tmp[k, i].reshape(-1), w, c)
+            row = a[k, i].reshape(-1)
+            # even[j] = 1/4 row[j - 1] + 3/4 row[j], odd[j] = 3/4 row[j] + 1/4 row[j + 1]
+            lo, mid, hi = row[:wc - c], row[c:], even[c:]
+            for q in range(wc - c):
+                hi[q] = lo[q] * q1 + mid[q] * q3
+            top = odd[:wc - c]
+            for q in range(wc - c):
+                top[q] = lo[q] * q3 + mid[q] * q1
+            for q in range(c):                      # the edge cells are copied
+                even[q] = row[q]
+                odd[wc - c + q] = row[wc - c + q]
+            dst = tmp[k, i].reshape(-1)
+            for j in range(w):
+                e, o = dst[2 * j * c:(2 * j + 1) * c], dst[(2 * j + 1) * c:(2 * j + 2) * c]
+                se, so = even[j * c:(j + 1) * c], odd[j * c:(j + 1) * c]
+                for q in range(c):
+                    e[q] = se[q]
+                    o[q] = so[q]
         for y in range(2 * h):
-            odd = y % 2
-            i0 = y // 2 if odd else max(y // 2 - 1, 0)
-            i1 = min(y // 2 + 1, h - 1) if odd else y // 2
-            _mix(tmp[k, i0].reshape(-1), tmp[k, i1].reshape(-1), out[k, y].reshape(-1), odd,
-                 i0 == i1)
+            odd_row = y % 2
+            i0 = y // 2 if odd_row else max(y // 2 - 1, 0)
+            i1 = min(y // 2 + 1, h - 1) if odd_row else y // 2
+            _mix(tmp[k, i0].reshape(-1), tmp[k, i1].reshape(-1), out[k, y].reshape(-1),
+                 odd_row, i0 == i1)
     return out
 
 
@@ -80,17 +101,6 @@ def _mix(src0, src1, dst, odd, same):
     else:
         for q in range(len(dst)):
             dst[q] = src0[q] * w0 + src1[q] * w1
-
-
-@_jit
-def _interleave(row, out, w, c):
-    """One row of w cells of c channels upsampled 2x along the cells (``_unpool2``)."""
-    for x in range(2 * w):
-        odd = x % 2
-        j0 = x // 2 if odd else max(x // 2 - 1, 0)
-        j1 = min(x // 2 + 1, w - 1) if odd else x // 2
-        _mix(row[j0 * c:(j0 + 1) * c], row[j1 * c:(j1 + 1) * c], out[x * c:(x + 1) * c],
-             odd, j0 == j1)
 
 
 @_jit
@@ -347,6 +357,8 @@ def slice_grid(field, guide, y0, ay, x0, ax, g0, inv_width, out):
         wx0[x] = (one - ax[x]) if 0 <= x0[x] < gw else zero
     flat = field.reshape((gh, gw * bins))
     row = np.empty(gw * bins, np.float32)
+    lower = np.empty(w2, np.int32)
+    frac = np.empty(w2, np.float32)
     for y in range(h2):
         r0 = min(max(y0[y], 0), gh - 1)
         r1 = min(max(y0[y] + 1, 0), gh - 1)
@@ -360,16 +372,20 @@ def slice_grid(field, guide, y0, ay, x0, ax, g0, inv_width, out):
             for x in range(w2):
                 res[x] = row[c0[x]] * wx0[x] + row[c1[x]] * wx1[x]
             continue
+        # The bins first (a vectorised pass), then the reads: about twice as fast as both in
+        # one loop.
         g = guide[y]
         for x in range(w2):
             gb = (g[x] - g0) * inv_width
-            gb = min(gb if gb >= zero else zero, top)       # NaN -> bin 0 (np.fmax's rule)
-            b = min(int(gb), bins - 2)
-            f = gb - np.float32(b)
-            i0, i1 = c0[x] + b, c1[x] + b
+            gb = min(max(gb, zero), top) if gb == gb else zero     # NaN -> bin 0 (np.fmax)
+            b = min(np.int32(gb), np.int32(bins - 2))
+            lower[x] = b
+            frac[x] = gb - np.float32(b)
+        for x in range(w2):
+            i0, i1 = c0[x] + lower[x], c1[x] + lower[x]
             lo = row[i0] * wx0[x] + row[i1] * wx1[x]
             hi = row[i0 + 1] * wx0[x] + row[i1 + 1] * wx1[x]
-            res[x] = (hi - lo) * f + lo
+            res[x] = (hi - lo) * frac[x] + lo
 
 
 @_jit
@@ -449,3 +465,55 @@ def irls(x, y, inv_var, cutoff, s, t, tol, max_iterations, known_s, known_t, use
                              abs((known_s - s) * x_hi + known_t - t)) <= 10 * tol:
             return known_s, known_t
     return s, t
+
+
+@_jit
+def _axis_tap(pos, n):
+    """``local_correction._Grid._axis`` for one coordinate: (i0, i1, fraction)."""
+    i0 = min(max(math.floor(pos), 0), max(n - 2, 0))
+    f = min(max(pos - i0, 0.0), 1.0) if n > 1 else 0.0
+    return int(i0), min(int(i0) + 1, n - 1), f
+
+
+@_jit
+def corners(rows, cols, cell, nh, nw, gw, channels, plane, b0, b1, fb, nearest):
+    """``local_correction._Grid.corners`` and ``splat_index``: (flat indices (k, n), weights
+    (k, n), the splat index (2 k n)): 4 bilinear corners in space or the ``nearest`` cell,
+    times the two bins (``b0``, ``b1``, fraction ``fb``; empty arrays: not bilateral). Nearest
+    cells without bins have no weights: an empty (0, 0) array."""
+    n = len(rows)
+    spatial = 1 if nearest else 4
+    nb = 2 if len(b0) else 1
+    k = spatial * nb
+    idx = np.empty((k, n), np.int64)
+    wts = np.empty((k, n) if (nb == 2 or not nearest) else (0, 0))
+    for i in range(n):
+        if nearest:
+            cy, cx = min(rows[i] // cell, nh - 1), min(cols[i] // cell, nw - 1)
+            ys, xs = (cy, cy), (cx, cx)
+            fy = fx = 0.0
+        else:
+            y0, y1, fy = _axis_tap((rows[i] + 0.5) / cell - 0.5, nh)
+            x0, x1, fx = _axis_tap((cols[i] + 0.5) / cell - 0.5, nw)
+            ys, xs = (y0, y1), (x0, x1)
+        for s in range(spatial):
+            yi, xi = s // 2, s % 2
+            cell_index = (ys[yi] * gw + xs[xi]) * channels
+            w = 1.0
+            if not nearest:
+                w = ((1.0 - fy) if yi == 0 else fy) * ((1.0 - fx) if xi == 0 else fx)
+            if nb == 1:
+                idx[s, i] = cell_index
+                if not nearest:
+                    wts[s, i] = w
+            else:
+                idx[2 * s, i] = cell_index + b0[i]
+                idx[2 * s + 1, i] = cell_index + b1[i]
+                wts[2 * s, i] = w * (1.0 - fb[i])
+                wts[2 * s + 1, i] = w * fb[i]
+    index = np.empty(2 * k * n, np.int64)
+    flat = idx.reshape(-1)
+    for q in range(k * n):
+        index[q] = flat[q]
+        index[k * n + q] = flat[q] + plane
+    return idx, wts, index

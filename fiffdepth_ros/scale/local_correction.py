@@ -157,6 +157,7 @@ class LocalCorrection:
 _RANGE_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
 _ONE = np.ones(1, np.float32)
 _NO_WEIGHTS = np.zeros((0, 0))   # nearest-cell corners without a bilateral axis (compiled path)
+_NO_BINS = np.zeros(0, np.int64)  # no bilateral axis (compiled path)
 _JUDGE_CELLS = 4         # judging grid cell, in cells of the interpolation grid
 _JUDGE_RATIO = 4.0       # judging scales 4x apart (neighbourhoods of 0.5, 2, 8 judge cells)
 _MAX_SIGMA = 1.0        # blur at most this many cells on a pyramid floor; pool beyond
@@ -241,6 +242,8 @@ class _Grid:
         """Flat indices into a (2, gh, gw, channels) grid (first plane) and weights,
         both (k, n), of the grid corners of n points: 4 (bilinear) or 1 (``nearest`` cell) in
         space, times 2 along the bilateral axis (``anchor_bins`` from _RangeAxis.locate)."""
+        if _compiled.ENABLED:
+            return self._corners_compiled(rows, cols, anchor_bins, nearest)[:2]
         if nearest:
             idx = (np.minimum(rows // self.cell, self.nh - 1) * self.gw
                    + np.minimum(cols // self.cell, self.nw - 1))[None]
@@ -260,6 +263,15 @@ class _Grid:
             fw = np.stack([1 - fb, fb])
             wts = (fw[None] if wts is None else wts[:, None] * fw[None]).reshape(2 * k, -1)
         return idx, wts
+
+    def _corners_compiled(self, rows, cols, anchor_bins, nearest):
+        """(idx, wts or None, splat index) by ``_compiled.corners``."""
+        b0, b1, fb = anchor_bins if anchor_bins is not None else (_NO_BINS,) * 3
+        idx, wts, index = _compiled.corners(
+            np.asarray(rows, np.int64), np.asarray(cols, np.int64), self.cell, self.nh,
+            self.nw, self.gw, self.channels, self.plane, b0, b1, np.asarray(fb, np.float64),
+            bool(nearest))
+        return idx, (wts if wts.size else None), index
 
     def splat_index(self, corners) -> np.ndarray:
         """The bincount index of ``splat`` for these corners (num then den): fixed per anchor
@@ -435,9 +447,13 @@ class _Fields:
                  axis: _RangeAxis | None = None, anchor_bins=None, nearest=False,
                  ratio: float = 2.0):
         h, w = shape
-        self.grid = _Grid(h, w, cell, opts.base_sigma, axis, ratio)
-        self.corners = self.grid.corners(rows, cols, anchor_bins, nearest)
-        self.index = self.grid.splat_index(self.corners)
+        self.grid = grid = _Grid(h, w, cell, opts.base_sigma, axis, ratio)
+        if _compiled.ENABLED:
+            *self.corners, self.index = grid._corners_compiled(rows, cols, anchor_bins,
+                                                               nearest)
+            return
+        self.corners = grid.corners(rows, cols, anchor_bins, nearest)
+        self.index = grid.splat_index(self.corners)
 
     def build(self, v, wv, support, exclusive, prior=0.0) -> np.ndarray:
         """The blended grid, (2, gh, gw, channels): [0, ..., :bins] the field (the spatial
