@@ -259,3 +259,42 @@ def test_compiled_corners_match_the_numpy_ones(numpy_path, nearest, bilateral):
         ref_index = numpy_path(lambda: lc._Fields((h, w), opts, opts.cell, rows, cols, axis,
                                                   bins, nearest).index)
         np.testing.assert_array_equal(fields.index, ref_index)
+
+
+def test_lu_solve_matches_numpy_and_reports_a_singular_system():
+    rng = np.random.default_rng(14)
+    for n in (1, 5, 131):
+        a = rng.normal(size=(n, n)) + n * np.eye(n) * rng.choice([0.0, 1.0])
+        a[0, 0] = 0.0 if n > 1 else a[0, 0]           # a zero on the diagonal: pivoting
+        b = rng.normal(size=n)
+        ok, x = _compiled.lu_solve(a, b)
+        assert ok
+        np.testing.assert_allclose(x, np.linalg.solve(a, b), rtol=1e-8, atol=1e-10)
+    a = np.ones((4, 4))                                # rank 1
+    ok, _ = _compiled.lu_solve(a, np.ones(4))
+    assert not ok
+
+
+@pytest.mark.parametrize('n', [40, 3000])
+def test_compiled_thin_plate_matches_the_numpy_one(numpy_path, n):
+    """The spline base: its centres (averaged per cell beyond spline_centres) and its solve
+    without BLAS; a weight-0 anchor is left out; all anchors on one line (a singular system
+    without smoothing) falls back to least squares on both paths."""
+    opts = lc.LocalCorrectionOptions()
+    rng = np.random.default_rng(15)
+    rows, cols = rng.integers(0, H, n), rng.integers(0, W, n)
+    v = 0.2 * np.sin(cols / 50.0) + rng.normal(0, 0.01, n)
+    weights = rng.uniform(0.2, 2.0, n)
+    weights[::5] = 0.0
+    grid = lc._Grid(H, W, opts.cell, opts.base_sigma)
+    ref = numpy_path(lc.thin_plate_base, (H, W), rows, cols, v, weights, grid, opts)
+    got = lc.thin_plate_base((H, W), rows, cols, v, weights, grid, opts)
+    assert np.ptp(ref) > 0.1
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+    line = lc.LocalCorrectionOptions(spline_smoothing=0.0)
+    rows = np.full(8, 100)
+    cols = np.arange(8) * 30
+    vals = np.linspace(0, 0.2, 8)
+    ref = numpy_path(lc.thin_plate_base, (H, W), rows, cols, vals, np.ones(8), grid, line)
+    got = lc.thin_plate_base((H, W), rows, cols, vals, np.ones(8), grid, line)
+    np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)

@@ -517,3 +517,75 @@ def corners(rows, cols, cell, nh, nw, gw, channels, plane, b0, b1, fb, nearest):
         index[q] = flat[q]
         index[k * n + q] = flat[q] + plane
     return idx, wts, index
+
+
+@_jit
+def cell_means(rows, cols, v, weights, side, cell, wcells):
+    """``local_correction.thin_plate_base``'s centres for many anchors: the weighted means
+    of (row * side, col * side, v) per cell of ``cell`` pixels (``wcells`` cells per image
+    row) over the anchors with weight > 0, and the cells' summed weights, in cell order
+    (np.bincount's sums, in the anchors' order)."""
+    n = 0
+    for i in range(len(v)):
+        if weights[i] > 0:
+            n = max(n, (rows[i] // cell) * wcells + cols[i] // cell + 1)
+    sw = np.zeros(n)
+    sy = np.zeros(n)
+    sx = np.zeros(n)
+    sv = np.zeros(n)
+    for i in range(len(v)):
+        w = weights[i]
+        if w > 0:
+            c = (rows[i] // cell) * wcells + cols[i] // cell
+            sw[c] += w
+            sy[c] += w * (rows[i] * side)
+            sx[c] += w * (cols[i] * side)
+            sv[c] += w * v[i]
+    used = 0
+    for c in range(n):
+        if sw[c] > 0:
+            used += 1
+    oy, ox, ov, ow = np.empty(used), np.empty(used), np.empty(used), np.empty(used)
+    k = 0
+    for c in range(n):
+        if sw[c] > 0:
+            oy[k], ox[k], ov[k], ow[k] = sy[c] / sw[c], sx[c] / sw[c], sv[c] / sw[c], sw[c]
+            k += 1
+    return oy, ox, ov, ow
+
+
+@_jit
+def lu_solve(a, b):
+    """Solve a x = b by LU with partial pivoting (a, b copied): (ok, x); ok False where a
+    pivot is below 100 machine epsilons (a singular system: cv2.solve's DECOMP_LU rule). No
+    BLAS: the small systems of a frame stay on the calling thread."""
+    n = len(b)
+    m = a.copy()
+    x = b.copy()
+    for k in range(n):
+        p = k
+        best = abs(m[k, k])
+        for i in range(k + 1, n):
+            if abs(m[i, k]) > best:
+                best, p = abs(m[i, k]), i
+        if best < 100 * 2.220446049250313e-16:
+            return False, x
+        if p != k:
+            for j in range(n):
+                m[k, j], m[p, j] = m[p, j], m[k, j]
+            x[k], x[p] = x[p], x[k]
+        pivot_row = m[k, k + 1:]
+        inv = 1.0 / m[k, k]
+        for i in range(k + 1, n):
+            f = m[i, k] * inv
+            if f != 0.0:
+                row = m[i, k + 1:]
+                for j in range(n - k - 1):
+                    row[j] -= f * pivot_row[j]
+                x[i] -= f * x[k]
+    for k in range(n - 1, -1, -1):
+        s = x[k]
+        for j in range(k + 1, n):
+            s -= m[k, j] * x[j]
+        x[k] = s / m[k, k]
+    return True, x

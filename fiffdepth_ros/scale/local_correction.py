@@ -1017,19 +1017,24 @@ def thin_plate_base(shape, rows, cols, v, weights, grid: _Grid,
     beyond the data, also where it would extrapolate its linear trend)."""
     h, w = shape
     side = 1.0 / max(h, w)
-    keep = weights > 0
-    y, x = rows[keep] * side, cols[keep] * side
-    vv, ww = v[keep], weights[keep]
-    if len(vv) > options.spline_centres:
+    many = np.count_nonzero(weights) > options.spline_centres
+    if many:
         cell = _JUDGE_CELLS * options.cell
         while (-(-h // cell)) * (-(-w // cell)) > options.spline_centres:
             cell *= 2
-        idx = (rows[keep] // cell) * (-(-w // cell)) + cols[keep] // cell
-        n = int(idx.max()) + 1
-        sw = np.bincount(idx, ww, n)
-        used = sw > 0
-        y, x, vv = (np.bincount(idx, ww * q, n)[used] / sw[used] for q in (y, x, vv))
-        ww = sw[used]
+    if many and _compiled.ENABLED:
+        y, x, vv, ww = _compiled.cell_means(rows, cols, v, weights, side, cell, -(-w // cell))
+    else:
+        keep = weights > 0
+        y, x = rows[keep] * side, cols[keep] * side
+        vv, ww = v[keep], weights[keep]
+        if many:
+            idx = (rows[keep] // cell) * (-(-w // cell)) + cols[keep] // cell
+            n = int(idx.max()) + 1
+            sw = np.bincount(idx, ww, n)
+            used = sw > 0
+            y, x, vv = (np.bincount(idx, ww * q, n)[used] / sw[used] for q in (y, x, vv))
+            ww = sw[used]
     ww = ww / ww.mean()
     m = len(vv)
     a = np.zeros((m + 3, m + 3))
@@ -1038,15 +1043,19 @@ def thin_plate_base(shape, rows, cols, v, weights, grid: _Grid,
     poly = np.stack([np.ones(m), y, x], 1)
     a[:m, m:], a[m:, :m] = poly, poly.T
     b = np.concatenate([vv, np.zeros(3)])
-    # On one BLAS thread: OpenCV's LU goes to its OpenBLAS's LAPACK (as numpy's would to its
-    # own), which factors a system of ~100 unknowns on every core; its idle workers then
-    # spin for a few hundred ms, doubling the process's CPU time for the next frames.
-    with single_blas_thread():
-        ok, coef = cv2.solve(a, b[:, None], flags=cv2.DECOMP_LU)
-        if ok:
-            coef = coef[:, 0]
-        else:                               # e.g. all centres on one line, no smoothing
-            coef = np.linalg.lstsq(a, b, rcond=None)[0]
+    ok = False
+    if _compiled.ENABLED:                   # no BLAS: nothing else to hold to one thread
+        ok, coef = _compiled.lu_solve(a, b)
+    if not ok:
+        # On one BLAS thread: OpenCV's LU goes to its OpenBLAS's LAPACK (as numpy's would to
+        # its own), which factors a system of ~100 unknowns on every core; its idle workers
+        # then spin for a few hundred ms, doubling the process's CPU time for the next frames.
+        with single_blas_thread():
+            ok, coef = cv2.solve(a, b[:, None], flags=cv2.DECOMP_LU)
+            if ok:
+                coef = coef[:, 0]
+            else:                           # e.g. all centres on one line, no smoothing
+                coef = np.linalg.lstsq(a, b, rcond=None)[0]
     # Evaluated every _SPLINE_STEP cells (and the last), linear between: a smooth surface.
     # The kernel sum in float32 (a log of nodes x centres values, most of the spline's time:
     # float64 costs ~7x); the result is a correction in log ratio, good to ~1e-6. einsum, not
