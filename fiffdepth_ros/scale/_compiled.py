@@ -107,8 +107,54 @@ def _mix(src0, src1, dst, odd, same):
 def _blur(a, kernel, tmp, out):
     """Separable blur of each plane of a (2, h, w, c) grid with ``kernel`` along rows then
     columns, zero beyond the edges (cv2.sepFilter2D, BORDER_CONSTANT), into ``out``; ``tmp``:
-    scratch of one plane. Each pass adds shifted copies of whole rows (long contiguous loops
-    the compiler vectorises)."""
+    scratch of at least one plane. Kernels of up to 9 taps (every level below the top
+    floors: sigma <= 1 cell) sum nine zero-padded shifted rows per output value in registers;
+    longer ones (on the few cells of the top floors) go to _blur_any."""
+    p, h, w, c = a.shape
+    lo, hi = 0, len(kernel)             # the taps of a zero-padded kernel
+    while lo < hi and kernel[lo] == 0:
+        lo += 1
+    while hi > lo and kernel[hi - 1] == 0:
+        hi -= 1
+    taps = hi - lo
+    if taps > 9:
+        _blur_any(a, kernel, tmp, out)
+        return
+    k = np.zeros(9, np.float32)
+    for t in range(taps):
+        k[4 - (taps - 1) // 2 + t] = kernel[lo + t]
+    k0, k1, k2, k3, k4, k5, k6, k7, k8 = k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8]
+    wc = w * c
+    row = np.zeros((w + 8) * c, np.float32)           # one row, 4 empty cells either side
+    mid = np.zeros((h + 8, wc), np.float32)           # the rows filtered, 4 empty rows
+    for q in range(p):
+        src = a[q].reshape((h, wc))
+        dst = out[q].reshape((h, wc))
+        for i in range(h):
+            row[4 * c:4 * c + wc] = src[i]
+            x0, x1, x2 = row[0:wc], row[c:c + wc], row[2 * c:2 * c + wc]
+            x3, x4, x5 = row[3 * c:3 * c + wc], row[4 * c:4 * c + wc], row[5 * c:5 * c + wc]
+            x6, x7, x8 = row[6 * c:6 * c + wc], row[7 * c:7 * c + wc], row[8 * c:8 * c + wc]
+            m = mid[i + 4]
+            for j in range(wc):
+                m[j] = ((((k0 * x0[j] + k1 * x1[j]) + (k2 * x2[j] + k3 * x3[j]))
+                         + ((k4 * x4[j] + k5 * x5[j]) + (k6 * x6[j] + k7 * x7[j])))
+                        + k8 * x8[j])
+        for i in range(h):
+            y0, y1, y2 = mid[i], mid[i + 1], mid[i + 2]
+            y3, y4, y5 = mid[i + 3], mid[i + 4], mid[i + 5]
+            y6, y7, y8 = mid[i + 6], mid[i + 7], mid[i + 8]
+            d = dst[i]
+            for j in range(wc):
+                d[j] = ((((k0 * y0[j] + k1 * y1[j]) + (k2 * y2[j] + k3 * y3[j]))
+                         + ((k4 * y4[j] + k5 * y5[j]) + (k6 * y6[j] + k7 * y7[j])))
+                        + k8 * y8[j])
+
+
+@_jit
+def _blur_any(a, kernel, tmp, out):
+    """``_blur`` for any kernel: each pass adds shifted copies of whole rows (long contiguous
+    loops the compiler vectorises)."""
     p, h, w, c = a.shape
     r = len(kernel) // 2
     lo, hi = 0, len(kernel)             # the taps of a zero-padded kernel
@@ -468,6 +514,14 @@ def irls(x, y, inv_var, cutoff, s, t, tol, max_iterations, known_s, known_t, use
 
 
 @_jit
+def _div(a, b):
+    """a // b for integers 0 <= a < 2^52, b > 0, by a float division: exact there (a
+    quotient that is not a whole number is at least 1 / b below the next, far more than
+    float64's rounding), and several times quicker than a 64-bit integer division."""
+    return int(math.floor(a / b))
+
+
+@_jit
 def _axis_tap(pos, n):
     """``local_correction._Grid._axis`` for one coordinate: (i0, i1, fraction)."""
     i0 = min(max(math.floor(pos), 0), max(n - 2, 0))
@@ -489,7 +543,7 @@ def corners(rows, cols, cell, nh, nw, gw, channels, plane, b0, b1, fb, nearest):
     wts = np.empty((k, n) if (nb == 2 or not nearest) else (0, 0))
     for i in range(n):
         if nearest:
-            cy, cx = min(rows[i] // cell, nh - 1), min(cols[i] // cell, nw - 1)
+            cy, cx = min(_div(rows[i], cell), nh - 1), min(_div(cols[i], cell), nw - 1)
             ys, xs = (cy, cy), (cx, cx)
             fy = fx = 0.0
         else:
@@ -525,10 +579,12 @@ def cell_means(rows, cols, v, weights, side, cell, wcells):
     of (row * side, col * side, v) per cell of ``cell`` pixels (``wcells`` cells per image
     row) over the anchors with weight > 0, and the cells' summed weights, in cell order
     (np.bincount's sums, in the anchors' order)."""
+    index = np.empty(len(v), np.int64)
     n = 0
     for i in range(len(v)):
+        index[i] = _div(rows[i], cell) * wcells + _div(cols[i], cell)
         if weights[i] > 0:
-            n = max(n, (rows[i] // cell) * wcells + cols[i] // cell + 1)
+            n = max(n, index[i] + 1)
     sw = np.zeros(n)
     sy = np.zeros(n)
     sx = np.zeros(n)
@@ -536,7 +592,7 @@ def cell_means(rows, cols, v, weights, side, cell, wcells):
     for i in range(len(v)):
         w = weights[i]
         if w > 0:
-            c = (rows[i] // cell) * wcells + cols[i] // cell
+            c = index[i]
             sw[c] += w
             sy[c] += w * (rows[i] * side)
             sx[c] += w * (cols[i] * side)
