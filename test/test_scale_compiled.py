@@ -93,6 +93,8 @@ def test_compiled_field_matches_the_numpy_build(numpy_path, nearest, bilateral, 
     np.testing.assert_allclose(got[used], ref[used], rtol=2e-5, atol=2e-6)
     ref_at = numpy_path(fields.sample_planes, ref)
     np.testing.assert_allclose(fields.sample_planes(got), ref_at, rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(fields.sample(got), numpy_path(fields.sample, ref), rtol=2e-5,
+                               atol=2e-6)
 
 
 def test_build_together_on_the_numpy_path_equals_separate_compiled_builds(numpy_path):
@@ -298,3 +300,14 @@ def test_compiled_thin_plate_matches_the_numpy_one(numpy_path, n):
     ref = numpy_path(lc.thin_plate_base, (H, W), rows, cols, vals, np.ones(8), grid, line)
     got = lc.thin_plate_base((H, W), rows, cols, vals, np.ones(8), grid, line)
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
+def test_compiled_locate_matches_the_numpy_one(numpy_path):
+    """The anchors' places on the bilateral axis, values below, inside and above it."""
+    opts = lc.LocalCorrectionOptions()
+    axis = lc._RangeAxis(0.3, 2.1, opts, 20)
+    values = np.r_[np.random.default_rng(16).uniform(-1.0, 3.0, 500), 0.3, 2.1]
+    ref = numpy_path(axis.locate, values)
+    got = axis.locate(values)
+    for a, b in zip(got, ref):
+        np.testing.assert_array_equal(a, b)

@@ -645,3 +645,30 @@ def lu_solve(a, b):
             s -= m[k, j] * x[j]
         x[k] = s / m[k, k]
     return True, x
+
+
+@_jit
+def locate(values, g0, width, n):
+    """``local_correction._RangeAxis.locate``: for each value its lower bin, upper bin and
+    the fraction towards the upper one (``_Grid._axis`` on (value - g0) / width)."""
+    m = len(values)
+    i0 = np.empty(m, np.int64)
+    i1 = np.empty(m, np.int64)
+    f = np.empty(m)
+    for q in range(m):
+        i0[q], i1[q], f[q] = _axis_tap((values[q] - g0) / width, n)
+    return i0, i1, f
+
+
+@_jit
+def sample(state, idx, corner_weights):
+    """The first plane of a (2, gh, gw, channels) grid at the corners ``idx`` (k, n) with
+    ``corner_weights`` (k, n; empty: one corner, weight 1), float64 (``_Grid.sample``)."""
+    flat = state.reshape(-1)
+    k, n = idx.shape
+    out = np.zeros(n)
+    for c in range(k):
+        for i in range(n):
+            val = float(flat[idx[c, i]])
+            out[i] += val if corner_weights.size == 0 else val * corner_weights[c, i]
+    return out

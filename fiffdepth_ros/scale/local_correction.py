@@ -296,6 +296,8 @@ class _Grid:
     def sample(self, state, corners):
         """Interpolate the first plane of a (2, gh, gw, channels) grid at the points."""
         idx, wts = corners
+        if _compiled.ENABLED:
+            return _compiled.sample(state, idx, _NO_WEIGHTS if wts is None else wts)
         vals = state.ravel()[idx]
         return vals[0] if wts is None else np.sum(vals * wts, axis=0)
 
@@ -321,6 +323,9 @@ class _RangeAxis:
 
     def locate(self, guide):
         """Lower bin, upper bin and fraction towards the upper one, per value."""
+        if _compiled.ENABLED:
+            return _compiled.locate(np.asarray(guide, np.float64), float(self.g0),
+                                    float(self.width), self.bins)
         return _Grid._axis((guide - self.g0) / self.width, self.bins)
 
 
