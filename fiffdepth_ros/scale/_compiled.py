@@ -672,3 +672,43 @@ def sample(state, idx, corner_weights):
             val = float(flat[idx[c, i]])
             out[i] += val if corner_weights.size == 0 else val * corner_weights[c, i]
     return out
+
+
+@_jit
+def judge_rounds(index, corner_weights, v, support, prior, gh, gw, channels, bins, floors,
+                 sigmas, kernels, range_kernel, iterations, cutoff, settle):
+    """``local_correction._correction_grid``'s judging rounds on the judging grid: each
+    anchor's Tukey weight against the field of its neighbours (``build_field``, exclusive,
+    with the prior), until no weight moves by ``settle`` on average or ``iterations``
+    rounds; a round that would reject every anchor is not taken. Returns (weights, the last
+    round's residuals, its fallback shares; zeros without the bilateral axis)."""
+    n = len(v)
+    u = np.ones(n)
+    u_new = np.empty(n)
+    e = np.zeros(n)
+    unjudged = np.zeros(n)
+    scale = 1.0 / cutoff
+    for _ in range(iterations):
+        state = build_field(index, corner_weights, v, u, support, True, prior, gh, gw,
+                            channels, bins, floors, sigmas, kernels, range_kernel)
+        at = sample_planes(state, index, corner_weights)
+        nonzero = False
+        for i in range(n):
+            if bins > 0:
+                e[i] = (v[i] - at[0, i]) * (1.0 - at[1, i])
+                unjudged[i] = at[1, i]
+            else:
+                e[i] = v[i] - at[0, i]
+            t = min(abs(e[i]) * scale, 1.0)
+            w = 1.0 - t * t
+            u_new[i] = w * w
+            nonzero = nonzero or u_new[i] != 0.0
+        if not nonzero:
+            break
+        change = 0.0
+        for i in range(n):
+            change += abs(u_new[i] - u[i])
+            u[i] = u_new[i]
+        if change / n < settle:
+            break
+    return u, e, unjudged

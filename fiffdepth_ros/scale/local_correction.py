@@ -513,6 +513,19 @@ class _Fields:
         field += np.float32(base)
         return state
 
+    def judge_rounds(self, v, options: LocalCorrectionOptions):
+        """(weights, residuals, fallback shares) of ``_correction_grid``'s judging rounds on
+        this (judging) grid, compiled (``_compiled.judge_rounds``)."""
+        grid = self.grid
+        floors, sigmas, kernels = grid.levels_arrays
+        wts = self.corners[1]
+        return _compiled.judge_rounds(
+            self.index, _NO_WEIGHTS if wts is None else wts, np.asarray(v, np.float64),
+            float(options.outlier_support), float(options.judge_prior), grid.gh, grid.gw,
+            grid.channels, grid.bins if grid.axis is not None else 0, floors, sigmas, kernels,
+            _RANGE_KERNEL, int(options.iterations), float(options.outlier_cutoff),
+            float(options.settle))
+
     @staticmethod
     def build_together(fields: 'list[_Fields]', v, wv, support) -> list:
         """``build(v, wv, support, False)`` of bilateral fields on grids of the same cells
@@ -601,18 +614,25 @@ _WARMED = []
 
 
 def warm_up() -> None:
-    """Compile the grid stage ahead of the first frame (``_compiled``, where numba is used:
-    seconds once per machine, then ~0.4 s per process from numba's cache) by correcting a
-    small frame; once per process, the numpy path needs none."""
+    """Compile the fit and the correction ahead of the first frame (``_compiled``, where
+    numba is used: seconds once per machine, then ~0.5 s per process from numba's cache) by
+    fitting and correcting a small frame; once per process, the numpy path needs none."""
     if not _compiled.ENABLED:
         return
     with _WARM:
         if _WARMED:
             return
+        from .fit import apply_fit, fit_scale_shift
         rng = np.random.default_rng(0)
-        aligned = rng.uniform(1.0, 3.0, (48, 64)).astype(np.float32)
-        idx = rng.choice(aligned.size, 40, replace=False)
-        local_correction(aligned, idx // 64, idx % 64, aligned.ravel()[idx] * 1.1)
+        h, w = 128, 160            # 80 cells: room for 300 anchors, > spline_centres
+        relative = rng.uniform(0.2, 1.0, (h, w)).astype(np.float32)
+        image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        idx = rng.choice(relative.size, 300, replace=False)
+        z = 0.5 + 3.0 * relative.ravel()[idx]
+        fit = fit_scale_shift(relative.ravel()[idx], z)
+        aligned = apply_fit(relative, fit.scale, fit.shift, 'depth')
+        local_correction(aligned, idx // w, idx % w, z, image=image,
+                         options=LocalCorrectionOptions(guide='both'))
         _WARMED.append(True)
 
 
@@ -766,7 +786,9 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
         # Judging needs neighbourhoods, not detail: a coarser grid, nearest cell splats.
         judge = _Fields((h, w), options, _JUDGE_CELLS * options.cell, rows, cols, axis,
                         anchor_bins, nearest=True, ratio=_JUDGE_RATIO)
-    for _ in range(options.iterations if judged else 0):
+    if judged and _compiled.ENABLED:                # the rounds below in one call
+        u, e, unjudged = judge.judge_rounds(v, options)
+    for _ in range(options.iterations if judged and not _compiled.ENABLED else 0):
         # Judging counts anchors, not their claimed precision: an outlier's own noise model
         # is as wrong as its depth (a near-looking return claims a small sigma).
         state = judge.build(v, u, options.outlier_support, True, options.judge_prior)
