@@ -317,3 +317,17 @@ def test_compiled_locate_matches_the_numpy_one(numpy_path):
     got = axis.locate(values)
     for a, b in zip(got, ref):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_compiled_spline_solve_calls_no_blas(monkeypatch):
+    """The compiled path solves the thin-plate system itself: neither OpenCV's solve (its
+    OpenBLAS LAPACK) nor numpy's is called, so no BLAS thread pool wakes up."""
+    def no_blas(*args, **kwargs):
+        raise AssertionError('a BLAS solve was called')
+    monkeypatch.setattr(lc.cv2, 'solve', no_blas)
+    monkeypatch.setattr(lc.np.linalg, 'lstsq', no_blas)
+    truth, aligned, _ = _frame()
+    rng = np.random.default_rng(17)
+    idx = rng.choice(H * W, 300, replace=False)
+    out = lc.local_correction(aligned, idx // W, idx % W, truth.ravel()[idx])
+    assert np.abs(out.depth / aligned - 1).max() > 0.05

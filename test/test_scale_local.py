@@ -215,11 +215,13 @@ def test_in_place_output_equals_a_fresh_one():
 def test_the_spline_solve_runs_on_one_blas_thread(monkeypatch):
     """The thin-plate system is solved with every loaded OpenBLAS limited to one thread (on
     more, its idle workers spin and double the frame's CPU time), and the limit is lifted
-    afterwards."""
+    afterwards. The numpy path (the compiled one solves without BLAS, test_scale_compiled)."""
     threadpoolctl = pytest.importorskip('threadpoolctl')
     import cv2
 
     import fiffdepth_ros.scale.local_correction as lc
+    from fiffdepth_ros.scale import _compiled
+    monkeypatch.setattr(_compiled, 'ENABLED', False)
 
     def openblas_threads():            # numpy's and OpenCV's (scipy may load a third)
         return {i['filepath']: i['num_threads'] for i in threadpoolctl.threadpool_info()
