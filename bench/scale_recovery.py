@@ -33,6 +33,7 @@ Nothing is written to disk; numbers are printed as measured, targets marked PASS
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import sys
@@ -50,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fiffdepth_ros.geometry.camera_model import CameraModel  # noqa: E402
 from fiffdepth_ros.geometry.transforms import RigidTransform  # noqa: E402
+from fiffdepth_ros.scale import _compiled  # noqa: E402
 from fiffdepth_ros.scale.anchors import depth_image_anchors, lidar_anchors  # noqa: E402
 from fiffdepth_ros.scale.fit import apply_fit, fit_scale_shift  # noqa: E402
 from fiffdepth_ros.scale.local_correction import (GUIDES, LocalCorrectionOptions,  # noqa: E402
@@ -525,7 +527,8 @@ def report_guides(table):
 
 
 def run_guide_timing(relative, gt, valid, rgb, repeats):
-    """fit + local correction, 20k-point LiDAR sweep at 640x480, each guide: numpy, and the
+    """fit + local correction, 20k-point LiDAR sweep at 640x480, each guide: the host path
+    compiled (scale._compiled, where numba is installed) and numpy only, and the
     torch finishing path on this CPU (a CPU tensor: the numpy path on its memory, see
     finish.local_correction; the grid is the same host code everywhere)."""
     camera = CameraModel.pinhole(gt.shape[1], gt.shape[0], *NYU)
@@ -550,7 +553,13 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
             def numpy_path(x=x, z=z, w=w, r=r, c=c, opts=opts):
                 return node_fit_and_correction(relative, x, z, w, r, c, opts, rgb)
 
-            steps[f'numpy, {name}, guide {guide}'] = numpy_path
+            def numpy_only(x=x, z=z, w=w, r=r, c=c, opts=opts):
+                with compiled_off():
+                    return node_fit_and_correction(relative, x, z, w, r, c, opts, rgb)
+
+            if _compiled.ENABLED:
+                steps[f'host, compiled (numba), {name}, guide {guide}'] = numpy_path
+            steps[f'host, numpy only, {name}, guide {guide}'] = numpy_only
             if torch is not None:
                 def torch_path(x=x, z=z, w=w, r=r, c=c, opts=opts):
                     x, z, w, r, c = node_anchors(relative.shape, opts, x, z, w, r, c)
@@ -561,11 +570,22 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
                 steps[f'torch (CPU), {name}, guide {guide}'] = torch_path
     # Two passes, numpy then torch: after a torch call its idle OpenMP workers spin for a
     # while, and that CPU time would land on whichever step comes next.
-    numpy_steps = {k: f for k, f in steps.items() if k.startswith('numpy')}
+    numpy_steps = {k: f for k, f in steps.items() if k.startswith('host')}
     times = interleaved_wall_and_cpu_ms(numpy_steps, repeats)
     times.update(interleaved_wall_and_cpu_ms(
         {k: f for k, f in steps.items() if k not in numpy_steps}, repeats))
     return {k: times[k] for k in steps}
+
+
+@contextlib.contextmanager
+def compiled_off():
+    """The host path without its compiled kernels (what FIFFDEPTH_NUMBA=0 selects)."""
+    enabled = _compiled.ENABLED
+    _compiled.ENABLED = False
+    try:
+        yield
+    finally:
+        _compiled.ENABLED = enabled
 
 
 def interleaved_wall_and_cpu_ms(fns: dict, repeats: int) -> dict:
@@ -720,7 +740,10 @@ def guide_section(args, relative, gt, valid, sparse_rc):
           'would spin idle), so process CPU is about the wall time; in the torch rows the '
           'CPU above it is torch\'s OpenMP workers spinning after its affine map. '
           'The torch finishing path runs where the model is on CUDA; on a CPU tensor it runs '
-          'the numpy path on the tensor\'s memory.')
+          'the host path on the tensor\'s memory. "host, compiled": the grid stage, the '
+          'dense read and the line fit as numba kernels (scale._compiled, the default where '
+          'numba is installed); "numpy only": the same steps as numpy / OpenCV calls '
+          '(FIFFDEPTH_NUMBA=0), equal to float32 rounding.')
     print('For reference (other data: NYUv2, 500 anchors): Marigold-DC reports MAE 0.048 m, '
           'RMSE 0.124 m (a diffusion run per frame); Prior Depth Anything completes depth with '
           'a trained refiner. This correction is training-free and runs in milliseconds.')
