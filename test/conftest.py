@@ -39,17 +39,36 @@ def tiny_checkpoint(tmp_path_factory):
     return build_tiny_checkpoint(tmp_path_factory.mktemp('models') / 'tiny')
 
 
+@pytest.fixture(scope='session', autouse=True)
+def compiled_kernels():
+    """The scale-recovery kernels compiled (or loaded from numba's cache) once, before any
+    test: a fresh checkout compiles them here, not inside a test's time limits, and the CLI
+    subprocesses of later tests find them cached."""
+    from fiffdepth_ros.scale.local_correction import warm_up
+    warm_up()
+
+
 @pytest.fixture(scope='session')
 def install_prefix(tmp_path_factory):
-    """The colcon install folder: scripts/test.sh builds it; a bare pytest run builds it here."""
+    """The colcon install folder: scripts/test.sh builds it; a bare pytest run builds it here.
+    Its copy of the package compiles its own kernels (numba caches per source file): once
+    here, before the nodes of several tests start at the same time."""
     prefix = os.environ.get('FIFFDEPTH_TEST_INSTALL')
     if prefix:
-        return Path(prefix)
-    ws = tmp_path_factory.mktemp('colcon_ws')
-    out = subprocess.run([str(ROOT / 'scripts' / 'colcon_build.sh'), str(ws)],
-                         capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0, out.stderr
-    return Path(out.stdout.strip().splitlines()[-1])
+        prefix = Path(prefix)
+    else:
+        ws = tmp_path_factory.mktemp('colcon_ws')
+        out = subprocess.run([str(ROOT / 'scripts' / 'colcon_build.sh'), str(ws)],
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stderr
+        prefix = Path(out.stdout.strip().splitlines()[-1])
+    from fiffdepth_ros.demo.harness import install_env
+    code = ('import fiffdepth_ros.scale.local_correction as lc; lc.warm_up(); '
+            'print(lc.__file__)')
+    out = subprocess.run([sys.executable, '-c', code], env=install_env(prefix, dict(os.environ)),
+                         cwd=prefix, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and str(prefix) in out.stdout, out.stderr
+    return prefix
 
 
 @pytest.fixture

@@ -75,7 +75,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import threading
+import time
 from dataclasses import dataclass
 
 import cv2
@@ -622,6 +624,10 @@ def warm_up() -> None:
     with _WARM:
         if _WARMED:
             return
+        log = logging.getLogger(__name__)
+        log.info('loading the compiled scale-recovery kernels (the first run on a machine '
+                 'compiles them, ~20 s on 2 cores; numba caches them for later runs)')
+        start = time.monotonic()
         from .fit import apply_fit, fit_scale_shift
         rng = np.random.default_rng(0)
         h, w = 128, 160            # 80 cells: room for 300 anchors, > spline_centres
@@ -634,6 +640,7 @@ def warm_up() -> None:
         local_correction(aligned, idx // w, idx % w, z, image=image,
                          options=LocalCorrectionOptions(guide='both'))
         _WARMED.append(True)
+        log.info('compiled scale-recovery kernels ready in %.1f s', time.monotonic() - start)
 
 
 def _mix_for(options: LocalCorrectionOptions) -> tuple[float, float]:
