@@ -1,16 +1,21 @@
-"""Compiled kernels of the local correction's coarse-grid stage (numba), beside the numpy /
-OpenCV reference in ``local_correction``.
+"""Compiled kernels (numba) of metric scale recovery's per-frame work, beside the numpy /
+OpenCV reference in ``local_correction`` and ``fit``.
 
-The grids are small (a judging grid holds ~100 cells, the interpolation grid ~1300), so the
-numpy path's cost is its number of calls, not its arithmetic: a field is ~60 numpy and OpenCV
-calls of a few microseconds each, built 5-6 times per frame. Here each field is one call that
-does the same operations in the same order, in float32 where the reference is float32 (the
-splat's sums in float64, as ``np.bincount``'s): the results agree to float32 rounding (the
-order of OpenCV's SIMD sums differs), see test_scale_local.py.
+The local correction's grids are small (a judging grid holds ~100 cells, the interpolation
+grid ~1300), so the reference's cost is its number of calls, not its arithmetic: a field is ~60
+numpy and OpenCV calls of a few microseconds each, built 5-6 times per frame, and a 640x480
+frame made ~1700 calls in all. Here each step is one call that does the same operations in the
+same order, in float32 where the reference is float32 (the splat's sums in float64, as
+``np.bincount``'s): a field (``build_field``), the judging rounds (``judge_rounds``), the
+anchors' grid corners and bins, the dense read at half resolution (``slice_grid``, cv2.remap's
+taps), the thin-plate spline's centres and its solve (LU without BLAS), and the global fit's
+IRLS and affine map. Results agree with the reference to float32 rounding (OpenCV sums in
+another order); test_scale_compiled.py checks each kernel against it.
 
 Optional: without numba, or with ``FIFFDEPTH_NUMBA=0`` in the environment, ``ENABLED`` is
 False and the reference runs. Compiled on first use and cached on disk (numba's cache, beside
-this file or in the user's cache directory); ``warm_up`` compiles ahead of the first frame.
+this file or in the user's cache directory; ~20 s on 2 cores the first time on a machine, ~0.5 s
+to load after): ``local_correction.warm_up`` does it before the first frame.
 """
 from __future__ import annotations
 
@@ -259,9 +264,6 @@ def _multiscale(nd, floors, sigmas, kernels, gain, exclusive, prior_n, prior_v):
         state = _unpool2(state)
         current -= 1
     return state
-
-
-_RANGE_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / np.float32(16.0)
 
 
 @_jit
