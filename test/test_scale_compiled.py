@@ -331,3 +331,35 @@ def test_the_compiled_spline_solve_calls_no_blas(monkeypatch):
     idx = rng.choice(H * W, 300, replace=False)
     out = lc.local_correction(aligned, idx // W, idx % W, truth.ravel()[idx])
     assert np.abs(out.depth / aligned - 1).max() > 0.05
+
+
+@pytest.mark.parametrize('shape', [(240, 320), (3, 5), (1, 1)])
+def test_up2_multiply_is_resize_then_product(shape):
+    """The fused 2x upsampling and product of the final read against cv2.resize and
+    np.multiply, also in place (``out`` is ``other``)."""
+    rng = np.random.default_rng(18)
+    half = rng.uniform(0.5, 1.5, shape).astype(np.float32)
+    other = rng.uniform(1.0, 5.0, (2 * shape[0], 2 * shape[1])).astype(np.float32)
+    other[0, 0] = np.nan                                 # invalid depth stays invalid
+    ref = cv2.resize(half, other.shape[::-1], interpolation=cv2.INTER_LINEAR) * other
+    out = np.empty_like(other)
+    _compiled.up2_multiply(half, other, out)
+    np.testing.assert_allclose(out, ref, rtol=1e-6)
+    _compiled.up2_multiply(half, other, other)
+    np.testing.assert_allclose(other, ref, rtol=1e-6)
+
+
+@pytest.mark.parametrize('shape', [(243, 331), (242, 330), (240, 322)])
+def test_local_correction_at_sizes_that_do_not_halve_evenly(numpy_path, shape):
+    """Odd sizes (the read's resizes are not exactly 2x) and sizes whose detail grid does not
+    halve evenly take OpenCV's resizes; the result is the numpy path's either way."""
+    h, w = shape
+    rng = np.random.default_rng(19)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    truth = (2.0 + 0.01 * xx + 0.005 * yy).astype(np.float32)
+    aligned = (truth * np.exp(0.1 * np.sin(xx / 40.0))).astype(np.float32)
+    idx = rng.choice(h * w, 400, replace=False)
+    ref = numpy_path(lc.local_correction, aligned, idx // w, idx % w, truth.ravel()[idx])
+    got = lc.local_correction(aligned, idx // w, idx % w, truth.ravel()[idx])
+    np.testing.assert_allclose(got.depth, ref.depth, rtol=2e-5)
+    assert np.abs(got.depth / aligned - 1).max() > 0.05

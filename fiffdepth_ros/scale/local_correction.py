@@ -1253,6 +1253,15 @@ def _local_correction(aligned, rows, cols, depth, weight, options, image, out):
     if guide is not None and plan.mix[1] != 0:          # the image is in the chosen guide
         guide = compose_guide(guide, lightness_guide(image), plan.mix)
     factor = _slice(plan.factor, plan.grid, guide)
+    if _compiled.ENABLED and factor.shape == (h // 2, w // 2) and h % 2 == 0 and w % 2 == 0 \
+            and (plan.detail is None or plan.detail.shape == (h // 4, w // 4)):
+        # Even sizes (exactly 2x each time): the same resizes and products, fused.
+        if plan.detail is not None:
+            _compiled.up2_multiply(plan.detail, factor, factor)
+        if out is None:
+            out = np.empty((h, w), np.float32)
+        _compiled.up2_multiply(factor, aligned, out)
+        return LocalCorrection(out, plan.weights, plan.sigma)
     if plan.detail is not None:                # the detail level, upsampled 2x onto it
         factor *= cv2.resize(plan.detail, factor.shape[::-1],
                              dst=_WORK.get('detail_up', factor.shape, np.float32),
