@@ -724,8 +724,10 @@ def _once(value):
 
 def _axis_for(options, w, mix, ga, la, depth_extent, light_extent):
     """The bilateral axis over the composed guide and the anchors' places on it."""
-    g = ga * mix[0] if mix[1] == 0 else (la * mix[1] if mix[0] == 0
-                                          else ga * mix[0] + la * mix[1])
+    if mix[1] == 0:
+        g = ga * mix[0]
+    else:
+        g = la * mix[1] if mix[0] == 0 else ga * mix[0] + la * mix[1]
     lo, hi = float(g.min()), float(g.max())
     ext = None
     parts = [(mix[0], depth_extent), (mix[1], light_extent)]
