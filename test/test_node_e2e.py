@@ -87,6 +87,19 @@ def lidar_node(tmp_path_factory, tiny_checkpoint, install_prefix, rclpy_context)
     node.stop()
 
 
+def test_node_loads_its_compiled_scale_kernels_before_frames_and_says_so(lidar_node):
+    """The scale recovery's compiled kernels are loaded (a first run: compiled) while the
+    node starts, not on its first frame, and its log says so (a first run takes seconds)."""
+    from fiffdepth_ros.scale import _compiled
+    node, _ = lidar_node
+    log = node.log()
+    if _compiled.ENABLED:
+        assert 'compiled scale-recovery kernels ready in' in log, log
+        assert log.index('compiled scale-recovery kernels ready') < log.index('ready:'), log
+    else:
+        assert 'scale-recovery kernels' not in log, log
+
+
 def test_outputs_have_types_encodings_sizes_headers(lidar_node):
     node, client = lidar_node
     stamp = 1_700_000_000 * 1_000_000_000 + 5 * MS

@@ -30,6 +30,7 @@ from ..conversions.backends import RclpyBackend, stamp_to_ns
 from ..conversions.camera_info import read_calibration
 from ..model.runtime import load_estimator, model_line, set_cpu_threads
 from ..pipeline import DepthPipeline, FrameError, PipelineConfig, enabled_outputs
+from ..scale.local_correction import warm_up
 from ..sync import FrameAssembler
 from .entry import run_node
 from .extrinsics import ExtrinsicResolver
@@ -137,6 +138,8 @@ class DepthNode(Node):
             if p['use_lidar'] else None
         if resolver is not None and resolver.tf_error:
             self.get_logger().info(resolver.tf_error)
+        if config.scale.local_correction:        # its compiled kernels, logged here
+            warm_up(self.get_logger().info)
         self.pipeline = DepthPipeline(estimator, config, backend, resolver)
 
         companion_qos = profile(p['qos_reliability'], 5)

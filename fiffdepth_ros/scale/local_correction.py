@@ -621,18 +621,20 @@ _WARM = threading.Lock()
 _WARMED = []
 
 
-def warm_up() -> None:
+def warm_up(log=None) -> None:
     """Compile the fit and the correction ahead of the first frame (``_compiled``, where
     numba is used: seconds once per machine, then ~0.5 s per process from numba's cache) by
-    fitting and correcting a small frame; once per process, the numpy path needs none."""
+    fitting and correcting a small frame; once per process, the numpy path needs none.
+    ``log``: a callable for the two progress lines (a ROS node's logger.info); default: this
+    module's logging logger at INFO."""
     if not _compiled.ENABLED:
         return
     with _WARM:
         if _WARMED:
             return
-        log = logging.getLogger(__name__)
-        log.info('loading the compiled scale-recovery kernels (the first run on a machine '
-                 'compiles them, ~20 s on 2 cores; numba caches them for later runs)')
+        log = log or logging.getLogger(__name__).info
+        log('loading the compiled scale-recovery kernels (the first run on a machine '
+            'compiles them, ~20 s on 2 cores; numba caches them for later runs)')
         start = time.monotonic()
         from .fit import apply_fit, fit_scale_shift
         rng = np.random.default_rng(0)
@@ -646,7 +648,7 @@ def warm_up() -> None:
         local_correction(aligned, idx // w, idx % w, z, image=image,
                          options=LocalCorrectionOptions(guide='both'))
         _WARMED.append(True)
-        log.info('compiled scale-recovery kernels ready in %.1f s', time.monotonic() - start)
+        log(f'compiled scale-recovery kernels ready in {time.monotonic() - start:.1f} s')
 
 
 def _mix_for(options: LocalCorrectionOptions) -> tuple[float, float]:
