@@ -363,3 +363,38 @@ def test_local_correction_at_sizes_that_do_not_halve_evenly(numpy_path, shape):
     got = lc.local_correction(aligned, idx // w, idx % w, truth.ravel()[idx])
     np.testing.assert_allclose(got.depth, ref.depth, rtol=2e-5)
     assert np.abs(got.depth / aligned - 1).max() > 0.05
+
+
+@pytest.mark.parametrize('bilateral', [True, False])
+def test_compiled_read_at_anchors_matches_the_remap_read(numpy_path, bilateral):
+    """The factor at the anchors (what the detail level subtracts), anchors on the image's
+    last rows and columns included."""
+    opts = lc.LocalCorrectionOptions()
+    rng = np.random.default_rng(20)
+    for h, w in ((H, W), (243, 331)):
+        axis = lc._RangeAxis(0.0, 2.0, opts, -(-w // opts.cell)) if bilateral else None
+        grid = lc._Grid(h, w, opts.cell, opts.base_sigma, axis)
+        field = rng.normal(0, 0.3, (grid.gh, grid.gw, grid.bins if bilateral else 1)) \
+            .astype(np.float32)
+        rows = np.r_[rng.integers(0, h, 500), h - 1, 0]
+        cols = np.r_[rng.integers(0, w, 500), w - 1, w - 1]
+        bins = axis.locate(rng.uniform(-0.2, 2.2, len(rows))) if bilateral else None
+        ref = numpy_path(lc._read_at, field, grid, rows, cols, bins)
+        got = lc._read_at(field, grid, rows, cols, bins)
+        assert np.abs(ref).max() > 0.1
+        np.testing.assert_allclose(got, ref, rtol=0, atol=2e-6)
+
+
+def test_compiled_detail_level_matches_the_numpy_one(numpy_path):
+    opts = lc.LocalCorrectionOptions()
+    rng = np.random.default_rng(21)
+    for h, w, n in ((H, W, 3000), (243, 331, 40)):
+        idx = rng.choice(h * w, n, replace=False)
+        residual = rng.normal(0, 0.05, n)
+        residual[::50] = 3.0                          # beyond max_correction: clipped
+        weights = rng.uniform(0, 2, n)
+        weights[::7] = 0.0
+        ref = numpy_path(lc.detail_grid, (h, w), idx // w, idx % w, residual, weights, opts)
+        got = lc.detail_grid((h, w), idx // w, idx % w, residual, weights, opts)
+        assert got.shape == ref.shape and np.ptp(ref) > 0.05
+        np.testing.assert_allclose(got, ref, rtol=2e-6, atol=0)

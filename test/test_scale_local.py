@@ -265,19 +265,19 @@ def test_opencv_runs_on_the_calling_thread_during_the_correction(monkeypatch):
     aligned = (truth * _smooth_error()).astype(np.float32)
     seen = []
     inside, release = threading.Event(), threading.Event()
-    real_blur = cv2.GaussianBlur             # the detail level's, on either path
+    real_remap = cv2.remap                   # the spline base's read at the anchors (both paths)
 
-    def blur(*args, **kwargs):
+    def remap(*args, **kwargs):
         seen.append(cv2.getNumThreads())
         if threading.current_thread() is not threading.main_thread() and not inside.is_set():
             inside.set()
             release.wait(10)                 # hold the other thread inside the correction
-        return real_blur(*args, **kwargs)
+        return real_remap(*args, **kwargs)
 
     before = cv2.getNumThreads()
     cv2.setNumThreads(2)
     try:
-        monkeypatch.setattr(lc.cv2, 'GaussianBlur', blur)
+        monkeypatch.setattr(lc.cv2, 'remap', remap)
         other = threading.Thread(target=local_correction,
                                  args=(aligned, rows, cols, truth[rows, cols]))
         other.start()

@@ -752,3 +752,68 @@ def up2_multiply(half, other, out):
         for j in range(w2):
             d[2 * j] = even[j] * o[2 * j]
             d[2 * j + 1] = odd[j] * o[2 * j + 1]
+
+
+@_jit
+def _remap_tap(coord, steps):
+    """cv2.remap's upper-left tap and fraction along one axis for a float32 coordinate:
+    exact (``steps`` 0, OpenCV 5) or rounded to 1/``steps`` (OpenCV 4's INTER_TAB_SIZE)."""
+    if steps == 0:
+        i0 = math.floor(coord)
+        return int(i0), np.float32(coord - np.float32(i0))
+    s = int(np.rint(coord * np.float32(steps)))
+    i0 = s // steps
+    return i0, np.float32(s - i0 * steps) * np.float32(1.0 / steps)
+
+
+@_jit
+def read_at(field, cy, cx, rows, cols, b0, fb, steps):
+    """``local_correction._read_at``: the (gh, gw, bins) ``field`` at anchor pixels, bilinear
+    in space as cv2.remap reads it (``cy``/``cx``: the grid coordinate of every image row /
+    column; a tap beyond the grid weighs 0) and linear between bins b0 and b0 + 1 (fraction
+    ``fb``; ``b0`` empty: one bin), float64."""
+    gh, gw, bins = field.shape
+    n = len(rows)
+    out = np.empty(n)
+    zero, one = np.float32(0.0), np.float32(1.0)
+    for i in range(n):
+        y0, ay = _remap_tap(cy[rows[i]], steps)
+        x0, ax = _remap_tap(cx[cols[i]], steps)
+        r0, r1 = min(max(y0, 0), gh - 1), min(max(y0 + 1, 0), gh - 1)
+        c0, c1 = min(max(x0, 0), gw - 1), min(max(x0 + 1, 0), gw - 1)
+        wy1 = ay if 0 <= y0 + 1 < gh else zero
+        wy0 = (one - ay) if 0 <= y0 < gh else zero
+        wx1 = ax if 0 <= x0 + 1 < gw else zero
+        wx0 = (one - ax) if 0 <= x0 < gw else zero
+        b = b0[i] if len(b0) else 0
+        lo = ((field[r0, c0, b] * (wy0 * wx0) + field[r0, c1, b] * (wy0 * wx1))
+              + field[r1, c0, b] * (wy1 * wx0)) + field[r1, c1, b] * (wy1 * wx1)
+        if len(b0) == 0:
+            out[i] = lo
+            continue
+        hi = ((field[r0, c0, b + 1] * (wy0 * wx0) + field[r0, c1, b + 1] * (wy0 * wx1))
+              + field[r1, c0, b + 1] * (wy1 * wx0)) + field[r1, c1, b + 1] * (wy1 * wx1)
+        out[i] = float(lo) + (float(hi) - float(lo)) * fb[i]
+    return out
+
+
+@_jit
+def detail_field(rows, cols, residual, weights, dh, dw, cell, kernel, floor, limit):
+    """``local_correction.detail_grid`` up to its exp: the weighted residuals and weights
+    splatted on cells of ``cell`` pixels (float64 sums, as np.bincount's), both blurred with
+    ``kernel`` (zero beyond the edges), their ratio with the denominator floored at
+    ``floor``, clipped to +-``limit``; (dh, dw) float32."""
+    acc = np.zeros((2, dh * dw))
+    for i in range(len(rows)):
+        c = _div(rows[i], cell) * dw + _div(cols[i], cell)
+        acc[0, c] += weights[i] * residual[i]
+        acc[1, c] += weights[i]
+    nd = acc.astype(np.float32).reshape((2, dh, dw, 1))
+    blurred = np.empty_like(nd)
+    _blur(nd, kernel, np.empty((dh, dw, 1), np.float32), blurred)
+    num, den = blurred[0].reshape(-1), blurred[1].reshape(-1)
+    out = np.empty(dh * dw, np.float32)
+    for q in range(dh * dw):
+        r = num[q] / max(den[q], floor)
+        out[q] = min(max(r, -limit), limit)
+    return out.reshape((dh, dw))

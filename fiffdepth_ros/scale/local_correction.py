@@ -166,6 +166,7 @@ _RANGE_KERNEL = np.array([1.0, 4.0, 6.0, 4.0, 1.0], np.float32) / 16.0
 _ONE = np.ones(1, np.float32)
 _NO_WEIGHTS = np.zeros((0, 0))   # nearest-cell corners without a bilateral axis (compiled path)
 _NO_BINS = np.zeros(0, np.int64)  # no bilateral axis (compiled path)
+_NO_FRACTIONS = np.zeros(0)
 _JUDGE_CELLS = 4         # judging grid cell, in cells of the interpolation grid
 _JUDGE_RATIO = 4.0       # judging scales 4x apart (neighbourhoods of 0.5, 2, 8 judge cells)
 _MAX_SIGMA = 1.0        # blur at most this many cells on a pyramid floor; pool beyond
@@ -364,6 +365,14 @@ def _gaussian(sigma: float) -> np.ndarray:
     2 * round(4 sigma) + 1), for sepFilter2D: the same sums without building the kernel on
     every call (read only, cached)."""
     kernel = cv2.getGaussianKernel(int(round(sigma * 8 + 1)) | 1, sigma, cv2.CV_32F)
+    kernel.flags.writeable = False
+    return kernel
+
+
+@functools.lru_cache(maxsize=8)
+def _gaussian_k(k: int, sigma: float) -> np.ndarray:
+    """cv2.GaussianBlur's float kernel for an explicit size ``k`` (read only, cached)."""
+    kernel = cv2.getGaussianKernel(k, sigma, cv2.CV_32F).ravel()
     kernel.flags.writeable = False
     return kernel
 
@@ -881,6 +890,13 @@ def _read_at(field: np.ndarray, grid: _Grid, rows, cols, anchor_bins) -> np.ndar
     """The (gh, gw, bins) ``field`` at anchor pixels as ``_slice`` reads it at a pixel
     (bilinear in space on the same cell centres and clamps, linear between the two bins of
     ``anchor_bins``, from ``_RangeAxis.locate``; None without the bilateral axis), float64."""
+    if _compiled.ENABLED:
+        b0, fb = (anchor_bins[0], anchor_bins[2]) if anchor_bins is not None else \
+            (_NO_BINS, _NO_FRACTIONS)
+        return _compiled.read_at(field, _cell_coords(grid.h, grid.cell, grid.nh),
+                                 _cell_coords(grid.w, grid.cell, grid.nw),
+                                 np.asarray(rows, np.int64), np.asarray(cols, np.int64),
+                                 b0, np.asarray(fb, np.float64), remap_steps() or 0)
     if anchor_bins is None:
         return _bilinear(field[:, :, 0], grid, rows, cols)
     gx = _cell_coords(grid.w, grid.cell, grid.nw)[cols].reshape(1, -1)
@@ -941,6 +957,12 @@ def detail_grid(shape, rows, cols, residual, weights,
     idx = (rows // cell) * dw + cols // cell
     sigma = options.base_sigma * options.cell / (2.0 * cell)
     k = 2 * int(np.ceil(3.0 * sigma)) + 1        # to 3 sigma (OpenCV's own choice: 4)
+    if _compiled.ENABLED:                      # the same steps up to the exp, one call
+        num = _compiled.detail_field(
+            np.asarray(rows, np.int64), np.asarray(cols, np.int64), residual, weights, dh, dw,
+            cell, _gaussian_k(k, sigma), np.float32(1.0 / (2.0 * np.pi * sigma * sigma)),
+            np.float32(options.max_correction))
+        return np.exp(num, out=num)
     num, den = (cv2.GaussianBlur(np.bincount(idx, x, dh * dw).astype(np.float32)
                                  .reshape(dh, dw), (k, k), sigma,
                                  borderType=cv2.BORDER_CONSTANT)
