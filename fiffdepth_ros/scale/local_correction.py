@@ -193,6 +193,26 @@ class _Workspace(threading.local):
 _WORK = _Workspace()
 
 
+@functools.lru_cache(maxsize=32)
+def _geometry(height, width, cell, base_sigma, ratio):
+    """(levels, sigmas, floors, gh, gw, nh, nw) of a _Grid (cached: a frame builds several
+    grids of the same few geometries)."""
+    nh, nw = max(-(-height // cell), 1), max(-(-width // cell), 1)
+    # Scales ``ratio`` apart up to the grid's extent; beyond that the field is the mean.
+    levels = max(int(np.floor(np.log(max(nh, nw) / base_sigma) / np.log(ratio))) + 1, 1)
+    sigmas = [base_sigma * ratio ** k for k in range(levels)]
+    floors = [0] * levels
+    for k, s in enumerate(sigmas):
+        j = 0
+        while s / 2 ** j > _MAX_SIGMA and min(nh, nw) / 2 ** (j + 1) >= 2:
+            j += 1
+        floors[k] = j
+    step = 2 ** max(floors)
+    # nh, nw: the cells that cover the image; gh, gw: padded to halve down to the top floor.
+    return levels, tuple(sigmas), tuple(floors), -(-nh // step) * step, -(-nw // step) * step, \
+        nh, nw
+
+
 class _Grid:
     """Coarse grid, optionally bilateral (bins along a third axis).
 
@@ -208,20 +228,9 @@ class _Grid:
     def __init__(self, height: int, width: int, cell: int, base_sigma: float,
                  axis: '_RangeAxis | None' = None, ratio: float = 2.0):
         self.h, self.w, self.cell = height, width, cell
-        nh, nw = max(-(-height // cell), 1), max(-(-width // cell), 1)
-        # Scales ``ratio`` apart up to the grid's extent; beyond that the field is the mean.
-        self.levels = max(int(np.floor(np.log(max(nh, nw) / base_sigma) / np.log(ratio))) + 1,
-                          1)
-        self.sigmas = [base_sigma * ratio ** k for k in range(self.levels)]
-        self.floors = [0] * self.levels
-        for k, s in enumerate(self.sigmas):
-            j = 0
-            while s / 2 ** j > _MAX_SIGMA and min(nh, nw) / 2 ** (j + 1) >= 2:
-                j += 1
-            self.floors[k] = j
-        step = 2 ** max(self.floors)
-        self.gh, self.gw = -(-nh // step) * step, -(-nw // step) * step
-        self.nh, self.nw = nh, nw            # cells that cover the image
+        (self.levels, sigmas, floors, self.gh, self.gw, self.nh,
+         self.nw) = _geometry(height, width, cell, base_sigma, ratio)
+        self.sigmas, self.floors = list(sigmas), list(floors)
         self.axis = axis
         self.bins = axis.bins if axis is not None else 1
         self.channels = self.bins + 3 if axis is not None else 1
