@@ -398,3 +398,23 @@ def test_compiled_detail_level_matches_the_numpy_one(numpy_path):
         got = lc.detail_grid((h, w), idx // w, idx % w, residual, weights, opts)
         assert got.shape == ref.shape and np.ptp(ref) > 0.05
         np.testing.assert_allclose(got, ref, rtol=2e-6, atol=0)
+
+
+@pytest.mark.parametrize('shape', [(5, 7), (2, 2), (1, 40), (64, 1), (480, 8), (17, 1000)])
+@pytest.mark.parametrize('guide', ['depth', 'both'])
+def test_compiled_correction_of_tiny_and_thin_images(numpy_path, shape, guide):
+    """Grids of one cell, one row or one column of cells, and pyramids that cannot halve: the
+    compiled path gives the numpy path's correction."""
+    h, w = shape
+    rng = np.random.default_rng(h * 1000 + w)
+    rel = rng.uniform(1, 3, (h, w)).astype(np.float32)
+    image = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    n = min(h * w, 300)
+    idx = rng.choice(h * w, n, replace=False)
+    z = rel.ravel()[idx] * rng.uniform(0.9, 1.1, n)
+    opts = lc.LocalCorrectionOptions(guide=guide)
+    ref = numpy_path(lc.local_correction, rel, idx // w, idx % w, z, options=opts, image=image)
+    got = lc.local_correction(rel, idx // w, idx % w, z, options=opts, image=image)
+    np.testing.assert_allclose(got.depth, ref.depth, rtol=2e-6)
+    np.testing.assert_allclose(got.weights, ref.weights, atol=1e-6)
+    assert np.abs(got.depth / rel - 1).max() > 1e-3
