@@ -91,8 +91,10 @@ def test_compiled_field_matches_the_numpy_build(numpy_path, nearest, bilateral, 
     used = (slice(None),) * 3 + (slice(0, bins) if bilateral else slice(None),)
     assert np.abs(ref[used]).max() > 1e-3             # a field, not zeros on both sides
     np.testing.assert_allclose(got[used], ref[used], rtol=2e-5, atol=2e-6)
-    ref_at = numpy_path(fields.sample_planes, ref)
-    np.testing.assert_allclose(fields.sample_planes(got), ref_at, rtol=2e-5, atol=2e-6)
+    ref_at = fields.sample_planes(ref)                # numpy (the judging rounds' kernel:)
+    wts = fields.corners[1]
+    got_at = _compiled.sample_planes(got, fields.index, lc._NO_WEIGHTS if wts is None else wts)
+    np.testing.assert_allclose(got_at, ref_at, rtol=2e-5, atol=2e-6)
     np.testing.assert_allclose(fields.sample(got), numpy_path(fields.sample, ref), rtol=2e-5,
                                atol=2e-6)
 

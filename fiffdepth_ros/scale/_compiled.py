@@ -65,20 +65,9 @@ def _unpool2(a):
     out = np.empty((p, 2 * h, 2 * w, c), np.float32)
     even = np.empty(wc, np.float32)
     odd = np.empty(wc, np.float32)
-    q1, q3 = np.float32(0.25), np.float32(0.75)
     for k in range(p):
         for i in range(h):
-            row = a[k, i].reshape(-1)
-            # even[j] = 1/4 row[j - 1] + 3/4 row[j], odd[j] = 3/4 row[j] + 1/4 row[j + 1]
-            lo, mid, hi = row[:wc - c], row[c:], even[c:]
-            for q in range(wc - c):
-                hi[q] = lo[q] * q1 + mid[q] * q3
-            top = odd[:wc - c]
-            for q in range(wc - c):
-                top[q] = lo[q] * q3 + mid[q] * q1
-            for q in range(c):                      # the edge cells are copied
-                even[q] = row[q]
-                odd[wc - c + q] = row[wc - c + q]
+            _halves(a[k, i].reshape(-1), even, odd, c)
             dst = tmp[k, i].reshape(-1)
             for j in range(w):
                 e, o = dst[2 * j * c:(2 * j + 1) * c], dst[(2 * j + 1) * c:(2 * j + 2) * c]
@@ -87,12 +76,37 @@ def _unpool2(a):
                     e[q] = se[q]
                     o[q] = so[q]
         for y in range(2 * h):
-            odd_row = y % 2
-            i0 = y // 2 if odd_row else max(y // 2 - 1, 0)
-            i1 = min(y // 2 + 1, h - 1) if odd_row else y // 2
+            i0, i1, odd_row = _rows_of(y, h)
             _mix(tmp[k, i0].reshape(-1), tmp[k, i1].reshape(-1), out[k, y].reshape(-1),
                  odd_row, i0 == i1)
     return out
+
+
+@_jit
+def _rows_of(y, h):
+    """The two source rows (clamped) of output row ``y`` of a 2x upsampling of ``h`` rows,
+    and whether ``y`` is odd (its weights 3/4, 1/4 instead of 1/4, 3/4; see _mix)."""
+    odd = y % 2
+    i0 = y // 2 if odd else max(y // 2 - 1, 0)
+    i1 = min(y // 2 + 1, h - 1) if odd else y // 2
+    return i0, i1, odd
+
+
+@_jit
+def _halves(row, even, odd, c):
+    """A row of cells of ``c`` values upsampled 2x along it, as two halves: even[j] = 1/4
+    row[j - 1] + 3/4 row[j], odd[j] = 3/4 row[j] + 1/4 row[j + 1] (per cell; the edge cells
+    copied), the half-pixel rule of cv2.resize INTER_LINEAR."""
+    n = len(row)
+    q1, q3 = np.float32(0.25), np.float32(0.75)
+    lo, mid, hi, top = row[:n - c], row[c:], even[c:], odd[:n - c]
+    for q in range(n - c):
+        hi[q] = lo[q] * q1 + mid[q] * q3
+    for q in range(n - c):
+        top[q] = lo[q] * q3 + mid[q] * q1
+    for q in range(c):
+        even[q] = row[q]
+        odd[n - c + q] = row[n - c + q]
 
 
 @_jit
@@ -382,6 +396,16 @@ def kernels_for(sigmas, floors, gaussian) -> np.ndarray:
 
 
 @_jit
+def _tap_pair(i0, frac, n):
+    """cv2.remap's two taps along one axis of n cells from the upper-left tap ``i0`` and
+    ``frac``: (first, second) clamped into the grid and their weights (1 - frac, frac), a tap
+    beyond the grid weighing 0 (remap's zero border)."""
+    zero, one = np.float32(0.0), np.float32(1.0)
+    return (min(max(i0, 0), n - 1), min(max(i0 + 1, 0), n - 1),
+            (one - frac) if 0 <= i0 < n else zero, frac if 0 <= i0 + 1 < n else zero)
+
+
+@_jit
 def slice_grid(field, guide, y0, ay, x0, ax, g0, inv_width, out):
     """``local_correction._slice``: the (gh, gw, bins) ``field`` read at every pixel of the
     half-resolution image into ``out``, bilinear in space with the taps and fractions of
@@ -392,26 +416,22 @@ def slice_grid(field, guide, y0, ay, x0, ax, g0, inv_width, out):
     vectorised pass over gw x bins values); each pixel then reads two columns of that row."""
     gh, gw, bins = field.shape
     h2, w2 = out.shape
-    zero, one = np.float32(0.0), np.float32(1.0)
+    zero = np.float32(0.0)
     top = np.float32(bins - 1)
     c0 = np.empty(w2, np.int64)
     c1 = np.empty(w2, np.int64)
     wx0 = np.empty(w2, np.float32)
     wx1 = np.empty(w2, np.float32)
     for x in range(w2):
-        c0[x] = min(max(x0[x], 0), gw - 1) * bins
-        c1[x] = min(max(x0[x] + 1, 0), gw - 1) * bins
-        wx1[x] = ax[x] if 0 <= x0[x] + 1 < gw else zero
-        wx0[x] = (one - ax[x]) if 0 <= x0[x] < gw else zero
+        c0[x], c1[x], wx0[x], wx1[x] = _tap_pair(x0[x], ax[x], gw)
+        c0[x] *= bins
+        c1[x] *= bins
     flat = field.reshape((gh, gw * bins))
     row = np.empty(gw * bins, np.float32)
     lower = np.empty(w2, np.int32)
     frac = np.empty(w2, np.float32)
     for y in range(h2):
-        r0 = min(max(y0[y], 0), gh - 1)
-        r1 = min(max(y0[y] + 1, 0), gh - 1)
-        wy1 = ay[y] if 0 <= y0[y] + 1 < gh else zero
-        wy0 = (one - ay[y]) if 0 <= y0[y] < gh else zero
+        r0, r1, wy0, wy1 = _tap_pair(y0[y], ay[y], gh)
         f0, f1 = flat[r0], flat[r1]
         for q in range(gw * bins):
             row[q] = f0[q] * wy0 + f1[q] * wy1
@@ -723,31 +743,13 @@ def up2_multiply(half, other, out):
     weights 1/4, 3/4 with the edges replicated, each output row from one blended row of
     ``half``, the product in the same pass (no upsampled image in between)."""
     h2, w2 = half.shape
-    q1, q3 = np.float32(0.25), np.float32(0.75)
     row = np.empty(w2, np.float32)
     even = np.empty(w2, np.float32)
     odd = np.empty(w2, np.float32)
     for y in range(2 * h2):
-        i = y // 2
-        if y % 2 == 0:
-            i0, i1, b0, b1 = max(i - 1, 0), i, q1, q3
-        else:
-            i0, i1, b0, b1 = i, min(i + 1, h2 - 1), q3, q1
-        r0, r1 = half[i0], half[i1]
-        if i0 == i1:
-            for j in range(w2):
-                row[j] = r0[j]
-        else:
-            for j in range(w2):
-                row[j] = r0[j] * b0 + r1[j] * b1
-        # even[j] = 1/4 row[j - 1] + 3/4 row[j], odd[j] = 3/4 row[j] + 1/4 row[j + 1]
-        lo, mid = row[:w2 - 1], row[1:]
-        ev, od = even[1:], odd[:w2 - 1]
-        for j in range(w2 - 1):
-            ev[j] = lo[j] * q1 + mid[j] * q3
-            od[j] = lo[j] * q3 + mid[j] * q1
-        even[0] = row[0]
-        odd[w2 - 1] = row[w2 - 1]
+        i0, i1, odd_row = _rows_of(y, h2)
+        _mix(half[i0], half[i1], row, odd_row, i0 == i1)
+        _halves(row, even, odd, 1)
         o, d = other[y], out[y]
         for j in range(w2):
             d[2 * j] = even[j] * o[2 * j]
@@ -775,16 +777,11 @@ def read_at(field, cy, cx, rows, cols, b0, fb, steps):
     gh, gw, bins = field.shape
     n = len(rows)
     out = np.empty(n)
-    zero, one = np.float32(0.0), np.float32(1.0)
     for i in range(n):
         y0, ay = _remap_tap(cy[rows[i]], steps)
         x0, ax = _remap_tap(cx[cols[i]], steps)
-        r0, r1 = min(max(y0, 0), gh - 1), min(max(y0 + 1, 0), gh - 1)
-        c0, c1 = min(max(x0, 0), gw - 1), min(max(x0 + 1, 0), gw - 1)
-        wy1 = ay if 0 <= y0 + 1 < gh else zero
-        wy0 = (one - ay) if 0 <= y0 < gh else zero
-        wx1 = ax if 0 <= x0 + 1 < gw else zero
-        wx0 = (one - ax) if 0 <= x0 < gw else zero
+        r0, r1, wy0, wy1 = _tap_pair(y0, ay, gh)
+        c0, c1, wx0, wx1 = _tap_pair(x0, ax, gw)
         b = b0[i] if len(b0) else 0
         lo = ((field[r0, c0, b] * (wy0 * wx0) + field[r0, c1, b] * (wy0 * wx1))
               + field[r1, c0, b] * (wy1 * wx0)) + field[r1, c1, b] * (wy1 * wx1)

@@ -323,11 +323,12 @@ def _irls(p: _Problem, options: FitOptions, start, known=None) -> tuple[float, f
     Stops at ``known`` (a solution found from another start) once within 1 % of the data's
     range of it: the same basin, the same fixed point."""
     xs, ys, inv_var = p.x, p.y, p.inv_var
+    # Converged when the fitted values move by < tol of the data's own spread.
+    tol = options.tolerance * max(float(np.ptp(ys)), 1e-12)
     if _compiled.ENABLED and np.isfinite(start[0]) and np.isfinite(start[1]):
         # The same iterations in one compiled call.
         s, t = _compiled.irls(xs, ys, inv_var, p.cutoff, float(start[0]), float(start[1]),
-                              options.tolerance * max(float(np.ptp(ys)), 1e-12),
-                              options.max_iterations, *(known or (np.nan, np.nan)),
+                              tol, options.max_iterations, *(known or (np.nan, np.nan)),
                               known is not None)
         return float(s), float(t)
     # A weighted line from five weighted sums of the centred data, in one product.
@@ -348,8 +349,6 @@ def _irls(p: _Problem, options: FitOptions, start, known=None) -> tuple[float, f
         s, t = weighted_line(inv_var)               # all x equal: the spread check catches it
     if not (np.isfinite(s) and np.isfinite(t)):
         return np.nan, np.nan
-    # Converged when the fitted values move by < tol of the data's own spread.
-    tol = options.tolerance * max(float(np.ptp(ys)), 1e-12)
     x_lo, x_hi = float(xs.min()), float(xs.max())
 
     def distance(s2, t2):

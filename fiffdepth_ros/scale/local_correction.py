@@ -228,9 +228,8 @@ class _Grid:
     def __init__(self, height: int, width: int, cell: int, base_sigma: float,
                  axis: '_RangeAxis | None' = None, ratio: float = 2.0):
         self.h, self.w, self.cell = height, width, cell
-        (self.levels, sigmas, floors, self.gh, self.gw, self.nh,
+        (self.levels, self.sigmas, self.floors, self.gh, self.gw, self.nh,
          self.nw) = _geometry(height, width, cell, base_sigma, ratio)
-        self.sigmas, self.floors = list(sigmas), list(floors)
         self.axis = axis
         self.bins = axis.bins if axis is not None else 1
         self.channels = self.bins + 3 if axis is not None else 1
@@ -243,7 +242,7 @@ class _Grid:
     def levels_arrays(self):
         """(floors int64, sigmas float64, Gaussians per level at their floors) for
         ``_compiled.build_field`` (the kernels cached per geometry: read only)."""
-        return _level_arrays(tuple(self.floors), tuple(self.sigmas))
+        return _level_arrays(self.floors, self.sigmas)
 
     @property
     def plane(self) -> int:
@@ -577,11 +576,8 @@ class _Fields:
         return self.grid.sample(state, self.corners)
 
     def sample_planes(self, state):
-        """(field, fallback share) at the anchors, by one gather (``index`` reads both)."""
-        if _compiled.ENABLED:
-            wts = self.corners[1]
-            return _compiled.sample_planes(state, self.index,
-                                           _NO_WEIGHTS if wts is None else wts)
+        """(field, fallback share) at the anchors, by one gather (``index`` reads both); the
+        numpy judging rounds' (the compiled ones read with ``_compiled.sample_planes``)."""
         vals = state.reshape(-1)[self.index].reshape(2, *self.corners[0].shape)
         wts = self.corners[1]
         return vals[:, 0] if wts is None else np.sum(vals * wts, axis=1)
