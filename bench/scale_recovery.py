@@ -25,8 +25,11 @@ ScaleRecovery gives them (dense sets thinned evenly to 4 per 16x16 pixels).
 Image guide (``--only guide`` runs just this part): the local correction's ``local_guide``
 (depth, image, both; the frame's RGB given) against least squares + inverse-distance
 interpolation of the log ratios, computed here (Shepard, powers 2, 3, 4), on the real prediction
-and on predictions simulated from both frames' GT; 30 % of the anchors x0.5 / x1.8; the time of
-fit + correction per guide (wall and process CPU), numpy and torch on the CPU.
+and on predictions simulated from both frames' GT; 30 % of the anchors x0.5 / x1.8; each case
+the mean of ``--draws`` draws (5: anchors, corruption and simulated prediction each), with how
+many draws met each target; the simulated cases' AbsRel split into blurred-edge and flat
+pixels; the time of fit + correction per guide (wall and process CPU), compiled, numpy only and
+torch on the CPU.
 
 Nothing is written to disk; numbers are printed as measured, targets marked PASS or MISS.
 """
