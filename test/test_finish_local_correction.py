@@ -13,6 +13,7 @@ import torch
 from fiffdepth_ros.demo.scene import SyntheticRoom
 from fiffdepth_ros.finish import local_correction as flc
 from fiffdepth_ros.finish.device import DeviceFinisher
+from fiffdepth_ros.scale import local_correction as slc
 from fiffdepth_ros.scale.anchors import lidar_anchors
 from fiffdepth_ros.scale.fit import apply_fit, fit_scale_shift
 from fiffdepth_ros.scale.local_correction import LocalCorrectionOptions, local_correction
@@ -91,37 +92,42 @@ def test_no_usable_anchor_leaves_the_depth_as_it_is(host_read):
     assert not weights.any() and np.isnan(sigma)
 
 
-def test_remap_is_opencvs_remap():
-    rng = np.random.default_rng(0)
-    src = rng.normal(size=(30, 70)).astype(np.float32)
-    # Inside, on the last row/column (the 0 border gets weight) and exactly on samples.
-    mx = np.concatenate([rng.uniform(0, 69, 500), np.full(20, 69.0), np.arange(20.0)])
-    my = np.concatenate([rng.uniform(0, 29, 500), rng.uniform(0, 29, 20), np.full(20, 29.0)])
-    mx, my = mx.astype(np.float32).reshape(20, 27), my.astype(np.float32).reshape(20, 27)
+def _grid(h, w, cell):
+    return slc._Grid(h, w, cell, 0.5)
+
+
+@pytest.mark.parametrize('h, w, cell', [(240, 320, 16), (121, 161, 16), (100, 90, 12)])
+def test_remap_is_opencvs_remap(h, w, cell):
+    """The device read of a grid plane at every half-resolution pixel is cv2.remap's at the
+    pixel maps, the padding cells and the 0 border included."""
+    grid = _grid(h, w, cell)
+    src = np.random.default_rng(0).normal(size=(grid.gh, grid.gw)).astype(np.float32)
+    mx, my = slc._pixel_maps(grid)
     ref = cv2.remap(src, mx, my, interpolation=cv2.INTER_LINEAR,
                     borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    got = flc._remap_linear(*(torch.from_numpy(a) for a in (src, mx, my))).numpy()
+    got = flc._remap_grid(torch.from_numpy(src), grid).numpy()
+    assert got.shape == ref.shape
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
 
 
 def test_remap_in_opencv4s_steps_of_one_32nd(monkeypatch):
     """OpenCV 4 rounds remap coordinates to 1/32 pixel (half to even) and weighs by those
-    steps: the device path follows when the probe finds that rule."""
-    monkeypatch.setattr(flc, '_remap_steps', lambda: 32)
-    rng = np.random.default_rng(1)
-    src = rng.normal(size=(12, 15)).astype(np.float32)
-    mx = rng.uniform(0, 13.9, (9, 9)).astype(np.float32)
-    my = rng.uniform(0, 10.9, (9, 9)).astype(np.float32)
-    got = flc._remap_linear(*(torch.from_numpy(a) for a in (src, mx, my))).numpy()
+    steps: the device path follows when the host's probe (``remap_steps``) finds that rule."""
+    grid = _grid(100, 90, 12)           # cells of 12 px: fractions in 24ths, not 32nds
+    src = np.random.default_rng(1).normal(size=(grid.gh, grid.gw)).astype(np.float32)
+    mx, my = slc._pixel_maps(grid)
+    monkeypatch.setattr(slc, 'remap_steps', lambda: 32)
+    got = flc._remap_grid(torch.from_numpy(src), grid).numpy()
     ref = np.empty_like(got)
     for i in np.ndindex(mx.shape):
         sx, sy = int(np.rint(mx[i] * 32)), int(np.rint(my[i] * 32))
         x0, y0, ax, ay = sx // 32, sy // 32, (sx % 32) / 32, (sy % 32) / 32
-        ref[i] = ((1 - ay) * ((1 - ax) * src[y0, x0] + ax * src[y0, x0 + 1])
-                  + ay * ((1 - ax) * src[y0 + 1, x0] + ax * src[y0 + 1, x0 + 1]))
+        at = (lambda y, x: src[y, x] if y < grid.gh and x < grid.gw else 0.0)
+        ref[i] = ((1 - ay) * ((1 - ax) * at(y0, x0) + ax * at(y0, x0 + 1))
+                  + ay * ((1 - ax) * at(y0 + 1, x0) + ax * at(y0 + 1, x0 + 1)))
     np.testing.assert_allclose(got, ref, rtol=0, atol=1e-5)
-    monkeypatch.setattr(flc, '_remap_steps', lambda: None)       # exact weights differ here
-    exact = flc._remap_linear(*(torch.from_numpy(a) for a in (src, mx, my))).numpy()
+    monkeypatch.setattr(slc, 'remap_steps', lambda: None)       # exact weights differ here
+    exact = flc._remap_grid(torch.from_numpy(src), grid).numpy()
     assert np.abs(exact - got).max() > 1e-3
 
 

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..scale.local_correction import (_LUMA, _SLICE_STEP, LocalCorrectionOptions, _pixel_maps,
+from ..scale import local_correction as _host
+from ..scale.local_correction import (_LUMA, _SLICE_STEP, LocalCorrectionOptions,
                                       check_guide_image, correction_grid, lightness_at,
                                       local_correction)
-from ..scale.local_correction import remap_steps as _remap_steps
 
 _TAB = 32            # OpenCV 4's INTER_TAB_SIZE: its remap weighs in steps of 1/32
 
@@ -112,9 +112,8 @@ def _compose(log_depth: torch.Tensor, light: torch.Tensor, mix) -> torch.Tensor:
 
 def _slice_torch(factor: torch.Tensor, grid, guide: torch.Tensor | None) -> torch.Tensor:
     """``scale.local_correction._slice`` in torch: the grid at every half-resolution pixel."""
-    gx, gy = (torch.from_numpy(m).to(factor.device) for m in _pixel_maps(grid))
     if grid.axis is None:
-        return _remap_linear(factor[:, :, 0], gx, gy)
+        return _remap_grid(factor[:, :, 0], grid)
     gh, gw, bins = factor.shape
     gb = (guide - np.float32(grid.axis.g0)) * np.float32(1.0 / grid.axis.width)
     # NaN (invalid aligned depth) -> bin 0, as the numpy path's fmax: a finite factor there.
@@ -144,14 +143,17 @@ _TAPS: dict = {}
 
 
 def _taps(grid, device):
-    """For the half-resolution pixel maps of ``grid`` (cached per size and device): the padded
-    row of each pixel's upper and lower taps, its padded left column, and the four bilinear
-    weights, as _remap_linear computes them."""
-    gx, gy = _pixel_maps(grid)
-    key = (gx.shape, grid.cell, grid.nh, grid.nw, grid.gh, str(device), _remap_steps())
+    """cv2.remap's taps at the half-resolution pixel maps of ``grid`` (``_pixel_maps``), on
+    ``device`` (cached per size and device): the padded row of each pixel's upper and lower
+    taps (columns), its padded left column (a row) and the four bilinear weights (HxW). The
+    rule is the host's (``remap_taps``, which the compiled read uses too): the maps are
+    separable, so it runs once per row and column."""
+    steps = _host.remap_steps()
+    key = (grid.h, grid.w, grid.cell, grid.nh, grid.nw, grid.gh, str(device), steps)
     taps = _TAPS.get(key)
     if taps is None:
-        x0, y0, ax, ay = _remap_coords(torch.from_numpy(gx), torch.from_numpy(gy))
+        y0, ay, x0, ax = (torch.from_numpy(t) for t in _host.remap_taps(grid))
+        y0, ay, x0, ax = y0[:, None], ay[:, None], x0[None], ax[None]
         bx, by = 1.0 - ax, 1.0 - ay
         taps = tuple(t.to(device) for t in (
             y0.clamp(-1, grid.gh) + 1, (y0 + 1).clamp(-1, grid.gh) + 1, x0 + 1,
@@ -163,33 +165,13 @@ def _taps(grid, device):
     return taps
 
 
-def _remap_coords(map_x: torch.Tensor, map_y: torch.Tensor):
-    """Upper-left tap (int64) and fractions of cv2.remap's INTER_LINEAR (see _remap_steps)."""
-    steps = _remap_steps()
-    if steps is None:
-        x0, y0 = torch.floor(map_x), torch.floor(map_y)
-        return x0.to(torch.int64), y0.to(torch.int64), map_x - x0, map_y - y0
-    sx = torch.round(map_x * np.float32(steps)).to(torch.int64)    # half to even: cvRound
-    sy = torch.round(map_y * np.float32(steps)).to(torch.int64)
-    x0 = torch.div(sx, steps, rounding_mode='floor')
-    y0 = torch.div(sy, steps, rounding_mode='floor')
-    return (x0, y0, (sx - x0 * steps).float() * np.float32(1.0 / steps),
-            (sy - y0 * steps).float() * np.float32(1.0 / steps))
-
-
-def _remap_linear(src: torch.Tensor, map_x: torch.Tensor, map_y: torch.Tensor) -> torch.Tensor:
-    """``cv2.remap(src, map_x, map_y, INTER_LINEAR)`` with its constant 0 border, as this
-    OpenCV computes it (see ``_remap_steps``)."""
-    x0, y0, ax, ay = _remap_coords(map_x, map_y)
-    h, w = src.shape
+def _remap_grid(src: torch.Tensor, grid) -> torch.Tensor:
+    """``cv2.remap(src, *_pixel_maps(grid), INTER_LINEAR)`` with its constant 0 border, as this
+    OpenCV computes it (``_taps``): a (gh, gw) plane of ``grid`` at every half-resolution
+    pixel."""
+    rows0, rows1, col, (w00, w01, w10, w11) = _taps(grid, src.device)
+    stride = src.shape[1] + 2
     padded = F.pad(src[None, None], (1, 1, 1, 1))[0, 0].reshape(-1)    # the 0 border
-    stride = w + 2
-
-    def tap(dy, dx):
-        yy = (y0 + dy).clamp_(-1, h) + 1
-        xx = (x0 + dx).clamp_(-1, w) + 1
-        return padded[yy * stride + xx]
-
-    bx, by = 1.0 - ax, 1.0 - ay
-    return (tap(0, 0) * (by * bx) + tap(0, 1) * (by * ax)
-            + tap(1, 0) * (ay * bx) + tap(1, 1) * (ay * ax))
+    i0, i1 = rows0 * stride + col, rows1 * stride + col
+    return (padded[i0] * w00 + padded[i0 + 1] * w01
+            + padded[i1] * w10 + padded[i1 + 1] * w11)
