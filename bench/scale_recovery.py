@@ -681,6 +681,8 @@ def main(argv=None):
                     help='image-guide part: draws per case (anchors, corruption, simulated '
                          'prediction), averaged')
     args = ap.parse_args(argv)
+    if args.draws < 1:
+        ap.error(f'--draws must be >= 1, got {args.draws}')
     relative, gt, sparse_rc = load(args.data)
     valid = gt > 0
     print(f'# Scale recovery benchmark ({platform.processor() or platform.machine()}, '
