@@ -97,3 +97,12 @@ def alphas():
     from diffusers import DDPMScheduler
     return DDPMScheduler(beta_schedule='scaled_linear', beta_start=0.00085,
                          beta_end=0.012).alphas_cumprod
+
+
+@pytest.fixture(scope='module')
+def rclpy_context():
+    """rclpy initialised for one test module (its in-process publishers and subscribers)."""
+    import rclpy
+    rclpy.init()
+    yield
+    rclpy.try_shutdown()

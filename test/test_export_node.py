@@ -21,14 +21,6 @@ ROOM = SyntheticRoom(320, 240, lidar_lines=32)
 RUN = f'export{os.getpid()}'
 
 
-@pytest.fixture(scope='module')
-def rclpy_context():
-    import rclpy
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
 def test_node_runs_an_export_over_dds(tmp_path, tiny_checkpoint, install_prefix, rclpy_context):
     export = tmp_path / 'export'
     export_single_pass(ExportConfig(model=str(tiny_checkpoint), output=export, dynamic=True,

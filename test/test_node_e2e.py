@@ -48,14 +48,6 @@ def start_node(tmp_path, tiny_checkpoint, install_prefix, namespace, **params):
     return node
 
 
-@pytest.fixture(scope='module')
-def rclpy_context():
-    import rclpy
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
 def wait_for(client, output, stamp_ns, timeout_s=20.0):
     """The recorded ``output`` message with this stamp, waiting for it; None if none came."""
     found = []

@@ -41,14 +41,6 @@ def node_process(tmp_path, tiny_checkpoint, install_prefix, namespace, executabl
     return node
 
 
-@pytest.fixture(scope='module')
-def rclpy_context():
-    import rclpy
-    rclpy.init()
-    yield
-    rclpy.try_shutdown()
-
-
 def stamps_of(client, output):
     return {stamp_to_ns(m.header.stamp) for m in client.messages(output)}
 
