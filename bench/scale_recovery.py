@@ -496,6 +496,8 @@ def report_guides(table):
     on the means, and in how many draws the target held on its own."""
     default = ScaleRecoveryConfig().local_guide
     n = len(next(iter(table.values()))[default])
+    means = {key: {k: float(np.mean(v)) for k, v in draws.items()}
+             for key, draws in table.items()}
     print('\n## Image-guided local correction vs least squares + inverse-distance interpolation '
           '(AbsRel; baseline computed here: least-squares scale+shift, Shepard IDW of the log '
           'ratios at powers 2/3/4, "best" = the lowest of the three per case, chosen on the GT)',
@@ -515,7 +517,7 @@ def report_guides(table):
     below_floor = []
     met = 0
     for (case, pattern), draws in table.items():
-        row = {k: float(np.mean(v)) for k, v in draws.items()}
+        row = means[case, pattern]
         best = min(row[f'idw{p}'] for p in IDW_POWERS)
         for g in GUIDES:
             gains[g].append(row[g] / best - 1)
@@ -546,7 +548,7 @@ def report_guides(table):
     for (case, pattern), draws in table.items():
         if 'floor' not in draws:
             continue
-        row = {k: float(np.mean(v)) for k, v in draws.items()}
+        row = means[case, pattern]
         best = min(IDW_POWERS, key=lambda p: row[f'idw{p}'])
         print(f"| {case} | {pattern} | {100 * row['edge share']:.1f} % | " + ' | '.join(
             f"{row[k + ' edge']:.4f} + {row[k + ' flat']:.4f}"
@@ -561,7 +563,7 @@ def report_guides(table):
     beyond_limit = []
     met = 0
     for (case, pattern), draws in table.items():
-        row = {k: float(np.mean(v)) for k, v in draws.items()}
+        row = means[case, pattern]
         cells, ok = [], True
         for g in guides:
             c = row[g + ' 30 %'] / row[g] - 1
@@ -605,7 +607,7 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
         for guide in GUIDES:
             opts = LocalCorrectionOptions(guide=guide)
 
-            def numpy_path(x=x, z=z, w=w, r=r, c=c, opts=opts):
+            def host_path(x=x, z=z, w=w, r=r, c=c, opts=opts):
                 return node_fit_and_correction(relative, x, z, w, r, c, opts, rgb)
 
             def numpy_only(x=x, z=z, w=w, r=r, c=c, opts=opts):
@@ -613,13 +615,13 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
                     return node_fit_and_correction(relative, x, z, w, r, c, opts, rgb)
 
             if _compiled.ENABLED:
-                steps[f'host, compiled (numba), {name}, guide {guide}'] = numpy_path
+                steps[f'host, compiled (numba), {name}, guide {guide}'] = host_path
             steps[f'host, numpy only, {name}, guide {guide}'] = numpy_only
             if guide == 'both' and name == '20k all in view':
                 # As in the node, where the model's inference runs between two corrections.
                 if _compiled.ENABLED:
                     steps[f'host, compiled (numba), {name}, guide {guide}, caches flushed '
-                          'first'] = (flush_caches, numpy_path)
+                          'first'] = (flush_caches, host_path)
                 steps[f'host, numpy only, {name}, guide {guide}, caches flushed first'] = \
                     (flush_caches, numpy_only)
             if torch is not None:

@@ -27,7 +27,6 @@ from ..scale.local_correction import (_LUMA, _SLICE_STEP, LocalCorrectionOptions
                                       check_guide_image, correction_grid, lightness_at,
                                       local_correction)
 
-_TAB = 32            # OpenCV 4's INTER_TAB_SIZE: its remap weighs in steps of 1/32
 
 
 @torch.inference_mode()

@@ -123,6 +123,17 @@ def _mix(src0, src1, dst, odd, same):
 
 
 @_jit
+def _span(kernel):
+    """(lo, hi): the taps of a zero-padded kernel, kernel[lo:hi]."""
+    lo, hi = 0, len(kernel)
+    while lo < hi and kernel[lo] == 0:
+        lo += 1
+    while hi > lo and kernel[hi - 1] == 0:
+        hi -= 1
+    return lo, hi
+
+
+@_jit
 def _blur(a, kernel, tmp, out):
     """Separable blur of each plane of a (2, h, w, c) grid with ``kernel`` along rows then
     columns, zero beyond the edges (cv2.sepFilter2D, BORDER_CONSTANT), into ``out``; ``tmp``:
@@ -130,11 +141,7 @@ def _blur(a, kernel, tmp, out):
     floors: sigma <= 1 cell) sum nine zero-padded shifted rows per output value in registers;
     longer ones (on the few cells of the top floors) go to _blur_any."""
     p, h, w, c = a.shape
-    lo, hi = 0, len(kernel)             # the taps of a zero-padded kernel
-    while lo < hi and kernel[lo] == 0:
-        lo += 1
-    while hi > lo and kernel[hi - 1] == 0:
-        hi -= 1
+    lo, hi = _span(kernel)
     taps = hi - lo
     if taps > 9:
         _blur_any(a, kernel, tmp, out)
@@ -176,11 +183,7 @@ def _blur_any(a, kernel, tmp, out):
     loops the compiler vectorises)."""
     p, h, w, c = a.shape
     r = len(kernel) // 2
-    lo, hi = 0, len(kernel)             # the taps of a zero-padded kernel
-    while lo < hi and kernel[lo] == 0:
-        lo += 1
-    while hi > lo and kernel[hi - 1] == 0:
-        hi -= 1
+    lo, hi = _span(kernel)
     mid = tmp.reshape((h, w * c))
     for k in range(p):
         src = a[k].reshape((h, w * c))

@@ -744,12 +744,17 @@ def _once(value):
     return lambda: value
 
 
+def _composed_at(ga, la, mix):
+    """The composed guide at the anchors: ``mix[0] * ga + mix[1] * la`` (the aligned log
+    depth and the lightness there; ``la`` None where the image's weight is 0)."""
+    if mix[1] == 0:
+        return ga * mix[0]
+    return la * mix[1] if mix[0] == 0 else ga * mix[0] + la * mix[1]
+
+
 def _axis_for(options, w, mix, ga, la, depth_extent, light_extent):
     """The bilateral axis over the composed guide and the anchors' places on it."""
-    if mix[1] == 0:
-        g = ga * mix[0]
-    else:
-        g = la * mix[1] if mix[0] == 0 else ga * mix[0] + la * mix[1]
+    g = _composed_at(ga, la, mix)
     lo, hi = float(g.min()), float(g.max())
     ext = None
     parts = [(mix[0], depth_extent), (mix[1], light_extent)]
@@ -844,9 +849,7 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
         # Sparse sets: the judging field is coarse where anchors are few, and a corrupted third
         # pulls its weighted mean towards them; the neighbours' median also has a veto.
         # Neighbours on the judging's own guide: the log depth, or the lightness for 'image'.
-        gj = ga * judge_mix[0] if la is None or judge_mix[1] == 0 else \
-            ga * judge_mix[0] + la * judge_mix[1]
-        uc = _consensus_weights(rows, cols, v, gj, options,
+        uc = _consensus_weights(rows, cols, v, _composed_at(ga, la, judge_mix), options,
                                 unjudged if axis is not None else None, u)
         if uc.any():                   # as the rounds: never every anchor rejected
             u = uc
@@ -1328,6 +1331,9 @@ def _pixel_maps(grid: _Grid):
     return maps
 
 
+_INTER_TAB = 32          # OpenCV 4's INTER_TAB_SIZE: its remap weighs in steps of 1/32
+
+
 @functools.lru_cache(maxsize=None)
 def remap_steps() -> int | None:
     """How this OpenCV's remap weighs float images: OpenCV 4 rounds the coordinates to 1/32
@@ -1336,7 +1342,7 @@ def remap_steps() -> int | None:
     device path) follow it."""
     out = cv2.remap(np.array([[0.0, 1.0]], np.float32), np.full((1, 1), 0.3, np.float32),
                     np.zeros((1, 1), np.float32), interpolation=cv2.INTER_LINEAR)
-    return None if abs(float(out[0, 0]) - 0.3) < 1e-4 else 32
+    return None if abs(float(out[0, 0]) - 0.3) < 1e-4 else _INTER_TAB
 
 
 _TAPS: dict = {}
