@@ -233,6 +233,41 @@ def test_compiled_fit_matches_the_numpy_fit(numpy_path, space, case):
 
 
 @pytest.mark.parametrize('space', ['depth', 'inverse'])
+def test_compiled_fit_problem_and_scores_match_the_numpy_ones(numpy_path, space):
+    """The fit's one-pass kernels against _Problem's numpy operations: the valid anchors
+    (NaN, inf, zero and negative depth or weight dropped) and their arrays bit for bit, the
+    x extent, and for lines that leave some fits negative (weight 0, never an inlier) the
+    Tukey loss, the count of kept anchors, the inliers and their RMS error."""
+    from fiffdepth_ros.scale.fit import FitOptions, _Problem
+    rng = np.random.default_rng(21)
+    n = 500
+    x = rng.uniform(-0.2, 1.0, n)
+    z = np.exp(rng.normal(0.5, 0.5, n))
+    w = rng.uniform(10.0, 1e4, n)
+    x[3], z[4], z[5], w[6], w[7], x[8], z[9] = np.nan, 0.0, -1.0, 0.0, np.inf, np.inf, np.nan
+    opts = FitOptions(space=space)
+    ref_valid, ref, ref_extent = numpy_path(_Problem.of_valid, x, z, w, opts)
+    valid, got, extent = _Problem.of_valid(x, z, w, opts)
+    np.testing.assert_array_equal(valid, ref_valid)
+    assert 0 < valid.sum() < n
+    for name in ('x', 'z', 'y', 'inv_var', 'cutoff'):
+        np.testing.assert_array_equal(getattr(got, name), getattr(ref, name))
+    assert extent == ref_extent
+    for s, t in ((1.5, 0.2), (-2.0, 0.5), (0.8, -0.3)):
+        (loss, kept), (ref_loss, ref_kept) = got.loss(s, t), numpy_path(ref.loss, s, t)
+        assert kept == ref_kept and 0 < kept < valid.sum()
+        np.testing.assert_allclose(loss, ref_loss, rtol=1e-12)
+        mask, rms = got.inliers_and_residual(s, t)
+        ref_mask, ref_rms = numpy_path(ref.inliers_and_residual, s, t)
+        np.testing.assert_array_equal(mask, ref_mask)
+        np.testing.assert_allclose(rms, ref_rms, rtol=1e-12)
+    mask, rms = got.inliers_and_residual(1e-9, -5.0)           # every fit negative
+    assert not mask.any() and np.isnan(rms)
+    none_valid, empty, _ = _Problem.of_valid(x[:1] * np.nan, z[:1], w[:1], opts)
+    assert not none_valid.any() and len(empty.x) == 0
+
+
+@pytest.mark.parametrize('space', ['depth', 'inverse'])
 def test_compiled_affine_map_is_the_numpy_one_bit_for_bit(numpy_path, space):
     from fiffdepth_ros.scale.fit import apply_fit
     rng = np.random.default_rng(12)

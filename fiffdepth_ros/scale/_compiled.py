@@ -9,7 +9,7 @@ same order, in float32 where the reference is float32 (the splat's sums in float
 ``np.bincount``'s): a field (``build_field``), the judging rounds (``judge_rounds``), the
 anchors' grid corners and bins, the dense read at half resolution (``slice_grid``, cv2.remap's
 taps), the thin-plate spline's centres and its solve (LU without BLAS), and the global fit's
-IRLS and affine map. Results agree with the reference to float32 rounding (OpenCV sums in
+problem (its valid anchors' arrays), IRLS, scores, inliers and affine map. Results agree with the reference to float32 rounding (OpenCV sums in
 another order); test_scale_compiled.py checks each kernel against it.
 
 Optional: without numba, or with ``FIFFDEPTH_NUMBA=0`` in the environment, ``ENABLED`` is
@@ -536,6 +536,81 @@ def irls(x, y, inv_var, cutoff, s, t, tol, max_iterations, known_s, known_t, use
                              abs((known_s - s) * x_hi + known_t - t)) <= 10 * tol:
             return known_s, known_t
     return s, t
+
+
+@_jit
+def fit_problem(x, z, w, inverse, noise, cutoff):
+    """``fit.fit_scale_shift``'s valid anchors (finite, positive depth and weight) and
+    ``fit._Problem``'s arrays for them in one pass, the same operations per anchor: (valid
+    mask, x, z, y, inverse variance, cutoff) of the valid ones in input order, and (min x,
+    max x, max |x|) over them (inf, -inf, 0 where none is valid)."""
+    n = len(x)
+    valid = np.empty(n, np.bool_)
+    m = 0
+    for i in range(n):
+        ok = (np.isfinite(x[i]) and np.isfinite(z[i]) and z[i] > 0 and np.isfinite(w[i])
+              and w[i] > 0)
+        valid[i] = ok
+        if ok:
+            m += 1
+    px, pz, py, iv, cut = np.empty(m), np.empty(m), np.empty(m), np.empty(m), np.empty(m)
+    x_lo, x_hi, x_abs = np.inf, -np.inf, 0.0
+    k = 0
+    for i in range(n):
+        if not valid[i]:
+            continue
+        xi, zi = x[i], z[i]
+        e = noise * zi
+        var = 1.0 / w[i] + e * e
+        root = math.sqrt(var)
+        if inverse:
+            py[k] = 1.0 / zi
+            sd = root / (zi * zi)
+        else:
+            py[k] = zi
+            sd = root
+        px[k], pz[k] = xi, zi
+        iv[k] = 1.0 / (sd * sd)
+        cut[k] = cutoff * root / e
+        x_lo, x_hi, x_abs = min(x_lo, xi), max(x_hi, xi), max(x_abs, abs(xi))
+        k += 1
+    return valid, px, pz, py, iv, cut, x_lo, x_hi, x_abs
+
+
+@_jit
+def tukey_loss(x, y, cutoff, s, t):
+    """``fit._robust_line``'s score of a solution: the bounded Tukey loss, the sum of
+    1 - u^1.5 over u = ``_tukey``'s weights, and how many weights are not 0."""
+    u = np.empty(len(x))
+    _tukey(x, y, cutoff, s, t, u)
+    loss = 0.0
+    nonzero = 0
+    for i in range(len(u)):
+        loss += 1.0 - u[i] * math.sqrt(u[i])
+        if u[i] != 0.0:
+            nonzero += 1
+    return loss, nonzero
+
+
+@_jit
+def inliers_and_residual(x, y, z, cutoff, s, t, inverse):
+    """``fit._Problem.inliers`` and ``fit._relative_rms`` over them: (mask of |log(fit /
+    anchor)| < cutoff, the inliers' RMS relative depth error; NaN where there are none)."""
+    n = len(x)
+    mask = np.empty(n, np.bool_)
+    total = 0.0
+    count = 0
+    for i in range(n):
+        f = s * x[i] + t
+        r = f / y[i]
+        mask[i] = r > 0.0 and abs(math.log(r)) < cutoff[i]
+        if mask[i]:
+            if inverse:
+                f = 1.0 / f if f > 0 else np.inf
+            e = (f - z[i]) / z[i]
+            total += e * e
+            count += 1
+    return mask, math.sqrt(total / count) if count else np.nan
 
 
 @_jit
