@@ -267,6 +267,25 @@ def test_compiled_fit_problem_and_scores_match_the_numpy_ones(numpy_path, space)
     assert not none_valid.any() and len(empty.x) == 0
 
 
+def test_fit_of_read_only_and_strided_anchors_compiles_nothing_new():
+    """Anchors in a read-only buffer (a message's) or a strided view (a field of a point
+    array) give the same fit, without a new specialisation of the fit's kernels (a compile
+    that would stall that frame)."""
+    from fiffdepth_ros.scale.fit import fit_scale_shift
+    rng = np.random.default_rng(22)
+    x = rng.uniform(0.1, 1.0, 400)
+    z = (0.5 + 2.0 * x) * np.exp(rng.normal(0, 0.01, 400))
+    ref = fit_scale_shift(x, z)
+    kernels = (_compiled.fit_problem, _compiled.tukey_loss, _compiled.inliers_and_residual)
+    before = [len(k.signatures) for k in kernels]
+    frozen = np.frombuffer(z.tobytes(), np.float64)
+    assert not frozen.flags.writeable
+    points = np.stack([x, z], 1)                 # x and z as strided columns
+    for got in (fit_scale_shift(x, frozen), fit_scale_shift(points[:, 0], points[:, 1])):
+        assert (got.scale, got.shift) == (ref.scale, ref.shift)
+    assert [len(k.signatures) for k in kernels] == before
+
+
 @pytest.mark.parametrize('space', ['depth', 'inverse'])
 def test_compiled_affine_map_is_the_numpy_one_bit_for_bit(numpy_path, space):
     from fiffdepth_ros.scale.fit import apply_fit

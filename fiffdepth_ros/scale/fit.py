@@ -179,6 +179,13 @@ class _Problem:
         return float(np.sum(1.0 - u * np.sqrt(u))), int(np.count_nonzero(u))
 
 
+def _vector(a) -> np.ndarray:
+    """A float64 vector, contiguous and writable (a copy only where it is not): the compiled
+    kernels then take the one array type they were compiled for (a read-only or strided
+    array, a sensor message's buffer say, would compile another on the first frame)."""
+    return np.require(np.asarray(a, np.float64).reshape(-1), requirements=('C', 'W'))
+
+
 def fit_scale_shift(relative, depth, weight=None, options: FitOptions = FitOptions(),
                     prior_shift: float = 0.0) -> FitResult:
     """Fit scale and shift mapping ``relative`` (N,) to metric ``depth`` (N,) metres.
@@ -186,9 +193,8 @@ def fit_scale_shift(relative, depth, weight=None, options: FitOptions = FitOptio
     ``weight`` (N,) is the anchors' inverse depth variance (1/m^2); None = equal sensor noise
     (1 cm). ``prior_shift`` is the shift a scale-only fallback keeps (e.g. the last good one).
     """
-    x = np.asarray(relative, dtype=np.float64).reshape(-1)
-    z = np.asarray(depth, dtype=np.float64).reshape(-1)
-    w = np.full(len(z), 1e4) if weight is None else np.asarray(weight, np.float64).reshape(-1)
+    x, z = _vector(relative), _vector(depth)
+    w = np.full(len(z), 1e4) if weight is None else _vector(weight)
     if not (len(x) == len(z) == len(w)):
         raise FitError(f'relative ({len(x)}), depth ({len(z)}) and weight ({len(w)}) '
                        'must have the same length')
