@@ -58,7 +58,7 @@ from fiffdepth_ros.scale import _compiled  # noqa: E402
 from fiffdepth_ros.scale.anchors import depth_image_anchors, lidar_anchors  # noqa: E402
 from fiffdepth_ros.scale.fit import apply_fit, fit_scale_shift  # noqa: E402
 from fiffdepth_ros.scale.local_correction import (GUIDES, LocalCorrectionOptions,  # noqa: E402
-                                                  local_correction, thinned)
+                                                  corrected_fit, thinned)
 from fiffdepth_ros.scale.recovery import ScaleRecovery, ScaleRecoveryConfig  # noqa: E402
 import timing  # noqa: E402  (bench/timing.py, beside this script)
 
@@ -313,12 +313,16 @@ def node_anchors(shape, options, *arrays):
 
 def node_fit_and_correction(relative, x, z, w, r, c, options=None, rgb=None):
     """Fit + local correction as ScaleRecovery does them: dense sets thinned evenly to the
-    correction's anchor budget, the fit, the aligned depth corrected in place."""
+    correction's anchor budget, the fit, then the metric depth in the correction's passes
+    (``corrected_fit``: the affine map and the depth range folded into them)."""
     options = options or LocalCorrectionOptions()
     x, z, w, r, c = node_anchors(relative.shape, options, x, z, w, r, c)
     f = fit_scale_shift(x, z, w)
-    aligned = apply_fit(relative, f.scale, f.shift, 'depth')
-    return local_correction(aligned, r, c, z, w, options, image=rgb, out=aligned)
+    return corrected_fit(relative, f.scale, f.shift, 'depth', r, c, z, w, options, image=rgb,
+                         depth_range=NODE_RANGE)
+
+
+NODE_RANGE = (ScaleRecoveryConfig().min_depth, 10.0)   # the bench's ScaleRecovery range
 
 
 # ---------------------------------------------------------------------------- image guide

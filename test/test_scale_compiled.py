@@ -179,13 +179,17 @@ for n in (80, 20000):
     for guide in lc.GUIDES:
         lc.local_correction(aligned, idx // 640, idx % 640, z,
                             options=lc.LocalCorrectionOptions(guide=guide), image=image)
+        lc.corrected_fit(rel, f.scale, f.shift, 'depth', idx // 640, idx % 640, z,
+                         options=lc.LocalCorrectionOptions(guide=guide), image=image,
+                         depth_range=(0.5, 3.0))
 after = {name: len(k.signatures) for name, k in kernels.items()}
 print(sorted(n for n in kernels if after[n] > before[n]), before['build_field'],
-      before['judge_rounds'], before['slice_grid'], before['irls'])
+      before['judge_rounds'], before['slice_grid'], before['irls'],
+      before['up2_multiply_affine'])
 '''
     out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
                          check=True).stdout.strip()
-    assert out == '[] 1 1 1 1'
+    assert out == '[] 1 1 1 1 1'
 
 
 @pytest.mark.parametrize('bilateral', [True, False])
@@ -284,6 +288,74 @@ def test_fit_of_read_only_and_strided_anchors_compiles_nothing_new():
     for got in (fit_scale_shift(x, frozen), fit_scale_shift(points[:, 0], points[:, 1])):
         assert (got.scale, got.shift) == (ref.scale, ref.shift)
     assert [len(k.signatures) for k in kernels] == before
+
+
+@pytest.mark.parametrize('space', ['depth', 'inverse'])
+def test_up2_multiply_affine_is_the_map_then_the_product_then_the_range(space):
+    """The fused final pass: bit for bit the affine map (NaN, inf, non-positive fits
+    invalid), the 2x upsampled product and NaN outside the range, done one after another."""
+    from fiffdepth_ros.scale.fit import apply_fit, clip_range
+    rng = np.random.default_rng(23)
+    rel = rng.uniform(-0.1, 1.0, (48, 64)).astype(np.float32)
+    rel[3, 4], rel[5, 6] = np.nan, np.inf
+    half = np.exp(rng.normal(0, 0.3, (24, 32))).astype(np.float32)
+    scale, shift, lo, hi = np.float32(2.5), np.float32(0.2), np.float32(0.4), np.float32(2.0)
+    aligned = apply_fit(rel, scale, shift, space)
+    ref = np.empty_like(aligned)
+    _compiled.up2_multiply(half, aligned, ref)
+    clip_range(ref, lo, hi)
+    got = np.empty_like(ref)
+    _compiled.up2_multiply_affine(half, rel, scale, shift, space == 'inverse', lo, hi, got)
+    np.testing.assert_array_equal(got, ref)
+    valid = np.isfinite(got)
+    assert 0.3 < valid.mean() < 0.95 and np.isnan(got[3, 4])
+
+
+@pytest.mark.parametrize('compiled', [True, False])
+@pytest.mark.parametrize('shape', [(240, 320), (243, 331)])
+@pytest.mark.parametrize('space', ['depth', 'inverse'])
+def test_corrected_fit_is_apply_fit_then_the_correction_then_the_range(numpy_path, compiled,
+                                                                       shape, space):
+    """corrected_fit (what ScaleRecovery runs) equals its three steps one after another,
+    bit for bit: the affine map stored, local_correction on it (guide 'both', with an
+    image), NaN outside the range; on the compiled path at even sizes (the fused pass) and
+    odd ones, and on the numpy path. Some pixels fall outside the range, some relative
+    values are invalid."""
+    from fiffdepth_ros.scale.fit import apply_fit, clip_range
+    h, w = shape
+    rng = np.random.default_rng(24)
+    yy, xx = np.mgrid[0:h, 0:w]
+    rel = (0.3 + 0.5 * xx / w + 0.1 * (yy > h // 2)).astype(np.float32)
+    rel[::37, ::29] = np.nan
+    scale, shift = (3.0, 0.2) if space == 'depth' else (1.5, 0.1)
+    truth = apply_fit(rel, scale, shift, space) * np.exp(0.2 * np.sin(xx / 40.0))
+    idx = rng.choice(h * w, 400, replace=False)
+    rows, cols = idx // w, idx % w
+    z = truth[rows, cols].astype(np.float64)
+    ok = np.isfinite(z)
+    rows, cols, z = rows[ok], cols[ok], z[ok]
+    image = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    opts = lc.LocalCorrectionOptions(guide='both')
+    lo, hi = np.nanpercentile(truth, [5, 95])
+
+    def steps():
+        aligned = apply_fit(rel, scale, shift, space)
+        out = lc.local_correction(aligned, rows, cols, z, None, opts, image=image, out=aligned)
+        return clip_range(out.depth, lo, hi), out.weights
+
+    def fused():
+        out = lc.corrected_fit(rel, scale, shift, space, rows, cols, z, None, opts, image=image,
+                               depth_range=(lo, hi))
+        return out.depth, out.weights
+
+    run = (lambda f: f()) if compiled else numpy_path
+    (ref, ref_w), (got, got_w) = run(steps), run(fused)
+    np.testing.assert_array_equal(got, ref)
+    np.testing.assert_array_equal(got_w, ref_w)
+    inside = np.isfinite(apply_fit(rel, scale, shift, space))
+    assert 0.05 < np.isnan(got[inside]).mean() < 0.3        # the range clipped some pixels
+    assert not np.allclose(got[np.isfinite(got)],
+                           apply_fit(rel, scale, shift, space)[np.isfinite(got)])  # corrected
 
 
 @pytest.mark.parametrize('space', ['depth', 'inverse'])

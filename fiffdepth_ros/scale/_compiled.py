@@ -460,17 +460,22 @@ def slice_grid(field, guide, y0, ay, x0, ax, g0, inv_width, out):
 
 
 @_jit
+def _affine(v, scale, shift, inverse):
+    """One pixel of ``fit.apply_fit``: v * scale + shift (``inverse``: its reciprocal) in
+    float32, NaN where that is not a positive finite depth (NaN stays NaN)."""
+    d = v * scale + shift
+    if inverse:
+        d = np.float32(1.0) / d
+    return np.float32(np.nan) if (d <= np.float32(0.0) or d == np.float32(np.inf)) else d
+
+
+@_jit
 def affine_depth(relative, scale, shift, inverse, out):
     """``fit.apply_fit`` in one pass: out = relative * scale + shift (float32; ``inverse``:
     its reciprocal), NaN where that is not a positive finite depth (NaN stays NaN)."""
     src, dst = relative.reshape(-1), out.reshape(-1)
-    nan, zero, one = np.float32(np.nan), np.float32(0.0), np.float32(1.0)
-    inf = np.float32(np.inf)
     for q in range(len(src)):
-        d = src[q] * scale + shift
-        if inverse:
-            d = one / d
-        dst[q] = nan if (d <= zero or d == inf) else d
+        dst[q] = _affine(src[q], scale, shift, inverse)
 
 
 @_jit
@@ -832,6 +837,28 @@ def up2_multiply(half, other, out):
         for j in range(w2):
             d[2 * j] = even[j] * o[2 * j]
             d[2 * j + 1] = odd[j] * o[2 * j + 1]
+
+
+@_jit
+def up2_multiply_affine(half, relative, scale, shift, inverse, lo, hi, out):
+    """``up2_multiply(half, aligned, out)`` where aligned = ``affine_depth(relative, ...)``
+    (computed per pixel, not stored), then NaN outside [lo, hi] (float32 thresholds,
+    ``fit.clip_range``): the map, the product and the range in one pass over the image."""
+    h2, w2 = half.shape
+    row = np.empty(w2, np.float32)
+    even = np.empty(w2, np.float32)
+    odd = np.empty(w2, np.float32)
+    nan = np.float32(np.nan)
+    for y in range(2 * h2):
+        i0, i1, odd_row = _rows_of(y, h2)
+        _mix(half[i0], half[i1], row, odd_row, i0 == i1)
+        _halves(row, even, odd, 1)
+        src, dst = relative[y], out[y]
+        for j in range(w2):
+            p = even[j] * _affine(src[2 * j], scale, shift, inverse)
+            dst[2 * j] = nan if (p > hi or p < lo) else p
+            p = odd[j] * _affine(src[2 * j + 1], scale, shift, inverse)
+            dst[2 * j + 1] = nan if (p > hi or p < lo) else p
 
 
 @_jit

@@ -471,3 +471,12 @@ def apply_fit(relative: np.ndarray, scale: float, shift: float, space: str) -> n
         bad |= out == np.inf
         np.copyto(out, np.float32(np.nan), where=bad)
     return out
+
+
+def clip_range(depth: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """NaN outside [lo, hi] metres, in place (the thresholds in float32, as numpy compares a
+    float32 image with a Python float); returns ``depth``."""
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    with np.errstate(invalid='ignore'):
+        np.copyto(depth, np.float32(np.nan), where=(depth > hi32) | (depth < lo32))
+    return depth

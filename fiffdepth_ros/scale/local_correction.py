@@ -76,6 +76,12 @@ The numpy / OpenCV code here is the reference. Where numba is installed (and
 fields, the judging rounds, the corners, the spline's centres and solve, the dense read and
 its upsampling), equal to float32 rounding and ~40 % cheaper per frame: the grids are small,
 and the reference's cost is its ~1700 calls per frame, not their arithmetic.
+
+``local_correction`` corrects a given aligned depth. ``corrected_fit``, what ScaleRecovery
+runs, takes the relative depth and the fit instead: the aligned depth is computed where the
+correction reads it (the anchors, the half-resolution guide) and, compiled, in its final
+product, which also applies the depth range: one pass over the full-resolution image instead
+of three (the affine map, the product, the range), the same values.
 """
 from __future__ import annotations
 
@@ -90,7 +96,7 @@ import cv2
 import numpy as np
 
 from . import _compiled
-from .fit import _median, _median_rows, evenly_spaced
+from .fit import _median, _median_rows, apply_fit, clip_range, evenly_spaced
 
 GUIDES = ('depth', 'image', 'both')
 
@@ -650,7 +656,7 @@ def warm_up(log=None) -> None:
         log('loading the compiled scale-recovery kernels (the first run on a machine '
             'compiles them, ~20 s on 2 cores; numba caches them for later runs)')
         start = time.monotonic()
-        from .fit import apply_fit, fit_scale_shift
+        from .fit import fit_scale_shift
         rng = np.random.default_rng(0)
         h, w = 128, 160            # 80 cells: room for 300 anchors, > spline_centres
         relative = rng.uniform(0.2, 1.0, (h, w)).astype(np.float32)
@@ -659,8 +665,10 @@ def warm_up(log=None) -> None:
         z = 0.5 + 3.0 * relative.ravel()[idx]
         fit = fit_scale_shift(relative.ravel()[idx], z)
         aligned = apply_fit(relative, fit.scale, fit.shift, 'depth')
-        local_correction(aligned, idx // w, idx % w, z, image=image,
-                         options=LocalCorrectionOptions(guide='both'))
+        options = LocalCorrectionOptions(guide='both')
+        local_correction(aligned, idx // w, idx % w, z, image=image, options=options)
+        corrected_fit(relative, fit.scale, fit.shift, 'depth', idx // w, idx % w, z,
+                      image=image, options=options, depth_range=(0.1, 10.0))
         _WARMED.append(True)
         log(f'compiled scale-recovery kernels ready in {time.monotonic() - start:.1f} s')
 
@@ -1174,7 +1182,11 @@ def _bilinear(field: np.ndarray, grid: _Grid, rows, cols) -> np.ndarray:
 def log_guide(aligned: np.ndarray) -> np.ndarray:
     """Log of the aligned depth at half resolution (the factor is read there, see _slice);
     NaN / -inf where the depth is invalid. A per-thread scratch image."""
-    half = aligned[::_SLICE_STEP, ::_SLICE_STEP]
+    return _log_half(aligned[::_SLICE_STEP, ::_SLICE_STEP])
+
+
+def _log_half(half: np.ndarray) -> np.ndarray:
+    """``log_guide`` of the aligned depth's half-resolution pixels ``half``."""
     guide = _WORK.get('guide', half.shape, np.float32)
     with np.errstate(divide='ignore', invalid='ignore'):
         np.log(half, out=guide)
@@ -1271,25 +1283,99 @@ def local_correction(aligned: np.ndarray, rows, cols, depth, weight=None,
     if out is not None and (out.shape != (h, w) or out.dtype != np.float32):
         raise ValueError(f'out must be a {h}x{w} float32 array, got {out.shape} {out.dtype}')
     with opencv_on_caller_thread():
-        return _local_correction(aligned, rows, cols, depth, weight, options, image, out)
+        return _local_correction(_Aligned(aligned), rows, cols, depth, weight, options, image,
+                                 out)
 
 
-def _local_correction(aligned, rows, cols, depth, weight, options, image, out):
-    h, w = aligned.shape
-    guide = log_guide(aligned) if options.edge_aware else None
+def corrected_fit(relative: np.ndarray, scale: float, shift: float, space: str, rows, cols,
+                  depth, weight=None, options: LocalCorrectionOptions = LocalCorrectionOptions(),
+                  image=None, depth_range=(0.0, np.inf)) -> LocalCorrection:
+    """``local_correction(apply_fit(relative, scale, shift, space), rows, cols, depth,
+    weight, options, image)`` with NaN outside ``depth_range`` (``clip_range``): what
+    ScaleRecovery makes of a frame with local anchors, in a new array. The aligned depth is
+    never stored: the correction reads it where it needs it (the anchors, the half-resolution
+    guide), and on the compiled path (even sizes) its final product maps, corrects and clips
+    each pixel in one pass over the image instead of three. The same values."""
+    relative = np.ascontiguousarray(relative, np.float32)
+    if relative.ndim != 2:
+        raise ValueError(f'relative must be an HxW array, got shape {relative.shape}')
+    source = _Affine(relative, scale, shift, space, depth_range)
+    with opencv_on_caller_thread():
+        return _local_correction(source, rows, cols, depth, weight, options, image, None)
+
+
+class _Aligned:
+    """The aligned depth the correction reads and multiplies: a given array."""
+
+    def __init__(self, array: np.ndarray):
+        self.array, self.shape = array, array.shape
+
+    def half(self) -> np.ndarray:
+        return self.array[::_SLICE_STEP, ::_SLICE_STEP]
+
+    def at(self, rows, cols) -> np.ndarray:
+        return self.array[rows, cols]
+
+    def uncorrected(self, out) -> np.ndarray:
+        if out is None:
+            return self.array.copy()
+        np.copyto(out, self.array)
+        return out
+
+    def times_half(self, factor: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """out = factor (half resolution) upsampled 2x, times the aligned depth (compiled)."""
+        _compiled.up2_multiply(factor, self.array, out)
+        return out
+
+    def times(self, up: np.ndarray, out) -> np.ndarray:
+        return np.multiply(up, self.array, out=out)
+
+
+class _Affine(_Aligned):
+    """``apply_fit(relative, scale, shift, space)`` as the aligned depth, computed where the
+    correction reads it; the corrected depth NaN outside ``depth_range``."""
+
+    def __init__(self, relative, scale, shift, space, depth_range):
+        self.relative, self.shape = relative, relative.shape
+        self.fit = (float(scale), float(shift), space)
+        self.range = tuple(float(v) for v in depth_range)
+
+    def _map(self, relative) -> np.ndarray:
+        return apply_fit(relative, *self.fit)
+
+    def half(self) -> np.ndarray:
+        return self._map(np.ascontiguousarray(self.relative[::_SLICE_STEP, ::_SLICE_STEP]))
+
+    def at(self, rows, cols) -> np.ndarray:
+        return self._map(self.relative[rows, cols][None])[0]   # 2-D: the image's kernel
+
+    def uncorrected(self, out) -> np.ndarray:
+        return clip_range(self._map(self.relative), *self.range)
+
+    def times_half(self, factor: np.ndarray, out: np.ndarray) -> np.ndarray:
+        scale, shift, space = self.fit
+        _compiled.up2_multiply_affine(factor, self.relative, np.float32(scale),
+                                      np.float32(shift), space == 'inverse',
+                                      *(np.float32(v) for v in self.range), out)
+        return out
+
+    def times(self, up: np.ndarray, out) -> np.ndarray:
+        return clip_range(np.multiply(up, self._map(self.relative), out=out), *self.range)
+
+
+def _local_correction(source: _Aligned, rows, cols, depth, weight, options, image, out):
+    h, w = source.shape
+    guide = _log_half(source.half()) if options.edge_aware else None
     light_at = light_extent = None
     if image is not None and options.edge_aware and options.guide != 'depth':
         image = check_guide_image(image, (h, w))
         light_extent = functools.partial(lightness_range, image)     # where it is needed
         light_at = (lambda r, c: lightness_at(image, r, c))
-    plan = correction_grid((h, w), rows, cols, depth, weight, lambda r, c: aligned[r, c],
+    plan = correction_grid((h, w), rows, cols, depth, weight, source.at,
                            guide_range(guide) if guide is not None else None, options,
                            light_at, light_extent)
     if plan.factor is None:
-        if out is None:
-            return LocalCorrection(aligned.copy(), plan.weights, np.nan)
-        np.copyto(out, aligned)
-        return LocalCorrection(out, plan.weights, np.nan)
+        return LocalCorrection(source.uncorrected(out), plan.weights, np.nan)
     if guide is not None and plan.mix[1] != 0:          # the image is in the chosen guide
         guide = compose_guide(guide, lightness_guide(image), plan.mix)
     factor = _slice(plan.factor, plan.grid, guide)
@@ -1300,15 +1386,14 @@ def _local_correction(aligned, rows, cols, depth, weight, options, image, out):
             _compiled.up2_multiply(plan.detail, factor, factor)
         if out is None:
             out = np.empty((h, w), np.float32)
-        _compiled.up2_multiply(factor, aligned, out)
-        return LocalCorrection(out, plan.weights, plan.sigma)
+        return LocalCorrection(source.times_half(factor, out), plan.weights, plan.sigma)
     if plan.detail is not None:                # the detail level, upsampled 2x onto it
         factor *= cv2.resize(plan.detail, factor.shape[::-1],
                              dst=_WORK.get('detail_up', factor.shape, np.float32),
                              interpolation=cv2.INTER_LINEAR)
     up = cv2.resize(factor, (w, h), dst=_WORK.get('up', (h, w), np.float32),
                     interpolation=cv2.INTER_LINEAR)
-    return LocalCorrection(np.multiply(up, aligned, out=out), plan.weights, plan.sigma)
+    return LocalCorrection(source.times(up, out), plan.weights, plan.sigma)
 
 
 _MAPS: dict = {}

@@ -21,9 +21,9 @@ from dataclasses import asdict, dataclass, field, replace
 import numpy as np
 
 from .anchors import Anchors
-from .fit import SPACES, FitOptions, apply_fit, fit_scale_shift
+from .fit import SPACES, FitOptions, apply_fit, clip_range, fit_scale_shift
 from .local_correction import (GUIDES, LocalCorrectionOptions, check_guide_image,
-                               local_correction, thinned, warm_up)
+                               corrected_fit, thinned, warm_up)
 from .temporal import Measurement, TemporalFilter, TemporalOptions
 
 STATUSES = ('fitted', 'scale-only', 'held', 'none')
@@ -260,11 +260,10 @@ class ScaleRecovery:
 
     def apply(self, rel: np.ndarray, plan: 'Plan') -> np.ndarray:
         """Metric depth (float32 HxW, NaN invalid) of ``rel`` under ``plan``."""
-        depth = apply_fit(rel, plan.scale, plan.shift, plan.space)
         if plan.local is not None:
-            depth = self.correct_locally(depth, plan)
-        _clip_range(depth, plan.min_depth, plan.max_depth)
-        return depth
+            return self.correct_locally(rel, plan)
+        return clip_range(apply_fit(rel, plan.scale, plan.shift, plan.space), plan.min_depth,
+                          plan.max_depth)
 
     @property
     def guided_options(self) -> LocalCorrectionOptions:
@@ -274,10 +273,12 @@ class ScaleRecovery:
             opts = replace(opts, guide=self._config.local_guide)
         return opts
 
-    def correct_locally(self, depth: np.ndarray, plan: 'Plan') -> np.ndarray:
-        # In place: ``depth`` is this frame's own array (apply_fit's).
-        local = local_correction(depth, *plan.local, self.guided_options, image=plan.image,
-                                 out=depth)
+    def correct_locally(self, rel: np.ndarray, plan: 'Plan') -> np.ndarray:
+        """The plan's metric depth of ``rel`` with its local correction (``corrected_fit``:
+        the affine map, the correction and the range in one pass where compiled)."""
+        local = corrected_fit(rel, plan.scale, plan.shift, plan.space, *plan.local,
+                              self.guided_options, image=plan.image,
+                              depth_range=(plan.min_depth, plan.max_depth))
         plan.report.local_inliers = int(np.count_nonzero(local.weights))
         return local.depth
 
@@ -342,9 +343,3 @@ def _usable(anchors: Anchors, shape, cfg: ScaleRecoveryConfig,
     keep = keep[thinned(len(keep), shape, local_options)]
     return (rows[keep].astype(np.int64), cols[keep].astype(np.int64),
             z[keep].astype(np.float64), wt[keep].astype(np.float64), '; '.join(notes))
-
-
-def _clip_range(depth: np.ndarray, lo: float, hi: float) -> None:
-    """NaN outside [lo, hi], in place."""
-    with np.errstate(invalid='ignore'):
-        np.copyto(depth, np.float32(np.nan), where=(depth > hi) | (depth < lo))
