@@ -151,7 +151,8 @@ def _taps(grid, device):
     key = (grid.h, grid.w, grid.cell, grid.nh, grid.nw, grid.gh, str(device), steps)
     taps = _TAPS.get(key)
     if taps is None:
-        y0, ay, x0, ax = (torch.from_numpy(t) for t in _host.remap_taps(grid))
+        # Copies: the host's taps are cached read only (torch warns on such arrays).
+        y0, ay, x0, ax = (torch.tensor(t) for t in _host.remap_taps(grid))
         y0, ay, x0, ax = y0[:, None], ay[:, None], x0[None], ax[None]
         bx, by = 1.0 - ax, 1.0 - ay
         taps = tuple(t.to(device) for t in (
