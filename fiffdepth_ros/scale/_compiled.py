@@ -820,19 +820,24 @@ def judge_rounds(index, corner_weights, v, support, prior, gh, gw, channels, bin
 
 
 @_jit
+def _up2_row(half, y, row, even, odd):
+    """Output row ``y`` of ``half`` upsampled 2x (cv2.resize INTER_LINEAR), its even and odd
+    columns into ``even`` and ``odd`` (``row``: scratch)."""
+    i0, i1, odd_row = _rows_of(y, half.shape[0])
+    _mix(half[i0], half[i1], row, odd_row, i0 == i1)
+    _halves(row, even, odd, 1)
+
+
+@_jit
 def up2_multiply(half, other, out):
     """out = cv2.resize(half, twice its size, INTER_LINEAR) * other (``other`` and ``out``
     exactly twice ``half``'s height and width; ``out`` may be ``other``): the 2x pattern of
     weights 1/4, 3/4 with the edges replicated, each output row from one blended row of
     ``half``, the product in the same pass (no upsampled image in between)."""
     h2, w2 = half.shape
-    row = np.empty(w2, np.float32)
-    even = np.empty(w2, np.float32)
-    odd = np.empty(w2, np.float32)
+    row, even, odd = np.empty(w2, np.float32), np.empty(w2, np.float32), np.empty(w2, np.float32)
     for y in range(2 * h2):
-        i0, i1, odd_row = _rows_of(y, h2)
-        _mix(half[i0], half[i1], row, odd_row, i0 == i1)
-        _halves(row, even, odd, 1)
+        _up2_row(half, y, row, even, odd)
         o, d = other[y], out[y]
         for j in range(w2):
             d[2 * j] = even[j] * o[2 * j]
@@ -845,14 +850,10 @@ def up2_multiply_affine(half, relative, scale, shift, inverse, lo, hi, out):
     (computed per pixel, not stored), then NaN outside [lo, hi] (float32 thresholds,
     ``fit.clip_range``): the map, the product and the range in one pass over the image."""
     h2, w2 = half.shape
-    row = np.empty(w2, np.float32)
-    even = np.empty(w2, np.float32)
-    odd = np.empty(w2, np.float32)
+    row, even, odd = np.empty(w2, np.float32), np.empty(w2, np.float32), np.empty(w2, np.float32)
     nan = np.float32(np.nan)
     for y in range(2 * h2):
-        i0, i1, odd_row = _rows_of(y, h2)
-        _mix(half[i0], half[i1], row, odd_row, i0 == i1)
-        _halves(row, even, odd, 1)
+        _up2_row(half, y, row, even, odd)
         src, dst = relative[y], out[y]
         for j in range(w2):
             p = even[j] * _affine(src[2 * j], scale, shift, inverse)
