@@ -378,7 +378,7 @@ def test_thin_plate_base_ignores_rejected_anchors_and_averages_dense_sets():
 @pytest.mark.parametrize('kwargs', [dict(cell=0), dict(outlier_cutoff=0.0),
                                     dict(range_sigma=0.0), dict(iterations=-1),
                                     dict(spline_smoothing=-0.1), dict(spline_centres=2),
-                                    dict(consensus_max=-1)])
+                                    dict(consensus_max=-1), dict(dense_range_sigma=0.0)])
 def test_invalid_options(kwargs):
     with pytest.raises(ValueError):
         LocalCorrectionOptions(**kwargs)
@@ -431,3 +431,57 @@ def test_fields_blended_together_equal_fields_blended_apart(monkeypatch):
     for f, state in zip(fields, together):
         np.testing.assert_allclose(state, f.build(v, u, opts.min_support, False), rtol=1e-6,
                                    atol=1e-8)
+
+
+def _blurred_box_scene():
+    """The box scene's truth, and a prediction that blurs its depth edges (sigma 4 px) under a
+    smooth error: a network's soft edges, which only the anchors can sharpen."""
+    import cv2
+    truth, box = _truth()
+    pred = cv2.GaussianBlur(truth, (0, 0), 4.0) / _smooth_error().astype(np.float32)
+    return truth, box, pred.astype(np.float32)
+
+
+def _scan_lines(step=15, spacing=3):
+    rows, cols = np.mgrid[step // 2:H:step, 0:W:spacing]
+    return rows.ravel(), cols.ravel()
+
+
+def test_dense_anchor_sets_get_the_finer_range_axis_in_the_final_field():
+    """At least one anchor per cell: the final field's bins are dense_range_sigma wide; a
+    sparse set, or dense_range_sigma None, keeps range_sigma; the judging keeps it always."""
+    from fiffdepth_ros.scale.local_correction import _cells, correction_grid
+    truth, _, pred = _blurred_box_scene()
+    opts = LocalCorrectionOptions()
+    dense_r, dense_c = _scan_lines()
+    sparse_r, sparse_c = _anchors(100)
+    assert len(dense_r) >= _cells((H, W), opts) > len(sparse_r)
+
+    def width(rows, cols, options):
+        grid = correction_grid((H, W), rows, cols, truth[rows, cols], None,
+                               lambda r, c: pred[r, c], None, options).grid
+        return grid.axis.width
+
+    assert width(dense_r, dense_c, opts) == opts.dense_range_sigma == 0.05
+    assert width(sparse_r, sparse_c, opts) == opts.range_sigma
+    assert width(dense_r, dense_c, LocalCorrectionOptions(dense_range_sigma=None)) == \
+        opts.range_sigma
+
+
+def test_the_finer_range_axis_sharpens_blurred_edges_between_dense_scan_lines():
+    """Scan lines 15 px apart over a prediction whose depth edges are blurred: the finer axis
+    for dense sets corrects the pixels near the box's edges better than range_sigma's bins,
+    and does not cost the flat pixels."""
+    truth, box, pred = _blurred_box_scene()
+    rows, cols = _scan_lines()
+    near = _near(box, 6)
+
+    def corrected(**kw):
+        out = local_correction(pred, rows, cols, truth[rows, cols],
+                               options=LocalCorrectionOptions(**kw)).depth
+        return _absrel(out[near], truth[near]), _absrel(out[~near], truth[~near])
+
+    fine_edge, fine_flat = corrected()
+    wide_edge, wide_flat = corrected(dense_range_sigma=None)
+    assert fine_edge < 0.9 * wide_edge
+    assert fine_flat <= 1.02 * wide_flat

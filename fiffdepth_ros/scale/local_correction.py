@@ -90,7 +90,7 @@ import functools
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -108,6 +108,8 @@ class LocalCorrectionOptions:
     min_support: float = 0.5         # anchors at which a scale is fully used (interpolation)
     edge_aware: bool = True          # bilateral grid over the aligned log depth
     range_sigma: float = 0.1         # bilateral bin width, log depth (~10 % depth difference)
+    dense_range_sigma: float | None = 0.05  # the final field's bin width for dense anchor sets
+    #                                  (>= 1 per cell); None: range_sigma (judging keeps it)
     max_bins: int = 48               # bilateral bins cap (wider bins for huge depth ranges)
     outlier_support: float = 3.0     # anchors on the same surface that can outvote one anchor
     outlier_cutoff: float = 0.5      # Tukey cutoff, log ratio to the neighbourhood (~ x1.65)
@@ -151,6 +153,9 @@ class LocalCorrectionOptions:
         if self.mix is not None and not (len(self.mix) == 2 and min(self.mix) >= 0
                                          and max(self.mix) > 0):
             raise ValueError(f'mix must be two weights >= 0, not both 0, got {self.mix!r}')
+        if self.dense_range_sigma is not None and not self.dense_range_sigma > 0:
+            raise ValueError(f'dense_range_sigma must be > 0 or None, got '
+                             f'{self.dense_range_sigma!r}')
         if not (self.range_sigma > 0 and self.max_bins >= 2 and self.iterations >= 0):
             raise ValueError('local correction needs range_sigma > 0, max_bins >= 2 and '
                              'iterations >= 0')
@@ -879,6 +884,14 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
     # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
     # would keep, at a quarter of the cost.
     dense = len(v) >= _cells((h, w), options)
+    if dense and axis is not None and options.dense_range_sigma not in (None,
+                                                                       options.range_sigma):
+        # Anchors at least one per cell hold a finer range axis for the final field (its bins
+        # still have anchors; sparse sets gain nothing from it, see dense_range_sigma); the
+        # judging above kept range_sigma's wider neighbourhoods.
+        axis, anchor_bins = _axis_for(replace(options, range_sigma=options.dense_range_sigma),
+                                      w, mix, ga, la, guide_extent,
+                                      lightness_extent() if mix[1] else None)
     fields = _Fields((h, w), options, options.cell, rows, cols, axis, anchor_bins,
                      nearest=dense)
     base = None
