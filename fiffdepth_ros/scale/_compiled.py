@@ -9,8 +9,10 @@ same order, in float32 where the reference is float32 (the splat's sums in float
 ``np.bincount``'s): a field (``build_field``), the judging rounds (``judge_rounds``), the
 anchors' grid corners and bins, the dense read at half resolution (``slice_grid``, cv2.remap's
 taps), the thin-plate spline's centres and its solve (LU without BLAS), and the global fit's
-problem (its valid anchors' arrays), IRLS, scores, inliers and affine map. Results agree with the reference to float32 rounding (OpenCV sums in
-another order); test_scale_compiled.py checks each kernel against it.
+problem (its valid anchors' arrays), IRLS, scores, inliers and affine map; the last 2x
+upsampling's product with the affine map and the depth range folded in
+(``up2_multiply_affine``). Results agree with the reference to float32 rounding (OpenCV sums
+in another order); test_scale_compiled.py checks each kernel against it.
 
 Optional: without numba, or with ``FIFFDEPTH_NUMBA=0`` in the environment, ``ENABLED`` is
 False and the reference runs. Compiled on first use and cached on disk (numba's cache, beside

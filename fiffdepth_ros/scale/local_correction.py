@@ -700,9 +700,8 @@ MIX_CANDIDATES = ((1.0, 0.0), (1.0, 0.5))
 _CHOOSE_ANCHORS = 1024   # 'both' scores the candidate mixes on at most this many anchors
 
 
-def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_extent,
-                depth_axis=None):
-    """The guide that best predicts the anchors from their neighbours, (mix, axis, bins).
+def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_axis=None):
+    """The guide (mix) that best predicts the anchors from their neighbours.
 
     A holdout: each candidate mix's field on the judging grid (the interpolation's support,
     ``min_support``) from every other anchor of an even subset (``_CHOOSE_ANCHORS``: a choice,
@@ -714,10 +713,9 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
     bins as soon as some are rejected, and its weights were set by agreement with the depth
     guide's field; both favoured the depth guide on corrupted anchor sets (a 16-line scan with
     30 % corrupted went back to the depth guide and lost 12 %).
-    ``depth_axis``: the judging's (axis, bins), returned as they are when the depth wins.
-    The candidates' axes span the subset's own guide values (a choice read at anchors only);
-    ``light_extent()``, the lightness's extent over the image, is asked for only when a mix
-    with the image wins (its axis must cover every pixel)."""
+    ``depth_axis``: the judging's (axis, bins), the depth candidate's (its bins taken at the
+    subset). The candidates' axes span the subset's own guide values (a choice read at anchors
+    only); the caller builds the final field's axis for the winner."""
     k = options.range_sigma / options.colour_sigma
     sub = evenly_spaced(len(v), _CHOOSE_ANCHORS)
     srows, scols, sv, su, sga, sla = (x[sub] for x in (rows, cols, v, u, ga, la))
@@ -743,11 +741,7 @@ def _choose_mix(options, shape, rows, cols, v, u, ga, la, depth_extent, light_ex
         err = float(np.dot(su[test], np.minimum(e, options.outlier_cutoff)))
         if best is None or err < best[0]:
             best = (err, mix)
-    mix = best[1]
-    if mix == (1.0, 0.0) and depth_axis is not None:
-        return (mix, *depth_axis)
-    return (mix, *_axis_for(options, shape[1], mix, ga, la, depth_extent,
-                            light_extent() if mix[1] else None))
+    return best[1]
 
 
 def _once(value):
@@ -873,24 +867,20 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
 
     mix = judge_mix
     if guide == 'both':
-        if options.mix is not None or not judged:
-            mix = _mix_for(options)
-            axis, anchor_bins = _axis_for(options, w, mix, ga, la, guide_extent,
-                                          lightness_extent())
-        else:
-            mix, axis, anchor_bins = _choose_mix(options, (h, w), rows, cols, v, u, ga, la,
-                                                 guide_extent, lightness_extent,
-                                                 (axis, anchor_bins))
+        mix = _mix_for(options) if options.mix is not None or not judged else \
+            _choose_mix(options, (h, w), rows, cols, v, u, ga, la, (axis, anchor_bins))
     # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
-    # would keep, at a quarter of the cost.
+    # would keep, at a quarter of the cost; and they hold a finer range axis for the final
+    # field (its bins still have anchors; sparse sets gain nothing from it, see
+    # dense_range_sigma), while the judging above kept range_sigma's wider neighbourhoods.
     dense = len(v) >= _cells((h, w), options)
-    if dense and axis is not None and options.dense_range_sigma not in (None,
-                                                                       options.range_sigma):
-        # Anchors at least one per cell hold a finer range axis for the final field (its bins
-        # still have anchors; sparse sets gain nothing from it, see dense_range_sigma); the
-        # judging above kept range_sigma's wider neighbourhoods.
-        axis, anchor_bins = _axis_for(replace(options, range_sigma=options.dense_range_sigma),
-                                      w, mix, ga, la, guide_extent,
+    final = options
+    if dense and options.dense_range_sigma not in (None, options.range_sigma):
+        final = replace(options, range_sigma=options.dense_range_sigma)
+    if axis is not None and (mix != judge_mix or final is not options):
+        # The final field's axis, built once: the judging's serves where neither the guide
+        # nor the bin width changed.
+        axis, anchor_bins = _axis_for(final, w, mix, ga, la, guide_extent,
                                       lightness_extent() if mix[1] else None)
     fields = _Fields((h, w), options, options.cell, rows, cols, axis, anchor_bins,
                      nearest=dense)
