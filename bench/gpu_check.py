@@ -24,6 +24,11 @@ on) and each with a time budget, its share of --time-limit, so the whole run sta
   light      one distillation step of the light autoencoder (bench/light_autoencoder.py's, the
              stage's own loss): SD2-size teacher, 8 images at 480x640, bf16 autocast: step time
              and peak memory, for the README's GPU sizing of that stage
+  scale      fit + local correction of a 640x480 frame as the node runs them (ScaleRecovery, guide
+             'both' with the frame's RGB), a 20k-point LiDAR sweep and 100 random anchors: the
+             host path (compiled where numba is installed) against the torch finishing path on
+             the device (DeviceFinisher.recover): median ms of each, interleaved, and how far
+             apart their metric depths are (the 5 ms target of the scale-recovery bench)
   runtimes   the exported graph (fiffdepth-export) of --model on the runtimes present: torch
              CPU / CUDA, ONNX Runtime TensorRT / CUDA / CPU, OpenVINO; load s, first frame s,
              median ms, max difference / range against torch fp32 on the CPU
@@ -34,7 +39,7 @@ rewritten after every section, so a run stopped from outside still leaves what i
 at --time-limit the kit itself stops, marks the rest as not run and exits 0.
 
     python bench/gpu_check.py [--out gpu_check] [--smoke] [--time-limit 420]
-                              [--sections precision,timings,finish,overlap,train,light,runtimes]
+                              [--sections precision,timings,finish,scale,overlap,train,light,runtimes]
                               [--model nano] [--height 192 --width 256] [--repeats 10]
     scripts/gpu_check.sh OUT [--wheels DIR] [-- arguments of this script]
 """
@@ -76,10 +81,12 @@ SECTIONS = {
     'runtimes': (45, 'f. the exported graph on the runtimes present'),
     'light': (40, 'g. light autoencoder: one distillation step (fiffdepth-train stage '
                   'light_autoencoder), bf16'),
+    'scale': (20, 'h. metric scale: fit + local correction at 640x480, host against torch on '
+                  'the device'),
 }
-# Run in this order (the report keeps a-f): the timings last, where its torch.compile rows
+# Run in this order (the report keeps a-h): the timings last, where its torch.compile rows
 # (a minute or more each for an SD2 UNet + VAE) can take whatever time the others left.
-ORDER = ('precision', 'finish', 'overlap', 'train', 'light', 'runtimes', 'timings')
+ORDER = ('precision', 'finish', 'scale', 'overlap', 'train', 'light', 'runtimes', 'timings')
 
 
 def environment() -> dict:
@@ -641,6 +648,108 @@ def section_light(report: Report, budget: Budget, ctx: dict) -> None:
     del teacher
 
 
+# ---------------------------------------------------------------------------- h. scale
+SCALE_SIZE = (480, 640)
+
+
+def section_scale(report: Report, budget: Budget, ctx: dict) -> None:
+    """Fit + local correction of one 640x480 frame, as the node runs them on each path: the
+    host's ScaleRecovery.process (its compiled kernels where numba is installed, else numpy
+    and OpenCV) and the torch finishing path's DeviceFinisher.recover (the grid built on the
+    host from the anchors, every per-pixel step on the device), the same ScaleRecoveryConfig
+    (guide 'both', the frame's RGB given) and the same stamps, interleaved call by call. The
+    frame: the synthetic room's depth as ground truth and bench/scale_recovery.py's simulated
+    network error as the relative depth; anchors: that bench's 20k-point LiDAR sweep (all in
+    view) and 100 random pixels. Each row: median ms; the device row also how far its metric
+    depth is from the host's."""
+    args, device = ctx['args'], ctx['device']
+    sets = ('20k-point LiDAR sweep', '100 random anchors')
+    names = [(s, path) for s in sets for path in ('host', 'device')]
+    rows = {}
+    for s, path in names:
+        rows[s, path] = report.add('scale', {'row': f'{s}: ' + (
+            'host' if path == 'host' else f'torch on {device.type}')})
+    missing = cv2_missing()
+    if missing:
+        for row in rows.values():
+            row['status'] = missing
+        return
+    try:
+        import scale_recovery as bench
+        from fiffdepth_ros.demo.scene import SyntheticRoom
+        from fiffdepth_ros.finish.device import DeviceFinisher
+        from fiffdepth_ros.geometry.camera_model import CameraModel
+        from fiffdepth_ros.scale import _compiled
+        from fiffdepth_ros.scale.anchors import lidar_anchors
+        from fiffdepth_ros.scale.local_correction import warm_up
+        from fiffdepth_ros.scale.recovery import ScaleRecovery, ScaleRecoveryConfig
+        h, w = SCALE_SIZE
+        room = SyntheticRoom(w, h)
+        shot = room.render(0.0)
+        gt, rgb = shot.depth, shot.rgb
+        relative = bench.simulate_prediction(gt, 0)
+        points, camera_from_lidar = bench.lidar_sweep(gt)
+        camera = CameraModel.pinhole(w, h, *bench.NYU)
+        rc = bench.random_pattern(gt > 0, 100, 0)
+        anchor_sets = {sets[0]: lidar_anchors(points, camera_from_lidar, camera, max_depth=10.0),
+                       sets[1]: bench.anchors_from(*rc, gt[rc].astype(np.float64), gt.shape)}
+        config = ScaleRecoveryConfig(max_depth=10.0, local_guide='both')
+        host_kind = 'compiled (numba)' if _compiled.ENABLED else 'numpy only (numba missing)'
+        t0 = time.perf_counter()
+        warm_up(log=lambda _: None)
+        first_call = time.perf_counter() - t0
+        finisher = DeviceFinisher(device)
+        rel_t = finisher.relative_on_device(relative)
+    except Exception as exc:
+        for row in rows.values():
+            row['status'] = reason(exc)
+        return
+    report.note('scale', input=f'{h}x{w}', guide='both', host=host_kind,
+                warm_up_s=round(first_call, 2))
+    repeats = max(args.repeats, 2) * (2 if args.smoke else 10)
+    for s, anchors in anchor_sets.items():
+        recoveries = {'host': ScaleRecovery(config), 'device': ScaleRecovery(config)}
+        calls = {'host': lambda t, r=recoveries['host'], a=anchors:
+                 r.process(relative, a, t, rgb)[0],
+                 'device': lambda t, r=recoveries['device'], a=anchors:
+                 finisher.recover(r, rel_t, a, t, rgb)[0]}
+        times = {p: [] for p in calls}
+        worst, nan_same, frames = 0.0, True, 0
+        try:
+            for i in range(repeats + 1):                 # the first round is not timed
+                if budget.spent(2):
+                    break
+                out = {}
+                for p, call in calls.items():
+                    t0 = time.perf_counter()
+                    out[p] = call(0.1 * i)
+                    sync(device)
+                    if i:
+                        times[p].append((time.perf_counter() - t0) * 1e3)
+                a = np.asarray(out['host'], np.float64)
+                b = out['device'].float().cpu().numpy().astype(np.float64)
+                nan_same &= bool(np.array_equal(np.isnan(a), np.isnan(b)))
+                ok = np.isfinite(a) & np.isfinite(b)
+                if ok.any():
+                    worst = max(worst, float((np.abs(a[ok] - b[ok]) / np.abs(a[ok])).max()))
+                frames += 1
+        except Exception as exc:
+            for p in calls:
+                rows[s, p].setdefault('status', reason(exc))
+            continue
+        for p in calls:
+            row = rows[s, p]
+            row['anchors'] = int(len(anchors.depth))
+            if not times[p]:
+                row['status'] = 'skipped: section time budget spent'
+                continue
+            p50, p10, p90 = np.percentile(times[p], [50, 10, 90])
+            row.update(status='ok', median_ms=round(float(p50), 2),
+                       p10_ms=round(float(p10), 2), p90_ms=round(float(p90), 2),
+                       frames=len(times[p]))
+        rows[s, 'device'].update(depth_max_rel_diff=worst, depth_nan_pattern_equal=nan_same)
+
+
 # ---------------------------------------------------------------------------- f. runtimes
 def section_runtimes(report: Report, budget: Budget, ctx: dict) -> None:
     args, cuda = ctx['args'], ctx['device'].type == 'cuda'
@@ -764,6 +873,10 @@ COLUMNS = {
     'light': [('row', 'row', ''), ('status', 'status', ''), ('step s', 'step_s', '.3g'),
               ('TFLOPs', 'tflops', '.3g'), ('light-part activations MiB', 'light_activations_mib',
                                             ''), ('peak MB', 'peak_mb', '')],
+    'scale': [('row', 'row', ''), ('status', 'status', ''), ('median ms', 'median_ms', ''),
+              ('p10-p90 ms', None, ''), ('frames', 'frames', ''), ('anchors', 'anchors', ''),
+              ('depth max rel diff', 'depth_max_rel_diff', '.1e'),
+              ('NaN pattern equal', 'depth_nan_pattern_equal', '')],
     'runtimes': [('row', 'row', ''), ('status', 'status', ''), ('load s', 'load_s', ''),
                  ('first frame s', 'first_frame_s', ''), ('median ms', 'median_ms', ''),
                  ('p10-p90 ms', None, ''), ('max diff / range', 'max_diff_of_range', '.1e')],
@@ -858,7 +971,7 @@ def main(argv=None) -> int:
     functions = {'precision': section_precision, 'timings': section_timings,
                  'finish': section_finish, 'overlap': section_overlap,
                  'train': section_train, 'runtimes': section_runtimes,
-                 'light': section_light}
+                 'light': section_light, 'scale': section_scale}
 
     def at_the_limit():
         with report.lock:

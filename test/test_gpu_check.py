@@ -43,7 +43,7 @@ def smoke(tiny_checkpoint, tmp_path_factory):
 def test_the_report_has_every_section_and_prints_its_markdown(smoke):
     done, report, markdown = smoke
     assert list(report['sections']) == ['precision', 'timings', 'finish', 'overlap', 'train',
-                                        'runtimes', 'light']
+                                        'runtimes', 'light', 'scale']
     assert 'stopped' not in report and report['total_s'] < report['time_limit_s']
     budgets = report['budgets_s']       # shares of the limit, the last section the rest
     assert sum(budgets.values()) == pytest.approx(report['time_limit_s'], abs=1)
@@ -89,6 +89,23 @@ def test_torch_finishing_matches_the_numpy_path(smoke):
     assert total >= 8 and equal >= 2 and 'relative' not in torch_row['messages_differing']
     # The local correction's float32 rounding, as test_finish_torch allows.
     assert torch_row['depth_max_rel_diff'] < 1e-5 and torch_row['depth_nan_pattern_equal']
+
+
+def test_scale_recovery_on_the_device_matches_the_host_and_is_timed(smoke):
+    """The scale bench's cost case (fit + local correction, 640x480, a 20k-point sweep, guide
+    'both') timed on both paths; on a CPU device the torch path reads the host's memory and
+    its metric depth is the host's exactly (on CUDA, float32 rounding)."""
+    section = smoke[1]['sections']['scale']
+    assert section['guide'] == 'both' and section['input'] == '480x640'
+    rows = _rows(smoke[1], 'scale')
+    device = 'cuda' if torch.cuda.is_available() else 'cpu'
+    for anchors, count in (('20k-point LiDAR sweep', 15000), ('100 random anchors', 100)):
+        host, dev = rows[f'{anchors}: host'], rows[f'{anchors}: torch on {device}']
+        for row in (host, dev):
+            assert row['status'] == 'ok' and row['median_ms'] > 0 and row['frames'] >= 2, row
+            assert row['anchors'] >= count
+        assert dev['depth_nan_pattern_equal']
+        assert dev['depth_max_rel_diff'] < (1e-5 if device == 'cuda' else 1e-12), dev
 
 
 def test_overlap_and_the_training_step_ran_as_scripts(smoke):
