@@ -5,6 +5,7 @@
 #
 #   scripts/gpu_wheels.sh DIR [--with PKG]... [--without PKG]...
 #   scripts/gpu_wheels.sh DIR --opencv      OpenCV alone (see below)
+#   scripts/gpu_wheels.sh DIR --numba       numba and llvmlite alone (see below)
 #
 # What the kit's code path imports beyond torch: diffusers (UNet, VAE, schedulers, Marigold's
 # pipeline) and its import chain (huggingface_hub, safetensors, Pillow, regex, requests, ...),
@@ -26,6 +27,9 @@
 # main folder has), to carry in a run of its own before the kit's when each run can carry only
 # 64 MiB: `scripts/gpu_check.sh OUT --wheels .gpu_wheels_cv --install-only`, then the kit
 # with --wheels .gpu_wheels (on the same machine, while it is still held).
+# --numba: the same for numba and llvmlite (~46 MiB): without them the host's part of the
+# scale recovery (its grid, on every path, the device's too) runs numpy only, slower than a
+# deployed machine with numba; the kit's section h then says so.
 #
 # The total must stay within GPU_WHEELS_MAX_MIB (default 64, what a device run can carry);
 # above it the script says so and exits 1 (the wheels stay in DIR to look at).
@@ -40,6 +44,7 @@ nodeps=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --opencv) packages=(opencv-python-headless); nodeps="--no-deps"; shift ;;
+        --numba) packages=(numba llvmlite); nodeps="--no-deps"; shift ;;
         --with) packages+=("$2"); shift 2 ;;
         --without)
             keep=()
@@ -77,7 +82,8 @@ for name in sys.argv[2:]:
         pinned = bound
     download.append(pinned)
     install.append(pinned if name.lower() in ('diffusers', 'transformers',
-                                              'opencv-python-headless') else bound)
+                                              'opencv-python-headless', 'numba',
+                                              'llvmlite') else bound)
 folder = Path(sys.argv[1])
 (folder / 'download.txt').write_text('\n'.join(download) + '\n')
 (folder / 'requirements.txt').write_text('\n'.join(install) + '\n')
