@@ -378,7 +378,8 @@ def test_thin_plate_base_ignores_rejected_anchors_and_averages_dense_sets():
 @pytest.mark.parametrize('kwargs', [dict(cell=0), dict(outlier_cutoff=0.0),
                                     dict(range_sigma=0.0), dict(iterations=-1),
                                     dict(spline_smoothing=-0.1), dict(spline_centres=2),
-                                    dict(consensus_max=-1), dict(dense_range_sigma=0.0)])
+                                    dict(consensus_max=-1), dict(dense_range_sigma=0.0),
+                                    dict(judge_max_bins=1)])
 def test_invalid_options(kwargs):
     with pytest.raises(ValueError):
         LocalCorrectionOptions(**kwargs)
@@ -485,3 +486,74 @@ def test_the_finer_range_axis_sharpens_blurred_edges_between_dense_scan_lines():
     wide_edge, wide_flat = corrected(dense_range_sigma=None)
     assert fine_edge < 0.9 * wide_edge
     assert fine_flat <= 1.02 * wide_flat
+
+
+def _ramp_scene():
+    """A floor seen from above it: 1 m at the bottom row to 40 m at the top (log-linear), the
+    prediction off by a smooth error: a depth range of 37 bins of range_sigma."""
+    yy = np.mgrid[0:H, 0:W][0].astype(np.float64)
+    truth = np.exp(np.log(40.0) * (1.0 - yy / (H - 1))).astype(np.float32)
+    return truth, (truth * _smooth_error()).astype(np.float32)
+
+
+def _corrupted(z, seed, fraction=0.3):
+    """``fraction`` of the anchors x0.5 or x1.8 (half each), and which."""
+    rng = np.random.default_rng(seed)
+    bad = np.zeros(len(z), bool)
+    idx = rng.permutation(len(z))[:int(round(fraction * len(z)))]
+    bad[idx] = True
+    out = z.copy()
+    out[idx[:len(idx) // 2]] *= 0.5
+    out[idx[len(idx) // 2:]] *= 1.8
+    return out, bad
+
+
+@pytest.mark.parametrize('seed', [0, 2])
+def test_sparse_sets_over_a_wide_depth_range_are_judged_on_wider_bands(seed):
+    """100 anchors over 1-40 m, 30 % of them x0.5 or x1.8: in bands of range_sigma nearly every
+    anchor is alone on its band, so not judged, and the corrupted ones stay; with the judging
+    capped at judge_max_bins bands they have neighbours and are dropped. The clean set's
+    correction is the same either way (the final field keeps range_sigma)."""
+    truth, aligned = _ramp_scene()
+    rows, cols = _anchors(100, seed=seed)
+    z = truth[rows, cols].astype(np.float64)
+    zc, bad = _corrupted(z, seed)
+
+    def run(depths, **kw):
+        return local_correction(aligned, rows, cols, depths,
+                                options=LocalCorrectionOptions(**kw))
+
+    capped, fine = run(zc), run(zc, judge_max_bins=None)
+    assert LocalCorrectionOptions().judge_max_bins == 8
+    assert fine.inliers[bad].sum() >= 20                   # the failure the cap removes
+    assert capped.inliers[bad].sum() <= 3 and capped.inliers[~bad].mean() >= 0.95
+    assert _absrel(capped.depth, truth) < 0.25 * _absrel(fine.depth, truth)
+    clean, clean_fine = run(z), run(z, judge_max_bins=None)
+    assert clean.inliers.all()
+    assert _absrel(clean.depth, truth) <= 1.05 * _absrel(clean_fine.depth, truth) < 0.01
+
+
+def test_judging_bands_change_nothing_where_the_range_fits_or_the_set_is_dense():
+    """A frame whose prediction spans 5 bins of range_sigma (3-4 m, a small smooth error), and
+    a dense set (scan lines) over 1-40 m: the output is the same with the cap or without; a
+    cap below the frame's 5 bins does change the first (the test can see the judging)."""
+    yy, xx = np.mgrid[0:H, 0:W].astype(np.float64)
+    narrow = 3.0 + xx / W
+    aligned = (narrow * np.exp(0.05 * np.sin(xx / 40.0) * np.cos(yy / 30.0))).astype(np.float32)
+    rows, cols = _anchors(100, seed=4)
+    z, _ = _corrupted(narrow[rows, cols], 4)
+    below = local_correction(aligned, rows, cols, z, options=LocalCorrectionOptions(
+        judge_max_bins=3))
+    assert not np.array_equal(below.weights, local_correction(aligned, rows, cols, z).weights)
+    pairs = [(aligned, rows, cols, z)]
+    truth, aligned = _ramp_scene()
+    from fiffdepth_ros.scale.local_correction import _cells
+    rows, cols = _scan_lines()
+    assert len(rows) >= _cells((H, W), LocalCorrectionOptions())
+    pairs.append((aligned, rows, cols, _corrupted(truth[rows, cols].astype(np.float64), 5)[0]))
+    for image, r, c, depths in pairs:
+        a = local_correction(image, r, c, depths)
+        b = local_correction(image, r, c, depths,
+                             options=LocalCorrectionOptions(judge_max_bins=None))
+        np.testing.assert_array_equal(a.depth, b.depth)
+        np.testing.assert_array_equal(a.weights, b.weights)

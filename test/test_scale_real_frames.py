@@ -118,8 +118,12 @@ def test_global_fit_prior_limits_one_sided_corruption_of_sparse_anchors(frame):
         z[np.random.default_rng(1000 + seed).permutation(500)[:150]] *= 2.0
         moved.append(absrel(rows, cols, z, with_prior))
         moved_no_prior.append(absrel(rows, cols, z, without))
-    assert np.mean(moved) < 0.9 * np.mean(moved_no_prior)      # 0.0154 vs 0.0184 here
-    assert np.mean(moved) < 1.5 * np.mean(clean)              # clean 0.0116
+    # 0.0148 vs 0.0161 here, clean 0.0093. Before the sparse sets' wider judging bands
+    # (judge_max_bins) 0.0135 vs 0.0162: those bands give the moved anchors neighbours that
+    # outvote them without the prior too, and on these 5 seeds cost this case 10 % (over 20
+    # seeds 5 %: 0.0120 -> 0.0126, while two-sided and foreground corruption gained).
+    assert np.mean(moved) < 0.95 * np.mean(moved_no_prior)
+    assert np.mean(moved) < 1.6 * np.mean(clean)
 
 
 def _simulated_prediction(gt, seed):

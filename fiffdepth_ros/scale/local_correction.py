@@ -44,9 +44,19 @@ aligned depth by exp(v). All work happens on coarse grids (a few ms per VGA fram
    the prediction's genuine local errors are far from Gaussian. The global fit has a weak vote
    in every judging window (``judge_prior`` anchors at v = 0, never counted as support): where
    bad anchors happen to match the good ones in number locally, it tips the balance.
+   Sparse sets (fewer anchors than grid cells) judge on at most ``judge_max_bins`` bins over
+   the frame's depth range: bins of ``range_sigma`` up to a depth ratio of ~2 across the
+   frame, wider bands beyond. In bins of ``range_sigma`` over a wide range (outdoors, or a
+   prediction that puts a window at 9 m) most of a sparse set's anchors are alone on their
+   band, hence not judged, and a x1.8 one among them is taken as it is
+   (bench/scale_recovery.py --only guide, 30 % of 100 random anchors corrupted: the real
+   prediction's error over clean went from +41 % to +21 %, about what dropping the corrupted
+   anchors by an oracle costs; on the same scene stretched to 0.8-40 m from +129 % to +25 %).
+   Dense sets keep ``range_sigma``: their bands have neighbours, and wider ones made a 16-line
+   scan with corrupted returns worse.
    Sparse sets (up to ``consensus_max`` anchors) have a second judge with a veto: the median
    log ratio of each anchor's 8 nearest anchors (pixels, and the judging's guide at one
-   judging cell per ``range_sigma``), the same cutoff, the judging field's rejects not voting
+   judging cell per judging bin), the same cutoff, the judging field's rejects not voting
    and its unjudged anchors not judged. Where anchors are few the judging field is coarse and
    a corrupted third pulls its weighted mean towards them (the good anchors of a region the
    prediction gets 30 % wrong, and the x1.8 ones, end up on either side of it, both within the
@@ -111,6 +121,8 @@ class LocalCorrectionOptions:
     dense_range_sigma: float | None = 0.05  # the final field's bin width for dense anchor sets
     #                                  (>= 1 per cell); None: range_sigma (judging keeps it)
     max_bins: int = 48               # bilateral bins cap (wider bins for huge depth ranges)
+    judge_max_bins: int | None = 8   # the judging's bins cap for sparse anchor sets (< 1 per
+    #                                  cell): wide depth ranges get wider bands; None: max_bins
     outlier_support: float = 3.0     # anchors on the same surface that can outvote one anchor
     outlier_cutoff: float = 0.5      # Tukey cutoff, log ratio to the neighbourhood (~ x1.65)
     judge_prior: float = 0.5         # the global fit counts as this many anchors when judging
@@ -156,6 +168,9 @@ class LocalCorrectionOptions:
         if self.dense_range_sigma is not None and not self.dense_range_sigma > 0:
             raise ValueError(f'dense_range_sigma must be > 0 or None, got '
                              f'{self.dense_range_sigma!r}')
+        if self.judge_max_bins is not None and not int(self.judge_max_bins) >= 2:
+            raise ValueError(f'judge_max_bins must be >= 2 or None, got '
+                             f'{self.judge_max_bins!r}')
         if not (self.range_sigma > 0 and self.max_bins >= 2 and self.iterations >= 0):
             raise ValueError('local correction needs range_sigma > 0, max_bins >= 2 and '
                              'iterations >= 0')
@@ -817,10 +832,18 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
     ga = np.log(a)
     if guide != 'depth':
         la = np.asarray(lightness(rows, cols), np.float32).astype(np.float64)
-    # Judging on the predicted surfaces (the image alone for guide 'image').
+    # Dense anchors (at least one per grid cell) and sparse ones are treated apart below.
+    dense = len(v) >= _cells((h, w), options)
+    # Judging on the predicted surfaces (the image alone for guide 'image'); a sparse set's
+    # bands widen with the frame's depth range (judge_max_bins), so that an anchor finds
+    # neighbours on its band and is judged.
     judge_mix = _mix_for(options) if guide == 'image' else (1.0, 0.0)
+    judging = options
+    if not dense and options.judge_max_bins is not None \
+            and options.judge_max_bins < options.max_bins:
+        judging = replace(options, max_bins=int(options.judge_max_bins))
     if options.edge_aware:
-        axis, anchor_bins = _axis_for(options, w, judge_mix, ga, la, guide_extent,
+        axis, anchor_bins = _axis_for(judging, w, judge_mix, ga, la, guide_extent,
                                       lightness_extent() if judge_mix[1] else None)
     u = np.ones(len(v))
     sigma = np.nan
@@ -857,7 +880,8 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
         # pulls its weighted mean towards them; the neighbours' median also has a veto.
         # Neighbours on the judging's own guide: the log depth, or the lightness for 'image'.
         uc = _consensus_weights(rows, cols, v, _composed_at(ga, la, judge_mix), options,
-                                unjudged if axis is not None else None, u)
+                                unjudged if axis is not None else None, u,
+                                axis.width if axis is not None else options.range_sigma)
         if uc.any():                   # as the rounds: never every anchor rejected
             u = uc
     if judged and u.any():
@@ -868,16 +892,17 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
     mix = judge_mix
     if guide == 'both':
         mix = _mix_for(options) if options.mix is not None or not judged else \
-            _choose_mix(options, (h, w), rows, cols, v, u, ga, la, (axis, anchor_bins))
-    # Dense anchors (more than grid cells): the nearest-cell splat loses nothing the blur
-    # would keep, at a quarter of the cost; and they hold a finer range axis for the final
-    # field (its bins still have anchors; sparse sets gain nothing from it, see
-    # dense_range_sigma), while the judging above kept range_sigma's wider neighbourhoods.
-    dense = len(v) >= _cells((h, w), options)
+            _choose_mix(judging, (h, w), rows, cols, v, u, ga, la, (axis, anchor_bins))
+    # Dense anchors: the nearest-cell splat loses nothing the blur would keep, at a quarter
+    # of the cost; and they hold a finer range axis for the final field (its bins still have
+    # anchors; sparse sets gain nothing from it, see dense_range_sigma), while the judging
+    # above kept range_sigma's wider neighbourhoods. Sparse sets' final field keeps
+    # range_sigma (max_bins), whatever bands their judging had.
     final = options
     if dense and options.dense_range_sigma not in (None, options.range_sigma):
         final = replace(options, range_sigma=options.dense_range_sigma)
-    if axis is not None and (mix != judge_mix or final is not options):
+    if axis is not None and (mix != judge_mix or final is not options
+                             or judging is not options):
         # The final field's axis, built once: the judging's serves where neither the guide
         # nor the bin width changed.
         axis, anchor_bins = _axis_for(final, w, mix, ga, la, guide_extent,
@@ -998,19 +1023,20 @@ def detail_grid(shape, rows, cols, residual, weights,
 
 
 def _consensus_weights(rows, cols, v, guide, options: LocalCorrectionOptions, unjudged,
-                       start) -> np.ndarray:
+                       start, bin_width) -> np.ndarray:
     """Tukey weights of the anchors against the median log ratio of their
     ``_CONSENSUS_NEIGHBOURS`` nearest anchors, never above ``start`` (the judging field's
     weights), whose rejected anchors do not vote; a second round leaves out the neighbours the
     first rejected as well. Distance: pixels, plus the judging's guide at the anchors
     (``guide``: the aligned log depth, or the lightness in its units for 'image') with one
-    ``range_sigma`` counting as one judging cell, so that neighbours share a surface where they
-    can. A median, not the judging field's weighted mean: a third of the neighbours pulled one
+    of the judging's bins (``bin_width``: ``range_sigma``, or wider where the judging's axis
+    reached its bins cap) counting as one judging cell, so that neighbours share a surface
+    where they can. A median, not the judging field's weighted mean: a third of the neighbours pulled one
     way cannot drag it with them. ``unjudged``: the judging field's fallback share per anchor
     (None: none); an anchor with no neighbours on its own surface (share 1) is not judged here
     either."""
     from scipy.spatial import cKDTree
-    scale = _JUDGE_CELLS * options.cell / options.range_sigma
+    scale = _JUDGE_CELLS * options.cell / bin_width
     pts = np.stack([rows.astype(np.float64), cols.astype(np.float64), guide * scale], 1)
     k = min(_CONSENSUS_NEIGHBOURS, len(v) - 1)
     nb = cKDTree(pts).query(pts, k + 1)[1][:, 1:]            # without the anchor itself
