@@ -441,6 +441,18 @@ def guide_cases(data: Path, sparse_rc, relative_real, seeds):
             ('indoor_sparse GT, simulated', rgb2, gt2, [simulate(gt2, 10 + s) for s in seeds])]
 
 
+def stretched_cases(data: Path, seeds):
+    """``guide_cases``' simulated cases on the two frames' GT stretched to WIDE_RANGE
+    (``wide_range``: an outdoor depth range over the same scene structure), the same seeds."""
+    (rgb1, gt1), (rgb2, gt2) = load_rgbd(data)
+    wide1, wide2 = wide_range(gt1), wide_range(gt2)
+    span = f'{WIDE_RANGE[0]:g}-{WIDE_RANGE[1]:g} m'
+    return [(f'indoor_relative GT stretched to {span}, simulated', rgb1, wide1,
+             [simulate(wide1, s) for s in seeds]),
+            (f'indoor_sparse GT stretched to {span}, simulated', rgb2, wide2,
+             [simulate(wide2, 10 + s) for s in seeds])]
+
+
 def corrupt_guide(z, seed, fraction=0.3):
     """The issue's corruption: ``fraction`` of the anchors scaled x0.5 or x1.8 (half each).
     Returns the corrupted depths and which anchors were corrupted."""
@@ -455,7 +467,7 @@ def corrupt_guide(z, seed, fraction=0.3):
     return out, bad
 
 
-def run_guides(cases, sparse_rc, seeds):
+def run_guides(cases, sparse_rc, seeds, max_depth=10.0):
     """{(case, pattern): {method: [AbsRel per draw]}}, draw i with seed ``seeds[i]`` (its
     anchors, its corruption and, for a simulated case, its prediction; the 16 scan lines
     take 5 positions within one line gap, the real pattern is fixed). Methods: the baseline
@@ -488,11 +500,11 @@ def run_guides(cases, sparse_rc, seeds):
                         for k, x in zip(('edge', 'flat'), absrel_split(d, gt, valid, edge)):
                             acc.setdefault(f'idw{p} {k}', []).append(x)
                 zc, bad = corrupt_guide(z, seed)
-                d, _ = ScaleRecovery(ScaleRecoveryConfig(max_depth=10.0)).process(
+                d, _ = ScaleRecovery(ScaleRecoveryConfig(max_depth=max_depth)).process(
                     relative, anchors_from(rows[~bad], cols[~bad], z[~bad], gt.shape), 0.0, rgb)
                 acc.setdefault(default + ' oracle', []).append(metrics(d, gt, valid)['absrel'])
                 for guide in GUIDES:
-                    cfg = ScaleRecoveryConfig(max_depth=10.0, local_guide=guide)
+                    cfg = ScaleRecoveryConfig(max_depth=max_depth, local_guide=guide)
                     for tag, zz in (('', z), (' 30 %', zc)):
                         if tag and guide != ScaleRecoveryConfig().local_guide and \
                                 guide != 'both':
@@ -738,6 +750,9 @@ def main(argv=None):
     ap.add_argument('--seed-offset', type=int, default=0,
                     help='image-guide part: shift every seed (anchor draws, corruption, '
                          'simulated predictions) by this much, to check beyond the usual ones')
+    ap.add_argument('--stretched', action='store_true',
+                    help='image-guide part: the simulated cases on the frames\' GT stretched '
+                         'to 0.8-40 m (an outdoor depth range) instead; no timing')
     ap.add_argument('--draws', type=int, default=GUIDE_DRAWS,
                     help='image-guide part: draws per case (anchors, corruption, simulated '
                          'prediction), averaged')
@@ -845,6 +860,14 @@ def guide_section(args, relative, gt, valid, sparse_rc):
     if args.seed_offset:
         print(f'\n(image-guide part: seeds shifted by {args.seed_offset})')
     seeds = range(args.seed_offset, args.seed_offset + args.draws)
+    if args.stretched:
+        print(f'\n(image-guide part on the GT stretched to {WIDE_RANGE[0]:g}-{WIDE_RANGE[1]:g} m: '
+              'log depth mapped linearly, the same scene structure at an outdoor range, its '
+              'depth edges far stronger; predictions simulated from it as below; outside the '
+              'targets\' cases)')
+        report_guides(run_guides(stretched_cases(args.data, seeds), sparse_rc, seeds,
+                                 max_depth=100.0))
+        return
     report_guides(run_guides(guide_cases(args.data, sparse_rc, relative, seeds), sparse_rc,
                              seeds))
     if args.repeats <= 0:
