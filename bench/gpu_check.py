@@ -39,7 +39,8 @@ rewritten after every section, so a run stopped from outside still leaves what i
 at --time-limit the kit itself stops, marks the rest as not run and exits 0.
 
     python bench/gpu_check.py [--out gpu_check] [--smoke] [--time-limit 420]
-                              [--sections precision,timings,finish,scale,overlap,train,light,runtimes]
+                              [--sections precision,timings,finish,scale,overlap,train,
+                                          light,runtimes]
                               [--model nano] [--height 192 --width 256] [--repeats 10]
     scripts/gpu_check.sh OUT [--wheels DIR] [-- arguments of this script]
 """

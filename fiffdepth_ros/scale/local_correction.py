@@ -902,9 +902,11 @@ def _correction_grid(shape, rows, cols, depth, weight, sample, guide_extent, opt
     if dense and options.dense_range_sigma not in (None, options.range_sigma):
         final = replace(options, range_sigma=options.dense_range_sigma)
     if axis is not None and (mix != judge_mix or final is not options
-                             or judging is not options):
+                             or (judging is not options
+                                 and axis.width != options.range_sigma)):
         # The final field's axis, built once: the judging's serves where neither the guide
-        # nor the bin width changed.
+        # nor the bin width changed (a sparse set's judging axis below its bins cap is the
+        # final one; above it, its bins were wider).
         axis, anchor_bins = _axis_for(final, w, mix, ga, la, guide_extent,
                                       lightness_extent() if mix[1] else None)
     fields = _Fields((h, w), options, options.cell, rows, cols, axis, anchor_bins,
@@ -1031,10 +1033,10 @@ def _consensus_weights(rows, cols, v, guide, options: LocalCorrectionOptions, un
     (``guide``: the aligned log depth, or the lightness in its units for 'image') with one
     of the judging's bins (``bin_width``: ``range_sigma``, or wider where the judging's axis
     reached its bins cap) counting as one judging cell, so that neighbours share a surface
-    where they can. A median, not the judging field's weighted mean: a third of the neighbours pulled one
-    way cannot drag it with them. ``unjudged``: the judging field's fallback share per anchor
-    (None: none); an anchor with no neighbours on its own surface (share 1) is not judged here
-    either."""
+    where they can. A median, not the judging field's weighted mean: a third of the
+    neighbours pulled one way cannot drag it with them. ``unjudged``: the judging field's
+    fallback share per anchor (None: none); an anchor with no neighbours on its own surface
+    (share 1) is not judged here either."""
     from scipy.spatial import cKDTree
     scale = _JUDGE_CELLS * options.cell / bin_width
     pts = np.stack([rows.astype(np.float64), cols.astype(np.float64), guide * scale], 1)
