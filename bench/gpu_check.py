@@ -310,9 +310,24 @@ def timed(fn, device, repeats: int, warmup: int = 2, base: int = 0) -> dict:
         fn()
         sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
+    return {**ms_summary(times), 'peak_mb': peak_mb(device, base), 'runs': repeats}
+
+
+def ms_summary(times) -> dict:
+    """Median, p10 and p90 of ``times`` (ms), rounded to 0.01 ms, as the rows give them."""
     p50, p10, p90 = np.percentile(times, [50, 10, 90])
     return {'median_ms': round(float(p50), 2), 'p10_ms': round(float(p10), 2),
-            'p90_ms': round(float(p90), 2), 'peak_mb': peak_mb(device, base), 'runs': repeats}
+            'p90_ms': round(float(p90), 2)}
+
+
+def depth_difference(ref, got) -> tuple[float, bool]:
+    """(largest |got - ref| / |ref| where both are finite, 0 where none is; whether their
+    NaN pixels are the same): how far two paths' depth images are apart."""
+    a, b = np.asarray(ref, np.float64), np.asarray(got, np.float64)
+    ok = np.isfinite(a) & np.isfinite(b)
+    worst = float((np.abs(a[ok] - b[ok]) / np.maximum(np.abs(a[ok]), 1e-9)).max()) \
+        if ok.any() else 0.0
+    return worst, bool(np.array_equal(np.isnan(a), np.isnan(b)))
 
 
 def single_pass(engine):
@@ -518,19 +533,13 @@ def section_finish(report: Report, budget: Budget, ctx: dict) -> None:
             equal += same
             if not same:
                 differ.add(key)
-        a, b = np.asarray(ref.depth, np.float64), np.asarray(got.depth, np.float64)
-        nan_same &= bool(np.array_equal(np.isnan(a), np.isnan(b)))
-        ok = np.isfinite(a) & np.isfinite(b)
-        if ok.any():
-            worst_rel = max(worst_rel, float((np.abs(a[ok] - b[ok]) / np.maximum(
-                np.abs(a[ok]), 1e-9)).max()))
+        rel, same_nan = depth_difference(ref.depth, got.depth)
+        worst_rel, nan_same = max(worst_rel, rel), nan_same and same_nan
     for n, row in zip(names, rows):
         if not times[n]:
             row['status'] = 'skipped: section time budget spent'
             continue
-        p50, p10, p90 = np.percentile(times[n], [50, 10, 90])
-        row.update(status='ok', median_ms=round(float(p50), 2), p10_ms=round(float(p10), 2),
-                   p90_ms=round(float(p90), 2), frames=len(times[n]),
+        row.update(status='ok', **ms_summary(times[n]), frames=len(times[n]),
                    metric=[bool(r.metric) for r in results[n]].count(True))
     rows[1].update(messages_byte_equal=f'{equal}/{total}', messages_differing=sorted(differ),
                    depth_max_rel_diff=worst_rel, depth_nan_pattern_equal=nan_same)
@@ -715,7 +724,7 @@ def section_scale(report: Report, budget: Budget, ctx: dict) -> None:
                  'device': lambda t, r=recoveries['device'], a=anchors:
                  finisher.recover(r, rel_t, a, t, rgb)[0]}
         times = {p: [] for p in calls}
-        worst, nan_same, frames = 0.0, True, 0
+        worst, nan_same = 0.0, True
         try:
             for i in range(repeats + 1):                 # the first round is not timed
                 if budget.spent(2):
@@ -727,13 +736,9 @@ def section_scale(report: Report, budget: Budget, ctx: dict) -> None:
                     sync(device)
                     if i:
                         times[p].append((time.perf_counter() - t0) * 1e3)
-                a = np.asarray(out['host'], np.float64)
-                b = out['device'].float().cpu().numpy().astype(np.float64)
-                nan_same &= bool(np.array_equal(np.isnan(a), np.isnan(b)))
-                ok = np.isfinite(a) & np.isfinite(b)
-                if ok.any():
-                    worst = max(worst, float((np.abs(a[ok] - b[ok]) / np.abs(a[ok])).max()))
-                frames += 1
+                rel, same_nan = depth_difference(out['host'],
+                                                 out['device'].float().cpu().numpy())
+                worst, nan_same = max(worst, rel), nan_same and same_nan
         except Exception as exc:
             for p in calls:
                 rows[s, p].setdefault('status', reason(exc))
@@ -744,10 +749,7 @@ def section_scale(report: Report, budget: Budget, ctx: dict) -> None:
             if not times[p]:
                 row['status'] = 'skipped: section time budget spent'
                 continue
-            p50, p10, p90 = np.percentile(times[p], [50, 10, 90])
-            row.update(status='ok', median_ms=round(float(p50), 2),
-                       p10_ms=round(float(p10), 2), p90_ms=round(float(p90), 2),
-                       frames=len(times[p]))
+            row.update(status='ok', **ms_summary(times[p]), frames=len(times[p]))
         rows[s, 'device'].update(depth_max_rel_diff=worst, depth_nan_pattern_equal=nan_same)
 
 
