@@ -325,6 +325,7 @@ def node_fit_and_correction(relative, x, z, w, r, c, options=None, rgb=None,
 
 
 WIDE_RANGE = (0.8, 40.0)
+WIDE_MAX_DEPTH = 100.0       # ScaleRecovery's and the anchors' range on the stretched scenes
 
 
 def wide_range(gt):
@@ -625,13 +626,6 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
     sets = {'20k all in view': lidar_anchors(points, camera_from_lidar, camera, max_depth=10.0),
             'random 100': anchors_from(*random_pattern(valid, 100, 0),
                                        gt[random_pattern(valid, 100, 0)], gt.shape)}
-    # The same sweep over a scene stretched to 0.8-40 m (outdoors): the bilateral axis then
-    # reaches its bin cap (max_bins), the most bins a frame's grids can have.
-    wide_gt = wide_range(gt)
-    wide_relative = simulate_prediction(wide_gt, 0)
-    wide = f'20k all in view, depth {WIDE_RANGE[0]:g}-{WIDE_RANGE[1]:g} m'
-    points, camera_from_lidar = lidar_sweep(wide_gt)
-    sets[wide] = lidar_anchors(points, camera_from_lidar, camera, max_depth=100.0)
     steps = {}
     try:
         import torch
@@ -642,15 +636,6 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
     for name, a in sets.items():
         r, c = a.rows.astype(np.int64), a.cols.astype(np.int64)
         z, w = a.depth.astype(np.float64), a.weight.astype(np.float64)
-        if name == wide:
-            # Guide 'both' only, compiled and cold, as the node runs it.
-            x, opts = wide_relative[r, c], LocalCorrectionOptions(guide='both')
-            if _compiled.ENABLED:
-                steps[f'host, compiled (numba), {name}, guide both, caches flushed first'] = (
-                    flush_caches, lambda x=x, z=z, w=w, r=r, c=c, opts=opts:
-                    node_fit_and_correction(wide_relative, x, z, w, r, c, opts, rgb,
-                                            depth_range=(NODE_RANGE[0], 100.0)))
-            continue
         x = relative[r, c]
         for guide in GUIDES:
             opts = LocalCorrectionOptions(guide=guide)
@@ -680,6 +665,22 @@ def run_guide_timing(relative, gt, valid, rgb, repeats):
                     return local_correction_torch(aligned, r, c, z, w, opts, image=rgb)
 
                 steps[f'torch (CPU), {name}, guide {guide}'] = torch_path
+    if _compiled.ENABLED:
+        # The same sweep over a scene stretched to WIDE_RANGE (outdoors), guide 'both',
+        # compiled and cold, as the node runs it: the bilateral axis reaches its bin cap
+        # (max_bins), the most bins a frame's grids can have.
+        wide_gt = wide_range(gt)
+        wide_relative = simulate_prediction(wide_gt, 0)
+        points, camera_from_lidar = lidar_sweep(wide_gt)
+        a = lidar_anchors(points, camera_from_lidar, camera, max_depth=WIDE_MAX_DEPTH)
+        r, c = a.rows.astype(np.int64), a.cols.astype(np.int64)
+        z, w = a.depth.astype(np.float64), a.weight.astype(np.float64)
+        x, opts = wide_relative[r, c], LocalCorrectionOptions(guide='both')
+        steps[f'host, compiled (numba), 20k all in view, depth {WIDE_RANGE[0]:g}-'
+              f'{WIDE_RANGE[1]:g} m, guide both, caches flushed first'] = (
+            flush_caches, lambda: node_fit_and_correction(
+                wide_relative, x, z, w, r, c, opts, rgb,
+                depth_range=(NODE_RANGE[0], WIDE_MAX_DEPTH)))
     # Two passes, numpy then torch: after a torch call its idle OpenMP workers spin for a
     # while, and that CPU time would land on whichever step comes next.
     numpy_steps = {k: f for k, f in steps.items() if k.startswith('host')}
@@ -866,7 +867,7 @@ def guide_section(args, relative, gt, valid, sparse_rc):
               'depth edges far stronger; predictions simulated from it as below; outside the '
               'targets\' cases)')
         report_guides(run_guides(stretched_cases(args.data, seeds), sparse_rc, seeds,
-                                 max_depth=100.0))
+                                 max_depth=WIDE_MAX_DEPTH))
         return
     report_guides(run_guides(guide_cases(args.data, sparse_rc, relative, seeds), sparse_rc,
                              seeds))
